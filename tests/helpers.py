@@ -1,0 +1,81 @@
+"""Float64 NumPy brute-force references, written from the paper's formulas (one pair at a time)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def neuron_matrix(w, neuron_axis=-1):
+    w = np.moveaxis(np.asarray(w, np.float64), neuron_axis, -1)
+    return w.reshape(-1, w.shape[-1])
+
+
+def unit(W):
+    return W / np.linalg.norm(W, axis=0, keepdims=True)
+
+
+def riesz(r, s):
+    return math.log(1.0 / r) if s == 0 else r ** (-s)
+
+
+def distance(a, b, kind):
+    if kind == "euclidean":
+        return float(np.linalg.norm(a - b))
+    return math.acos(max(-1.0, min(1.0, float(a @ b))))
+
+
+def np_energy(w, s=2.0, kind="euclidean", half_space=False, neuron_axis=-1):
+    """(1/(M(M−1))) Σ_{i≠j} f_s(dist(ŵ_i, ŵ_j)) over the M = N (or 2N) neurons."""
+    W = unit(neuron_matrix(w, neuron_axis))
+    if half_space:
+        W = np.concatenate([W, -W], axis=1)
+    m = W.shape[1]
+    if m < 2:
+        return 0.0
+    total = sum(
+        riesz(distance(W[:, i], W[:, j], kind), s) for i in range(m) for j in range(m) if i != j
+    )
+    return total / (m * (m - 1))
+
+
+def np_gaussian_energy(w, t=2.0, kind="euclidean", half_space=False, neuron_axis=-1):
+    W = unit(neuron_matrix(w, neuron_axis))
+    if half_space:
+        W = np.concatenate([W, -W], axis=1)
+    m = W.shape[1]
+    vals = [
+        math.exp(-t * distance(W[:, i], W[:, j], kind) ** 2)
+        for i in range(m) for j in range(m) if i != j
+    ]
+    return math.log(sum(vals) / len(vals))
+
+
+def np_output_energy(w, labels, s=2.0, kind="euclidean", neuron_axis=-1):
+    """Eq. 8: (1/(m(N−1))) Σ_i Σ_{j≠y_i} f_s(dist(ŵ_{y_i}, ŵ_j))."""
+    W = unit(neuron_matrix(w, neuron_axis))
+    n = W.shape[1]
+    total = sum(
+        riesz(distance(W[:, y], W[:, j], kind), s) for y in labels for j in range(n) if j != y
+    )
+    return total / (len(labels) * (n - 1))
+
+
+def np_official(w, power, half_space=False):
+    """Line-by-line NumPy transcription of _add_thomson_constraint (github wy1iu/MHE)."""
+    filt = neuron_matrix(w)
+    n = filt.shape[1]
+    if half_space:
+        filt = np.concatenate([filt, -filt], axis=1)
+        n *= 2
+    norm = np.sqrt(np.sum(filt * filt, axis=0, keepdims=True) + 1e-4)
+    inner = (filt.T @ filt) / (norm.T @ norm)
+    if power in ("0", "1", "2"):
+        cross = 2.0 - 2.0 * inner + np.eye(n)
+        final = -np.log(cross) if power == "0" else cross ** (-float(power) / 2)
+    else:
+        acos = np.arccos(inner) / np.pi + 1e-4
+        final = -np.log(acos) if power == "a0" else acos ** (-float(power[1]))
+    final = np.triu(final, 1)
+    return final.sum() / (n * (n - 1) / 2.0)
