@@ -1,0 +1,74 @@
+"""Datasets (CIFAR-10/100, MNIST, sklearn digits), class imbalance, on-device augmentation.
+
+Loaders return a ``Dataset`` with uint8 NHWC images and int32 labels; scaling happens on-device
+(``normalize``). This subpackage needs only numpy, jax and the standard library; Pillow (JPEG
+CIFAR copy) and scikit-learn (digits) are imported lazily by the functions that need them.
+"""
+
+from mhe_jax.data._download import (
+    ENV_VAR as ENV_VAR,
+    ChecksumError as ChecksumError,
+    Dataset as Dataset,
+    DatasetNotFoundError as DatasetNotFoundError,
+    DownloadError as DownloadError,
+    cache_dir as cache_dir,
+    download_file as download_file,
+    extract_tar as extract_tar,
+    make_dataset as make_dataset,
+    md5sum as md5sum,
+)
+from mhe_jax.data.augment import (
+    augment_batch as augment_batch,
+    batches as batches,
+    normalize as normalize,
+    random_crop as random_crop,
+    random_flip as random_flip,
+    steps_per_epoch as steps_per_epoch,
+)
+from mhe_jax.data.cifar import (
+    CIFAR10_LABEL_NAMES as CIFAR10_LABEL_NAMES,
+    CIFAR10_MD5 as CIFAR10_MD5,
+    CIFAR10_URL as CIFAR10_URL,
+    CIFAR100_MD5 as CIFAR100_MD5,
+    CIFAR100_URL as CIFAR100_URL,
+    default_cifar10_jpeg_path as default_cifar10_jpeg_path,
+    load_cifar10 as load_cifar10,
+    load_cifar10_jpeg_npz as load_cifar10_jpeg_npz,
+    load_cifar100 as load_cifar100,
+    read_cifar_pickle as read_cifar_pickle,
+    rows_to_nhwc as rows_to_nhwc,
+)
+from mhe_jax.data.digits import (
+    load_digits as load_digits,
+    resize_nearest as resize_nearest,
+    stratified_split as stratified_split,
+)
+from mhe_jax.data.imbalance import (
+    cifar10_multi_class_imbalance as cifar10_multi_class_imbalance,
+    cifar10_single_class_imbalance as cifar10_single_class_imbalance,
+    class_counts as class_counts,
+    imbalance_by_count as imbalance_by_count,
+    imbalance_by_ratio as imbalance_by_ratio,
+    mnist_fig4_imbalance as mnist_fig4_imbalance,
+)
+from mhe_jax.data.mnist import (
+    MNIST_FILES as MNIST_FILES,
+    MNIST_MIRRORS as MNIST_MIRRORS,
+    load_mnist as load_mnist,
+    read_idx as read_idx,
+    read_idx_images as read_idx_images,
+    read_idx_labels as read_idx_labels,
+)
+
+__all__ = [
+    "CIFAR10_LABEL_NAMES", "CIFAR10_MD5", "CIFAR10_URL", "CIFAR100_MD5", "CIFAR100_URL",
+    "ENV_VAR", "MNIST_FILES", "MNIST_MIRRORS",
+    "ChecksumError", "Dataset", "DatasetNotFoundError", "DownloadError",
+    "augment_batch", "batches", "cache_dir", "cifar10_multi_class_imbalance",
+    "cifar10_single_class_imbalance", "class_counts", "default_cifar10_jpeg_path",
+    "download_file", "extract_tar", "imbalance_by_count", "imbalance_by_ratio",
+    "load_cifar10", "load_cifar10_jpeg_npz", "load_cifar100", "load_digits", "load_mnist",
+    "make_dataset", "md5sum", "mnist_fig4_imbalance", "normalize", "random_crop",
+    "random_flip", "read_cifar_pickle", "read_idx", "read_idx_images", "read_idx_labels",
+    "resize_nearest", "rows_to_nhwc", "steps_per_epoch", "stratified_split",
+]
