@@ -11,5 +11,19 @@ from mhe_jax._energy import (
     official_energy as official_energy,
     output_energy as output_energy,
 )
+from mhe_jax._baselines import (
+    orthogonality_penalty as orthogonality_penalty,
+    orthogonality_regularizer as orthogonality_regularizer,
+    orthonormal_penalty as orthonormal_penalty,
+    orthonormal_regularizer as orthonormal_regularizer,
+)
+from mhe_jax._transform import (
+    RegularizerState as RegularizerState,
+    layer_energies as layer_energies,
+    mhe_penalty as mhe_penalty,
+    mhe_regularizer as mhe_regularizer,
+    penalty_transformation as penalty_transformation,
+)
+from mhe_jax._tree import path_str as path_str
 
 __version__ = "0.1.0"

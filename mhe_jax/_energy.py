@@ -195,7 +195,7 @@ def pair_function(k: Kernel, params):
     return lambda c: pair_value(k, params, c)
 
 
-def _offdiag(x: Array) -> Array:
+def offdiag(x: Array) -> Array:
     n = x.shape[0]
     return jnp.where(jnp.eye(n, dtype=bool), jnp.zeros((), x.dtype), x)
 
@@ -203,7 +203,7 @@ def _offdiag(x: Array) -> Array:
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
 def pairwise_sum(k: Kernel, Wn: Array, params) -> Array:
     """``Σ_{i≠j} h(ŵ_iᵀŵ_j)`` over the columns of ``Wn`` (d, n)."""
-    return jnp.sum(_offdiag(pair_function(k, params)(gram(Wn))))
+    return jnp.sum(offdiag(pair_function(k, params)(gram(Wn))))
 
 
 @functools.partial(pairwise_sum.defjvp, symbolic_zeros=True)
@@ -216,11 +216,11 @@ def _pairwise_sum_jvp(k: Kernel, primals, tangents):
         )
     c = gram(Wn)
     h, dh = jax.jvp(pair_function(k, params), (c,), (jnp.ones_like(c),))
-    value = jnp.sum(_offdiag(h))
+    value = jnp.sum(offdiag(h))
     if isinstance(dWn, SymbolicZero):
         return value, jnp.zeros_like(value)
     # dE = Σ_ij h'(c_ij)(ŵ_i·dŵ_j + dŵ_i·ŵ_j) = 2 ⟨Ŵ h'(C), dŴ⟩ since h'(C) is symmetric.
-    force = jnp.matmul(Wn, _offdiag(dh), precision=_HIGHEST)
+    force = jnp.matmul(Wn, offdiag(dh), precision=_HIGHEST)
     return value, 2.0 * jnp.vdot(force, dWn)
 
 
@@ -407,7 +407,7 @@ def _cosine_stats(Wn: Array):
     if n < 2:
         z = jnp.zeros((), Wn.dtype)
         return jnp.asarray(jnp.pi, Wn.dtype), z
-    c = _offdiag(gram(Wn))
+    c = offdiag(gram(Wn))
     eye = jnp.eye(n, dtype=bool)
     max_c = jnp.max(jnp.where(eye, -jnp.inf, c))
     min_angle_ = jnp.arccos(jnp.clip(max_c, -1.0, 1.0))
