@@ -63,8 +63,8 @@ def imbalance_by_count(x: np.ndarray, y: np.ndarray, counts: Mapping[int, int], 
                        ) -> tuple[np.ndarray, np.ndarray, dict[int, int]]:
     """Keep exactly ``counts[c]`` random samples of each listed class c, all samples of others.
 
-    x: (n, ...) any dtype; y: (n,) int labels. Returns (x_kept, y_kept, class_counts(y_kept)),
-    kept samples in their original order. Raises ValueError if a class is absent from ``y`` or
+    x: (n, ...) any dtype; y: (n,) int labels. Returns (x_kept, y_kept, {class: kept count} for
+    every class 0..max(y)), kept samples in their original order. Raises ValueError if a class is absent from ``y`` or
     asks for more samples than it has.
     """
     x, y = _check_xy(x, y)
@@ -87,7 +87,7 @@ def imbalance_by_count(x: np.ndarray, y: np.ndarray, counts: Mapping[int, int], 
         keep[idx] = False
         keep[rng.choice(idx, size=int(k), replace=False)] = True
     x_kept, y_kept = x[keep], y[keep]
-    return x_kept, y_kept, class_counts(y_kept)
+    return x_kept, y_kept, class_counts(y_kept, int(y.max()) + 1 if y.size else 0)
 
 
 def _ratio_to_count(c, r, n: int) -> int:
