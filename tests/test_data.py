@@ -64,8 +64,8 @@ class _Server:
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever,
+                                       kwargs={"poll_interval": 0.05}, daemon=True)
 
     def count(self, suffix: str) -> int:
         return sum(r.endswith(suffix) for r in self.requests)
@@ -295,6 +295,11 @@ def test_download_mirrors_in_order_and_errors(tmp_path, server):
     dest.write_bytes(b"corrupt")
     D.download_file(server.url + "/b/file.bin", dest, _md5(blob))
     assert dest.read_bytes() == blob
+    # ... and removed even if the new download fails
+    dest.write_bytes(b"corrupt")
+    with pytest.raises(D.DownloadError):
+        D.download_file(server.url + "/gone", dest, _md5(blob))
+    assert not dest.exists()
     with pytest.raises(ValueError, match="urls"):
         D.download_file("ftp://example.org/x", dest, None)
     with pytest.raises(ValueError, match="urls"):
@@ -702,9 +707,6 @@ def test_augment_shape_dtype_determinism():
         assert out.shape == x.shape and out.dtype == dtype
         np.testing.assert_array_equal(D.augment_batch(key, x), out)
         assert not np.array_equal(D.augment_batch(jax.random.key(1), x), out)
-    # raw uint32 keys work too
-    out_raw = D.augment_batch(jax.random.PRNGKey(0), _img_batch())
-    assert out_raw.shape == (6, 8, 10, 3)
 
 
 def test_augment_crops_are_windows_of_symmetric_padding():
@@ -739,16 +741,14 @@ def test_augment_flip_flips():
 
 
 def test_augment_under_jit():
-    x = jnp.asarray(_img_batch(n=8, h=32, w=32))
+    x = jnp.asarray(_img_batch())  # same shapes as above: the eager path is already compiled
     key = jax.random.key(7)
     f = jax.jit(partial(D.augment_batch, pad=4, flip=True))
     np.testing.assert_array_equal(f(key, x), D.augment_batch(key, x))
-    g = jax.jit(D.augment_batch, static_argnames=("pad", "flip"))
-    assert g(key, x, pad=2, flip=False).shape == (8, 32, 32, 3)
 
     @jax.jit
     def step(key, images):  # as inside a train step: augment then normalise
-        return D.normalize(D.augment_batch(key, images)).mean()
+        return D.normalize(D.augment_batch(key, images, pad=2, flip=False)).mean()
 
     assert step(key, x).dtype == jnp.float32
 

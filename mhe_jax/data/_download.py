@@ -152,7 +152,8 @@ def download_file(
 ) -> Path:
     """Download ``dest`` from the first working URL of ``urls`` and verify its md5.
 
-    If ``dest`` already exists with the right md5 (or ``md5`` is None) nothing is downloaded.
+    If ``dest`` already exists with the right md5 (or ``md5`` is None) nothing is downloaded;
+    an existing ``dest`` with the wrong md5 is deleted and downloaded again.
     URLs are tried in order; a URL serving a file with the wrong checksum counts as failed.
     Raises ``ChecksumError`` if some URL answered but no answer had the expected md5,
     ``DownloadError`` if no URL answered. Never leaves a partial or corrupt file at ``dest``.
@@ -168,8 +169,10 @@ def download_file(
     if md5 is not None:
         md5 = md5.lower()
     dest = Path(dest)
-    if dest.is_file() and (md5 is None or md5sum(dest) == md5):
-        return dest
+    if dest.is_file():
+        if md5 is None or md5sum(dest) == md5:
+            return dest
+        dest.unlink()  # corrupt or stale cached copy: never leave it behind
     dest.parent.mkdir(parents=True, exist_ok=True)
 
     errors: list[str] = []
@@ -188,7 +191,8 @@ def download_file(
                     continue
             os.replace(tmp, dest)
             return dest
-        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:  # HTTPError is a URLError
+        # HTTPError is a URLError; http.client errors cover truncated responses
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
             errors.append(f"{url}: {type(e).__name__}: {e}")
         finally:
             if tmp.exists():
@@ -211,11 +215,19 @@ def extract_tar(archive: str | os.PathLike, dest_dir: str | os.PathLike, top: st
     tmp = Path(tempfile.mkdtemp(prefix=f".{top}.", suffix=".extract", dir=dest_dir))
     try:
         with tarfile.open(archive, "r:*") as tar:
-            tar.extractall(tmp, filter="data")
+            if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4
+                tar.extractall(tmp, filter="data")
+            else:  # pragma: no cover - older patch releases
+                for m in tar.getmembers():
+                    target = (tmp / m.name).resolve()
+                    if not (m.isfile() or m.isdir()) or not target.is_relative_to(tmp.resolve()):
+                        raise DownloadError(f"refusing unsafe archive member {m.name!r}")
+                tar.extractall(tmp)
         src = tmp / top
         if not src.is_dir():
             found = sorted(p.name for p in tmp.iterdir())
-            raise DownloadError(f"archive {archive} has no top-level folder {top!r} (found {found})")
+            raise DownloadError(
+                f"archive {archive} has no top-level folder {top!r} (found {found})")
         if final.exists():  # another process finished first
             return final
         os.replace(src, final)

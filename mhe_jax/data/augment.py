@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Iterator
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -39,15 +40,8 @@ def _check_pad(pad) -> int:
     return int(pad)
 
 
-def random_crop(key: jax.Array, images: jax.Array, pad: int = 4) -> jax.Array:
-    """Symmetric-pad (N, H, W, C) images by ``pad`` and crop a random HxW window per example.
-
-    Offsets are uniform in [0, 2*pad]; output has the input's shape and dtype.
-    """
-    images = _check_images(images)
-    pad = _check_pad(pad)
-    if pad == 0:
-        return images
+@partial(jax.jit, static_argnames=("pad",))
+def _crop(key, images, pad):
     n, h, w, c = images.shape
     padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="symmetric")
     offsets = jax.random.randint(key, (n, 2), 0, 2 * pad + 1)
@@ -58,11 +52,25 @@ def random_crop(key: jax.Array, images: jax.Array, pad: int = 4) -> jax.Array:
     return jax.vmap(crop)(padded, offsets)
 
 
-def random_flip(key: jax.Array, images: jax.Array) -> jax.Array:
-    """Flip each (N, H, W, C) image left-right with probability 1/2; same shape and dtype."""
-    images = _check_images(images)
+@jax.jit
+def _flip(key, images):
     do_flip = jax.random.bernoulli(key, 0.5, (images.shape[0],))
     return jnp.where(do_flip[:, None, None, None], images[:, :, ::-1, :], images)
+
+
+def random_crop(key: jax.Array, images: jax.Array, pad: int = 4) -> jax.Array:
+    """Symmetric-pad (N, H, W, C) images by ``pad`` and crop a random HxW window per example.
+
+    Offsets are uniform in [0, 2*pad]; output has the input's shape and dtype.
+    """
+    images = _check_images(images)
+    pad = _check_pad(pad)
+    return images if pad == 0 else _crop(key, images, pad)
+
+
+def random_flip(key: jax.Array, images: jax.Array) -> jax.Array:
+    """Flip each (N, H, W, C) image left-right with probability 1/2; same shape and dtype."""
+    return _flip(key, _check_images(images))
 
 
 def augment_batch(key: jax.Array, images: jax.Array, pad: int = 4, flip: bool = True
@@ -70,7 +78,8 @@ def augment_batch(key: jax.Array, images: jax.Array, pad: int = 4, flip: bool = 
     """Random symmetric-pad crop (``pad`` pixels, 0 disables) then random horizontal flip.
 
     images: (N, H, W, C) uint8 or float; returns the same shape and dtype. Deterministic given
-    ``key``. Jit-able (``pad``/``flip`` must be static).
+    ``key``. Jit-able (``pad``/``flip`` must be static); compiled once per shape when called
+    eagerly.
     """
     if not isinstance(flip, (bool, np.bool_)):
         raise ValueError(f"flip must be a Python bool, got {flip!r}")
@@ -90,7 +99,7 @@ def normalize(images) -> jax.Array:
 
 
 def _entropy(seed) -> list[int]:
-    if isinstance(seed, jax.Array):
+    if isinstance(seed, (jax.Array, np.ndarray)):
         if jnp.issubdtype(seed.dtype, jax.dtypes.prng_key):
             seed = jax.random.key_data(seed)
         data = np.asarray(seed)
@@ -114,7 +123,8 @@ def batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed=0, *, shuffle: b
 
     ``seed``: int or JAX PRNG key; epoch e is shuffled with a generator seeded by (seed, e), so
     the order is reproducible and resuming at ``start_epoch`` gives the same batches.
-    ``epochs=None`` repeats forever. With ``drop_remainder=False`` the last batch may be smaller.
+    Runs epochs ``start_epoch .. start_epoch + epochs - 1``; ``epochs=None`` repeats forever.
+    With ``drop_remainder=False`` the last batch of each epoch may be smaller.
     """
     x = np.asarray(x)
     y = np.asarray(y)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from mhe_jax.data._download import Dataset, make_dataset
@@ -48,6 +50,21 @@ def stratified_split(y: np.ndarray, test_fraction: float, seed: int = 0
     return np.flatnonzero(mask), test_idx
 
 
+@functools.lru_cache(maxsize=1)
+def _digits_uint8() -> tuple[np.ndarray, np.ndarray]:
+    try:
+        from sklearn.datasets import load_digits as _sk_load_digits
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("load_digits needs scikit-learn: pip install mhe_jax[models]") from e
+    bunch = _sk_load_digits()
+    images = np.asarray(bunch.images, np.float64)  # (1797, 8, 8) in 0..16
+    x = np.clip(np.rint(images * (255.0 / 16.0)), 0, 255).astype(np.uint8)[..., None]
+    x.flags.writeable = False  # cached: callers get copies through indexing
+    y = np.asarray(bunch.target, np.int32)
+    y.flags.writeable = False
+    return x, y
+
+
 def load_digits(test_fraction: float = 0.25, seed: int = 0,
                 size: int | tuple[int, int] = 8) -> Dataset:
     """sklearn digits as a ``Dataset``: uint8 (n, size, size, 1) images in [0, 255], 10 classes.
@@ -64,14 +81,7 @@ def load_digits(test_fraction: float = 0.25, seed: int = 0,
     elif not (isinstance(size, tuple) and len(size) == 2
               and all(isinstance(s, (int, np.integer)) and s >= 1 for s in size)):
         raise ValueError(f"size must be an int or a (height, width) tuple of ints, got {size!r}")
-    try:
-        from sklearn.datasets import load_digits as _sk_load_digits
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("load_digits needs scikit-learn: pip install mhe_jax[models]") from e
-    bunch = _sk_load_digits()
-    images = np.asarray(bunch.images, np.float64)  # (1797, 8, 8) in 0..16
-    x = np.clip(np.rint(images * (255.0 / 16.0)), 0, 255).astype(np.uint8)[..., None]
-    y = np.asarray(bunch.target, np.int32)
+    x, y = _digits_uint8()
     if size != 8 and size != (8, 8):
         x = resize_nearest(x, size)
     tr, te = stratified_split(y, test_fraction, seed)

@@ -64,8 +64,8 @@ def imbalance_by_count(x: np.ndarray, y: np.ndarray, counts: Mapping[int, int], 
     """Keep exactly ``counts[c]`` random samples of each listed class c, all samples of others.
 
     x: (n, ...) any dtype; y: (n,) int labels. Returns (x_kept, y_kept, {class: kept count} for
-    every class 0..max(y)), kept samples in their original order. Raises ValueError if a class is absent from ``y`` or
-    asks for more samples than it has.
+    every class 0..max(y)), kept samples in their original order. Raises ValueError if a class
+    is absent from ``y`` or asks for more samples than it has.
     """
     x, y = _check_xy(x, y)
     if not isinstance(counts, Mapping):

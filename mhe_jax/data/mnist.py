@@ -119,7 +119,7 @@ def load_mnist(root: str | os.PathLike | None = None, download: bool = True, *,
     ``<root>/MNIST/raw/``; ``root`` defaults to ``$MHE_JAX_DATA`` then ``~/.cache/mhe_jax``.
     Missing files are downloaded (if ``download``) into ``<root>/mnist/`` from ``mirrors``
     (base URLs tried in order, default ``MNIST_MIRRORS``) and checked against ``md5s``
-    (file name -> md5, default ``MNIST_FILES``).
+    (file name -> md5, default ``MNIST_FILES``; a file missing from ``md5s`` is not checked).
     """
     base = cache_dir(root)
     if isinstance(mirrors, str):
