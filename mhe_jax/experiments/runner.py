@@ -46,7 +46,10 @@ def load_dataset(cfg: ExperimentConfig):
     elif cfg.imbalance == "single":
         out = D.cifar10_single_class_imbalance(ds, cls=cfg.imbalance_class, ratio=cfg.imbalance_keep)
     elif cfg.imbalance == "multiple":
-        out = D.cifar10_multi_class_imbalance(ds, ratio=cfg.imbalance_keep)
+        # "The number of images decreases as the class index decreases from 9 to 0" (Sec. 5.1.3):
+        # our staircase keeps (c + 1)/10 of class c (class 0: 10 %, …, class 9: all).
+        out = D.cifar10_multi_class_imbalance(
+            ds, classes=tuple(range(9)), ratio=[(c + 1) / 10 for c in range(9)], seed=cfg.seed)
     else:
         raise ValueError(f"unknown imbalance {cfg.imbalance!r}")
     return out if isinstance(out, tuple) else (out, None)

@@ -84,7 +84,8 @@ class DataParallel:
     def __init__(self, devices=None):
         devices = devices if devices is not None else jax.local_devices()
         self.num_devices = len(devices)
-        self.mesh = jax.make_mesh((self.num_devices,), ("data",), devices=devices)
+        self.mesh = jax.make_mesh((self.num_devices,), ("data",), devices=devices,
+                                  axis_types=(jax.sharding.AxisType.Auto,))
         self.batch = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("data"))
         self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
 

@@ -1,0 +1,170 @@
+"""Training: loss, schedule, steps lower the loss, exact resume, atomic checkpoints, CLI, configs."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import flax.nnx as nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mhe_jax.experiments import CONFIGS, apply_overrides, get_config
+from mhe_jax.experiments.__main__ import main as cli
+from mhe_jax.experiments.runner import build
+from mhe_jax.train import Checkpointer, fit, official_cross_entropy, step_decay_schedule
+
+TINY = ["dataset=digits", "image_size=8", "widths=4,4,8", "batch_size=32", "steps=6", "lr=0.05",
+        "boundaries=4", "warmup_steps=0", "log_every=1", "eval_every=0", "energy_every=3",
+        "checkpoint_every=0", "augment=true"]
+
+
+def tiny(method="half_mhe", *extra):
+    return apply_overrides(get_config(f"quickstart/{method}"), TINY + list(extra))
+
+
+def test_official_cross_entropy():
+    logits = np.array([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
+    labels = np.array([0, 2])
+    p = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    target = np.eye(3)[labels] * 0.99 + 0.01 / 3
+    want = -np.mean(np.sum(target * np.log(p + 1e-4), -1))
+    np.testing.assert_allclose(float(official_cross_entropy(logits, labels)), want, rtol=1e-6)
+    plain = -np.mean(np.log(p[np.arange(2), labels]))
+    np.testing.assert_allclose(float(official_cross_entropy(logits, labels, label_smoothing=0, log_eps=0)), plain, rtol=1e-6)
+
+
+def test_schedule():
+    lr = step_decay_schedule(0.1, (20000, 30000, 37500))
+    assert [float(lr(s)) for s in (0, 19999, 20001, 30001, 40000)] == pytest.approx([0.1, 0.1, 0.01, 0.001, 0.0001])
+    warm = step_decay_schedule(0.05, (100,), warmup_steps=10)
+    assert float(warm(0)) == 0.0 and float(warm(5)) == pytest.approx(0.025) and float(warm(50)) == pytest.approx(0.05)
+
+
+def test_training_lowers_loss_and_logs_energies(tmp_path):
+    cfg = tiny("half_mhe", "steps=30", "augment=false", "lr=0.02", "warmup_steps=0")
+    ds, _, model, opt, lr = build(cfg)
+    out = fit(model, opt, ds, steps=30, batch_size=32, seed=0, augment=False, log_every=1,
+              energy_every=10, energy_kwargs={"half_space": True, "output": model.output_path},
+              log_path=tmp_path / "log.jsonl", progress=False)
+    losses = [e["loss"] for e in out["history"] if "loss" in e]
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    layers = [e["layers"] for e in out["history"] if "layers" in e]
+    assert "classifier/kernel" in layers[0] and "layers/0/conv/kernel" in layers[0]
+    assert all(np.isfinite(v["energy"]) for v in layers[-1].values())
+    assert len((tmp_path / "log.jsonl").read_text().splitlines()) == len(out["history"])
+
+
+def _params(model):
+    return jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model)))
+
+
+def test_resume_is_bit_exact(tmp_path):
+    cfg = tiny("half_mhe")
+    ds, _, model_a, opt_a, _ = build(cfg)
+    fit(model_a, opt_a, ds, steps=6, batch_size=32, seed=3, progress=False, log_every=0)
+
+    ds, _, model_b, opt_b, _ = build(cfg)
+    fit(model_b, opt_b, ds, steps=3, batch_size=32, seed=3, progress=False, log_every=0,
+        checkpoint_dir=tmp_path / "ck", checkpoint_every=3)
+    ds, _, model_c, opt_c, _ = build(cfg.replace(seed=99))  # different init: must be overwritten
+    out = fit(model_c, opt_c, ds, steps=6, batch_size=32, seed=3, progress=False, log_every=0,
+              checkpoint_dir=tmp_path / "ck", checkpoint_every=3)
+    assert out["resumed_from"] == 3
+    jax.tree.map(np.testing.assert_array_equal, _params(model_a), _params(model_c))
+    jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(nnx.state(opt_a)), nnx.to_pure_dict(nnx.state(opt_c)))
+
+
+def test_interrupted_save_keeps_previous_checkpoint(tmp_path):
+    cfg = tiny("mhe")
+    ds, _, model, opt, _ = build(cfg)
+    ck = Checkpointer(tmp_path / "ck")
+    ck.save(3, model, opt, {"step": 3})
+    before = _params(model)
+    # a save of step 6 that died half-way: orbax's temporary directory, never renamed
+    tmp = tmp_path / "ck" / "6.orbax-checkpoint-tmp-1234567"
+    (tmp / "state").mkdir(parents=True)
+    (tmp / "state" / "garbage").write_bytes(b"\0" * 10)
+    ck.close()
+    ck = Checkpointer(tmp_path / "ck")
+    assert ck.latest_step() == 3
+    _, _, model2, opt2, _ = build(cfg.replace(seed=5))
+    step, meta = ck.restore(model2, opt2)
+    assert step == 3 and meta["step"] == 3
+    jax.tree.map(np.testing.assert_array_equal, before, _params(model2))
+
+
+def test_every_paper_row_has_a_config():
+    counts = {}
+    for name in CONFIGS:
+        counts[name.split("/")[0]] = counts.get(name.split("/")[0], 0) + 1
+    assert counts["table1"] == 2 * (1 + 4 * 3)
+    assert counts["table2"] == 3 * 5
+    assert counts["table3"] == 3 * 3
+    assert counts["table4"] == 10
+    assert counts["fig3"] == 3 * 5
+    assert counts["table5"] == 6
+    assert counts["table6"] == 10
+    assert counts["table7"] == 12
+    assert counts["fig4"] == 2
+    c = CONFIGS["table1/cifar100/half_a_mhe/s1"]
+    assert (c.distance, c.half_space, c.s) == ("angular", True, 1.0)
+    assert c.strengths() == pytest.approx((0.1 * np.pi, 1.0 * np.pi))
+    assert CONFIGS["table1/cifar10/mhe/s0"].strengths() == (2.0, 20.0)  # official "0" = 2 E_0
+    assert CONFIGS["table4/mhe/H"].strengths() == (1.0, None)
+    assert CONFIGS["table2/mhe/w16_32_64"].widths == (16, 32, 64)
+    assert CONFIGS["fig3/half_mhe_H/lam1e-2"].strengths() == (0.01, None)
+    assert all(CONFIGS[n].paper for n in CONFIGS if n.startswith("table"))
+
+
+def test_overrides_are_typed_and_checked():
+    c = apply_overrides(get_config("table1/cifar10/mhe/s2"), ["steps=10", "widths=16,32,64", "output=false", "s=1"])
+    assert (c.steps, c.widths, c.output, c.s) == (10, (16, 32, 64), False, 1.0)
+    with pytest.raises(ValueError, match="unknown config field"):
+        apply_overrides(c, ["stepz=1"])
+    with pytest.raises(ValueError, match="method"):
+        apply_overrides(c, ["method=foo"])
+    with pytest.raises(KeyError, match="unknown config"):
+        get_config("table9/x")
+
+
+def test_cli_run_and_report(tmp_path, capsys):
+    cli(["run", "quickstart/baseline", "--out", str(tmp_path), "--no-progress", *sum([["--set", t] for t in TINY], [])])
+    res = json.loads((tmp_path / "quickstart/baseline/results.json").read_text())
+    assert 0 <= res["test_accuracy"] <= 1 and res["steps"] == 6
+    cli(["report", str(tmp_path), "--out", str(tmp_path / "t.md"), "--plot", str(tmp_path / "p.png")])
+    assert "quickstart/baseline" in (tmp_path / "t.md").read_text()
+    assert (tmp_path / "p.png").stat().st_size > 1000
+    cli(["list", "table5/*"])
+    assert "table5/cifar10/half_mhe" in capsys.readouterr().out
+
+
+def test_data_parallel_on_4_host_devices(tmp_path):
+    script = textwrap.dedent("""
+        import jax, numpy as np, flax.nnx as nnx
+        jax.config.update("jax_enable_x64", True)  # as in this pytest process (conftest)
+        from mhe_jax.experiments import apply_overrides, get_config
+        from mhe_jax.experiments.runner import build
+        from mhe_jax.train import fit
+        from tests.test_train import TINY
+        assert jax.local_device_count() == 4
+        cfg = apply_overrides(get_config("quickstart/half_mhe"), TINY)
+        ds, _, model, opt, _ = build(cfg)
+        out = fit(model, opt, ds, steps=4, batch_size=32, seed=0, progress=False, log_every=1)
+        w = model.classifier.kernel[...]
+        assert len(w.sharding.device_set) == 4  # replicated over the mesh
+        np.save("%s", np.asarray(w))
+        print("losses", [e["loss"] for e in out["history"] if "loss" in e])
+    """) % (tmp_path / "w4.npy")
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", script], env=env, cwd=root, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cfg = tiny("half_mhe")
+    ds, _, model, opt, _ = build(cfg)
+    fit(model, opt, ds, steps=4, batch_size=32, seed=0, progress=False, log_every=1)
+    np.testing.assert_allclose(np.load(tmp_path / "w4.npy"), np.asarray(model.classifier.kernel[...]), rtol=1e-4, atol=1e-5)
