@@ -195,8 +195,8 @@ def _build_registry() -> dict[str, ExperimentConfig]:
         add(f"quickstart/{method}", method=method, **quick)
 
     # Our CPU reproduction (issue 4): CIFAR-10 JPEG copy, CNN-9 16/32/64, reduced schedule.
-    small = dict(dataset="cifar10_jpeg", widths=(16, 32, 64), steps=1500, lr=0.05,
-                 boundaries=(750, 1125, 1350), warmup_steps=200, eval_every=500)
+    small = dict(dataset="cifar10_jpeg", widths=(16, 32, 64), steps=1000, lr=0.05,
+                 boundaries=(500, 750, 900), warmup_steps=200, eval_every=250, checkpoint_every=250)
     for method in ("baseline", "mhe", "half_mhe"):
         add(f"repro/cifar10_cnn9_16/{method}", method=method, **small)
     # Full official recipe, CNN-9 64/128/256 on CIFAR-10 (for a GPU/TPU).
