@@ -1,0 +1,543 @@
+r"""Minimum-energy points on the sphere ``S^{dim-1}``: a Riemannian L-BFGS over restarts.
+
+The energy is the core :func:`mhe_jax.hyperspherical_energy` (the only implementation of the
+kernels) rescaled to the physics convention, ``E(x) = Σ_{i<j} f_s(dist(x_i, x_j))``
+(``= mean over ordered pairs × n(n−1)/2``).
+
+Optimisation is on the product manifold ``(S^{dim-1})^n`` (rows of ``x``):
+
+* Riemannian gradient: the Euclidean gradient with its radial part projected out,
+  ``grad_i = (I − x_i x_iᵀ) ∇_i E``;
+* retraction: ``R_x(v) = normalise_rows(x + v)``;
+* L-BFGS two-loop recursion with the stored pairs ``(s_k, y_k)`` moved to the current tangent
+  space by projection (vector transport by projection), pairs with ``⟨s, y⟩ ≤ 0`` skipped;
+* line search along the retraction curve ``t ↦ R_x(t d)``: Armijo, or Hager–Zhang's approximate
+  Wolfe test near the minimum where the energy no longer resolves Armijo's decrease; safeguarded
+  quadratic backtracking;
+* stop when ``‖grad‖ ≤ tol · max(|E|, 1)`` (or at round-off stagnation, or after ``steps``).
+
+Restarts are ``jax.vmap``-ed inside one ``jax.jit``; each runs in a ``jax.lax.while_loop``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from mhe_jax import _checks
+from mhe_jax._energy import hyperspherical_energy
+
+Array = jax.Array
+
+__all__ = ["EnergyResult", "minimize_energy", "physics_energy"]
+
+# Status codes of one restart.
+RUNNING, CONVERGED, LINESEARCH_FAILED, STALLED, MAX_STEPS = 0, 1, 2, 3, 4
+STATUS_NAMES = {
+    RUNNING: "running",
+    CONVERGED: "converged",
+    LINESEARCH_FAILED: "line search failed (round-off)",
+    STALLED: "stalled (round-off)",
+    MAX_STEPS: "max steps",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Manifold helpers (rows of x are points on the unit sphere).
+# --------------------------------------------------------------------------------------------
+
+
+def normalize_rows(x: Array) -> Array:
+    return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def project(x: Array, v: Array) -> Array:
+    """Tangent projection ``v_i − (v_i·x_i) x_i`` (broadcasts over leading axes of ``v``)."""
+    return v - jnp.sum(v * x, axis=-1, keepdims=True) * x
+
+
+def _inner(a: Array, b: Array) -> Array:
+    return jnp.sum(a * b)
+
+
+def _max_row_norm(v: Array) -> Array:
+    return jnp.max(jnp.linalg.norm(v, axis=-1))
+
+
+def compute_dtype():
+    """float64 when ``jax_enable_x64`` is on, else float32."""
+    return jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+
+
+# --------------------------------------------------------------------------------------------
+# The energy (core code, physics convention).
+# --------------------------------------------------------------------------------------------
+
+
+def physics_energy(x: Array, s=1.0, distance: str = "euclidean", eps=0.0) -> Array:
+    r"""``Σ_{i<j} f_s(dist(x̂_i, x̂_j))`` of the rows of ``x`` (pairs once, unnormalised).
+
+    ``f_s(r) = r^{−s}`` (s > 0) or ``log(1/r)`` (s = 0); this is
+    :func:`mhe_jax.hyperspherical_energy` (mean over ordered pairs) times ``n(n−1)/2``.
+    """
+    n = x.shape[0]
+    mean = hyperspherical_energy(x, neuron_axis=0, s=s, distance=distance, eps=eps)
+    return mean * (n * (n - 1) / 2)
+
+
+def _solver_eps(distance: str, dtype) -> float:
+    """Guard used while optimising: 0 for euclidean (exact); for the angular distance a
+    negligible ``eps`` (``ε_mach²``) keeps the arccos derivative finite at antipodal pairs
+    (a relative change ``~1e-32``, below floating-point resolution: the values are those of
+    ``eps = 0``)."""
+    if distance == "euclidean":
+        return 0.0
+    return float(jnp.finfo(dtype).eps) ** 2
+
+
+# --------------------------------------------------------------------------------------------
+# Riemannian L-BFGS on (S^{dim-1})^n, one start.
+# --------------------------------------------------------------------------------------------
+
+
+class _Options(NamedTuple):
+    memory: int
+    first_step: float  # largest point displacement of a steepest-descent step (chord length)
+    max_step: float  # largest point displacement of any step
+    max_linesearch: int
+    patience: int  # stop after this many consecutive iterations without resolvable decrease
+
+
+class _State(NamedTuple):
+    x: Array
+    f: Array
+    g: Array
+    S: Array  # (m, n, dim), newest last
+    Y: Array
+    valid: Array  # (m,) bool
+    k: Array
+    gnorm: Array
+    status: Array
+    stall: Array
+
+
+def _two_loop(g, S, Y, valid, first_step):
+    """``−H g`` by the L-BFGS two-loop recursion (all vectors already in T_x)."""
+    m = S.shape[0]
+    sy = jnp.sum(S * Y, axis=(1, 2))
+    yy = jnp.sum(Y * Y, axis=(1, 2))
+    rho = jnp.where(valid, 1.0 / jnp.where(valid, sy, 1.0), 0.0)
+    def backward(q, i):
+        a = rho[i] * _inner(S[i], q)
+        return q - a * Y[i], a
+
+    q, alphas = lax.scan(backward, g, jnp.arange(m - 1, -1, -1))
+    alphas = alphas[::-1]
+    newest = valid[m - 1]
+    gamma = jnp.where(newest, sy[m - 1] / jnp.where(newest, yy[m - 1], 1.0), 0.0)
+    # Without memory: steepest descent scaled so that the largest point moves by first_step.
+    gamma0 = first_step / jnp.maximum(_max_row_norm(g), jnp.finfo(g.dtype).tiny)
+    r = jnp.where(newest, gamma, gamma0) * q
+
+    def forward(r, i):
+        b = rho[i] * _inner(Y[i], r)
+        return r + S[i] * (alphas[i] - b), None
+
+    r, _ = lax.scan(forward, r, jnp.arange(m))
+    return -r
+
+
+def _riemannian_lbfgs(fun: Callable, x0: Array, params, tol, steps, opts: _Options):
+    """Minimise ``fun(x, params)`` over rows of ``x`` on the unit sphere; returns (x, f, ‖grad‖,
+    iterations, status). ``tol`` and ``steps`` are traced (no recompilation)."""
+    dtype = x0.dtype
+    eps_mach = float(jnp.finfo(dtype).eps)
+    value_and_grad = jax.value_and_grad(fun)
+
+    def evaluate(x):
+        f, g = value_and_grad(x, params)
+        return f, project(x, g)
+
+    def scale(f):
+        return jnp.maximum(jnp.abs(f), 1.0)
+
+    # The first pass of the loop only evaluates x0 (f = +inf, g = 0 give d = 0 and accept t's
+    # trial at x0): one copy of the objective's graph in the program instead of two.
+    x0 = normalize_rows(x0)
+    m = opts.memory
+    state = _State(
+        x=x0,
+        f=jnp.asarray(jnp.inf, dtype),
+        g=jnp.zeros_like(x0),
+        S=jnp.zeros((m,) + x0.shape, dtype),
+        Y=jnp.zeros((m,) + x0.shape, dtype),
+        valid=jnp.zeros((m,), bool),
+        k=jnp.asarray(-1, jnp.int32),
+        gnorm=jnp.asarray(jnp.inf, dtype),
+        status=jnp.asarray(RUNNING, jnp.int32),
+        stall=jnp.zeros((), jnp.int32),
+    )
+
+    c1, delta = 1e-4, 0.1
+    f_slack = 1e3 * eps_mach  # relative energy noise tolerated by the approximate Wolfe test
+
+    def cond(st: _State):
+        return st.status == RUNNING
+
+    def body(st: _State):
+        x, f, g = st.x, st.f, st.g
+        # Vector transport by projection of the stored pairs; drop pairs that lost curvature.
+        S = project(x, st.S)
+        Y = project(x, st.Y)
+        sy = jnp.sum(S * Y, axis=(1, 2))
+        ss = jnp.sum(S * S, axis=(1, 2))
+        yy = jnp.sum(Y * Y, axis=(1, 2))
+        valid = st.valid & (sy > 1e-10 * jnp.sqrt(ss * yy))
+        d = _two_loop(g, S, Y, valid, opts.first_step)
+        gd = _inner(g, d)
+        descent = (gd < 0) & jnp.isfinite(gd)
+        # Reset to (scaled) steepest descent when the quasi-Newton direction is not a descent one.
+        valid = valid & descent
+        d_sd = -g * (opts.first_step / jnp.maximum(_max_row_norm(g), jnp.finfo(dtype).tiny))
+        d = jnp.where(descent, d, d_sd)
+        gd = jnp.where(descent, gd, _inner(g, d_sd))
+        t0 = jnp.minimum(1.0, opts.max_step / jnp.maximum(_max_row_norm(d), jnp.finfo(dtype).tiny))
+
+        # Backtracking along the retraction curve t ↦ R_x(t d).
+        def ls_cond(c):
+            t, j, ok, *_ = c
+            return (~ok) & (j < opts.max_linesearch)
+
+        def ls_body(c):
+            t, j, ok, _, _, _, _ = c
+            y = x + t * d
+            xt = normalize_rows(y)
+            ft, gt = evaluate(xt)
+            dxt = project(xt, d) / jnp.linalg.norm(y, axis=-1, keepdims=True)
+            dphi = _inner(gt, dxt)
+            finite = jnp.isfinite(ft) & jnp.all(jnp.isfinite(gt))
+            armijo = ft <= f + c1 * t * gd  # always true at the first (evaluation) pass
+            approx_wolfe = (ft <= f + f_slack * jnp.abs(f)) & (dphi <= (2 * delta - 1) * gd)
+            ok = finite & (armijo | approx_wolfe)
+            # Quadratic interpolation of φ on [0, t], safeguarded to [0.1 t, 0.5 t].
+            denom = 2.0 * (ft - f - gd * t)
+            t_q = jnp.where(denom > 0, -gd * t * t / jnp.where(denom > 0, denom, 1.0), 0.5 * t)
+            t_next = jnp.where(finite, jnp.clip(t_q, 0.1 * t, 0.5 * t), 0.1 * t)
+            return (jnp.where(ok, t, t_next), j + 1, ok, xt, ft, gt, dxt)
+
+        init = (t0, jnp.zeros((), jnp.int32), jnp.zeros((), bool), x, f, g, d)
+        t, _, ok, xt, ft, gt, dxt = lax.while_loop(ls_cond, ls_body, init)
+
+        # Curvature pair in T_{x_new}: transported step and gradient difference.
+        s_new = project(xt, t * d)
+        y_new = gt - project(xt, g)
+        S_new = jnp.concatenate([S[1:], s_new[None]], axis=0)
+        Y_new = jnp.concatenate([Y[1:], y_new[None]], axis=0)
+        sy_new = _inner(s_new, y_new)
+        good_pair = sy_new > 1e-10 * jnp.linalg.norm(s_new) * jnp.linalg.norm(y_new)
+        valid_new = jnp.concatenate([valid[1:], good_pair[None]])
+
+        gnorm = jnp.linalg.norm(gt)
+        no_progress = jnp.isfinite(f) & (ft >= f - 4 * eps_mach * jnp.abs(f))
+        stall = jnp.where(no_progress, st.stall + 1, 0)
+        k = st.k + 1
+        status = jnp.where(
+            ~ok,
+            LINESEARCH_FAILED,
+            jnp.where(
+                gnorm <= tol * scale(ft),
+                CONVERGED,
+                jnp.where(
+                    stall >= opts.patience, STALLED, jnp.where(k >= steps, MAX_STEPS, RUNNING)
+                ),
+            ),
+        ).astype(jnp.int32)
+        new = _State(xt, ft, gt, S_new, Y_new, valid_new, k, gnorm, status, stall)
+        # A failed line search keeps the previous point (and its gradient norm).
+        kept = st._replace(k=k, status=status)
+        return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, kept)
+
+    st = lax.while_loop(cond, body, state)
+    return st.x, st.f, st.gnorm, st.k, st.status
+
+
+def _solve_batch_impl(fun, x0s, params, tol, steps, opts: _Options):
+    """``vmap`` of the Riemannian L-BFGS over restarts (leading axis of ``x0s``)."""
+    return jax.vmap(lambda x0: _riemannian_lbfgs(fun, x0, params, tol, steps, opts))(x0s)
+
+
+_solve_batch = jax.jit(_solve_batch_impl, static_argnames=("fun", "opts"))
+# Small problems run in milliseconds: compile them without LLVM optimisations (about half the
+# compile time; a few times slower to run, which only matters for large n).
+_solve_batch_small = jax.jit(
+    _solve_batch_impl,
+    static_argnames=("fun", "opts"),
+    compiler_options={"xla_backend_optimization_level": 0},
+)
+SMALL_N = 32
+
+
+# --------------------------------------------------------------------------------------------
+# Arguments.
+# --------------------------------------------------------------------------------------------
+
+
+def _check_int(value, name: str, minimum: int) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Integral,)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _check_s(s) -> float:
+    if isinstance(s, (bool, np.bool_)) or not isinstance(s, numbers.Real):
+        raise TypeError(f"s must be a real number, got {type(s).__name__}")
+    s = float(s)
+    if not math.isfinite(s) or s < 0:
+        raise ValueError(f"s must be a finite real >= 0, got {s!r}")
+    return s
+
+
+def _check_positive(value, name: str) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite real > 0, got {value!r}")
+    return value
+
+
+def initial_points(n: int, dim: int, restarts: int | None, key, init, dtype):
+    """Starts of shape (restarts, n, dim): ``init`` if given, else uniform random on the sphere."""
+    if init is not None:
+        x0 = jnp.asarray(init)
+        if x0.ndim == 2:
+            x0 = x0[None]
+        if x0.ndim != 3 or x0.shape[1:] != (n, dim):
+            raise ValueError(
+                f"init must have shape (n, dim) = ({n}, {dim}) or (restarts, {n}, {dim}), "
+                f"got shape {tuple(jnp.shape(init))}"
+            )
+        if restarts is not None and x0.shape[0] != restarts:
+            raise ValueError(
+                f"init holds {x0.shape[0]} start(s) but restarts={restarts}; pass restarts=None "
+                "or a matching number"
+            )
+        if not jnp.issubdtype(x0.dtype, jnp.floating) and not jnp.issubdtype(
+            x0.dtype, jnp.integer
+        ):
+            raise TypeError(f"init must be a real array, got dtype {x0.dtype}")
+        x0 = np.asarray(x0, np.float64)
+        norms = np.linalg.norm(x0, axis=-1, keepdims=True)
+        if not np.all(np.isfinite(x0)) or not np.all(norms > 0):
+            raise ValueError("init must be finite with non-zero rows (points on the sphere)")
+        return jnp.asarray(x0 / norms, dtype)
+    restarts = 16 if restarts is None else restarts
+    if key is None:
+        key = jax.random.key(0)
+    elif isinstance(key, numbers.Integral) and not isinstance(key, bool):
+        key = jax.random.key(int(key))
+    # NumPy generator seeded by the key's bits: deterministic per key, nothing to compile.
+    seed = np.asarray(jax.random.key_data(key)).ravel().astype(np.uint64).tolist()
+    x0 = np.random.default_rng(seed).standard_normal((restarts, n, dim))
+    return jnp.asarray(x0 / np.linalg.norm(x0, axis=-1, keepdims=True), dtype)
+
+
+def default_steps(n: int) -> int:
+    return max(2000, 40 * n)
+
+
+# --------------------------------------------------------------------------------------------
+# Public API.
+# --------------------------------------------------------------------------------------------
+
+
+class EnergyResult(NamedTuple):
+    """Result of :func:`minimize_energy`.
+
+    Attributes:
+      points: ``(n, dim)`` best configuration, unit rows.
+      energy: its energy ``Σ_{i<j} f_s(dist(x_i, x_j))`` (physics convention, no guard).
+      energies: ``(restarts,)`` final energy of every restart.
+      iterations: ``(restarts,)`` L-BFGS iterations of every restart.
+      grad_norm: final Riemannian gradient norm (Frobenius over all points) of the best restart.
+      grad_norms: ``(restarts,)`` the same for every restart.
+      status: ``(restarts,)`` stop reason, see :data:`STATUS_NAMES` (1: gradient tolerance,
+        2/3: round-off limit reached, 4: ``steps`` exhausted).
+      best: index of the best restart.
+    """
+
+    points: Array
+    energy: Array
+    energies: Array
+    iterations: Array
+    grad_norm: Array
+    grad_norms: Array
+    status: Array
+    best: int
+
+
+def softmin_objective(x: Array, beta) -> Array:
+    r"""``(1/β) log Σ_{i<j} ‖x_i − x_j‖^{−β}`` computed stably (log-sum-exp over pairs).
+
+    Equal to ``log(E_β)/β`` (same minimisers as the Riesz β-energy) and, as ``β → ∞``, to
+    ``−log min_{i<j} ‖x_i − x_j‖``: the smooth max–min objective of the Tammes problem.
+    """
+    n = x.shape[0]
+    eye = jnp.eye(n, dtype=bool)
+    c = jnp.matmul(x, x.T, precision=lax.Precision.HIGHEST)
+    z2 = jnp.where(eye, 1.0, jnp.maximum(2.0 - 2.0 * c, jnp.finfo(x.dtype).tiny))
+    v = jnp.where(eye, -jnp.inf, -0.5 * beta * jnp.log(z2))
+    m = lax.stop_gradient(jnp.max(v))
+    # Σ over ordered pairs i ≠ j counts each pair twice: subtract log 2.
+    return (m + jnp.log(jnp.sum(jnp.exp(v - m))) - math.log(2.0)) / beta
+
+
+class SphereObjective(NamedTuple):
+    """The solver's objective; hashable, a static argument of the jitted solver.
+
+    ``params["mode"] == 0``: the Riesz energy ``Σ_{i<j} f_s(dist(x_i, x_j))`` (core code) with
+    ``s = params["s"]``; ``mode == 1``: :func:`softmin_objective` with ``β = params["beta"]``
+    (euclidean). ``s``, ``beta`` and ``mode`` are traced, so one compilation per shape serves the
+    Thomson/Riesz problems and every stage of the Tammes continuation.
+    """
+
+    distance: str
+    eps: float
+
+    def __call__(self, x, params):
+        def riesz(x):
+            return physics_energy(x, s=params["s"], distance=self.distance, eps=self.eps)
+
+        def soft(x):
+            return softmin_objective(x, params["beta"])
+
+        return lax.cond(params["mode"] == 0, riesz, soft, x)
+
+
+def riesz_params(s) -> dict:
+    return {"s": s, "beta": 1.0, "mode": 0}
+
+
+def softmin_params(beta) -> dict:
+    return {"s": 1.0, "beta": beta, "mode": 1}
+
+
+def solver_options(n: int, dim: int, memory: int = 10) -> _Options:
+    # First (steepest-descent) step: a fraction of the typical spacing n^{-1/(dim-1)}.
+    first_step = min(0.2 * n ** (-1.0 / (dim - 1)), 0.5)
+    return _Options(
+        memory=memory, first_step=first_step, max_step=0.5, max_linesearch=40, patience=10
+    )
+
+
+def _as_dtype(params, dtype):
+    # NumPy scalars: no device conversion (and no tiny compilations) per call.
+    return {k: np.asarray(v, np.int32 if k == "mode" else dtype) for k, v in params.items()}
+
+
+def run_restarts(fun, x0s, params, *, steps: int, tol: float, opts: _Options):
+    """Run the jitted, vmapped solver; returns (points, f, grad norms, iterations, status)."""
+    dtype = x0s.dtype
+    solve = _solve_batch_small if x0s.shape[1] <= SMALL_N else _solve_batch
+    return solve(
+        fun, x0s, _as_dtype(params, dtype), np.asarray(tol, dtype), np.asarray(steps, np.int32), opts
+    )
+
+
+def minimize_energy(
+    n: int,
+    dim: int = 3,
+    *,
+    s=1.0,
+    distance: str = "euclidean",
+    restarts: int | None = None,
+    key=None,
+    init=None,
+    steps: int | None = None,
+    tol: float | None = None,
+    memory: int = 10,
+) -> EnergyResult:
+    r"""Minimum-energy configuration of ``n`` points on the unit sphere ``S^{dim−1} ⊂ R^dim``.
+
+    Minimises the Riesz ``s``-energy in the physics convention (each pair once, unnormalised)
+
+        ``E(x) = Σ_{i<j} f_s(dist(x_i, x_j))``,  ``f_s(r) = r^{−s}`` (s > 0),
+        ``f_0(r) = log(1/r)`` (s = 0),
+
+    with ``dist`` the euclidean (chordal) distance ``‖x_i − x_j‖`` or the angular distance
+    ``arccos(x_i·x_j)`` (radians). ``s = 1``, ``dim = 3`` is the Thomson problem; ``s = 0`` is
+    Whyte's problem (maximise ``Π_{i<j} ‖x_i − x_j‖``, i.e. minimise the log energy; Smale's 7th
+    problem); large ``s`` approaches the Tammes problem (see :func:`tammes`). The energy is
+    computed by :func:`mhe_jax.hyperspherical_energy` (mean over ordered pairs) times
+    ``n(n−1)/2``.
+
+    Method: Riemannian L-BFGS on ``(S^{dim−1})^n`` (projected gradient, retraction by
+    normalisation, vector transport by projection, Armijo / approximate-Wolfe backtracking),
+    ``restarts`` random starts ``jax.vmap``-ed in one ``jax.jit`` call (each a
+    ``lax.while_loop``), best kept. It finds local minima; for large ``n`` the global minimum
+    needs many restarts (the number of local minima grows exponentially).
+
+    Precision: computes in float64 when ``jax.config.update("jax_enable_x64", True)`` is set —
+    needed for ~1e-10 relative energies — and in float32 otherwise (about 1e-6 relative).
+
+    Args:
+      n: number of points, ``>= 2``.
+      dim: ambient dimension, ``>= 2`` (points on ``S^{dim−1}``).
+      s: Riesz exponent ``>= 0`` (0: log energy).
+      distance: ``"euclidean"`` or ``"angular"``.
+      restarts: number of random starts (default 16, or the number of starts in ``init``).
+      key: PRNG key (or int seed) for the random starts; default ``jax.random.key(0)``.
+        Results are deterministic for a fixed key.
+      init: optional starts, shape ``(n, dim)`` or ``(restarts, n, dim)`` (rows are normalised).
+      steps: maximum L-BFGS iterations per restart (default ``max(2000, 40 n)``).
+      tol: stop when the Riemannian gradient norm ``≤ tol · max(|E|, 1)``; default 1e-11 in
+        float64, 1e-5 in float32. Restarts also stop when round-off stalls the decrease.
+      memory: L-BFGS memory (number of stored pairs).
+
+    Returns:
+      :class:`EnergyResult` (best points and energy, per-restart energies, iterations, gradient
+      norms and stop status).
+    """
+    n = _check_int(n, "n", 2)
+    dim = _check_int(dim, "dim", 2)
+    s = _check_s(s)
+    _checks.check_distance(distance)
+    if restarts is not None:
+        restarts = _check_int(restarts, "restarts", 1)
+    memory = _check_int(memory, "memory", 1)
+    dtype = compute_dtype()
+    steps = default_steps(n) if steps is None else _check_int(steps, "steps", 1)
+    if tol is None:
+        tol = 1e-11 if dtype == jnp.float64 else 1e-5
+    tol = _check_positive(tol, "tol")
+    x0s = initial_points(n, dim, restarts, key, init, dtype)
+
+    fun = SphereObjective(distance, _solver_eps(distance, dtype))
+    params = riesz_params(s)
+    xs, energies, gnorms, iters, status = run_restarts(
+        fun, x0s, params, steps=steps, tol=tol, opts=solver_options(n, dim, memory)
+    )
+    # The solver's energies are exact: eps = 0 (euclidean), or ε_mach² (angular), which leaves
+    # every value unchanged in floating point.
+    xs, energies, gnorms = np.asarray(xs), np.asarray(energies), np.asarray(gnorms)
+    best = int(np.argmin(np.where(np.isnan(energies), np.inf, energies)))
+    return EnergyResult(
+        points=jnp.asarray(xs[best]),
+        energy=jnp.asarray(energies[best]),
+        energies=jnp.asarray(energies),
+        iterations=iters,
+        grad_norm=jnp.asarray(gnorms[best]),
+        grad_norms=jnp.asarray(gnorms),
+        status=status,
+        best=best,
+    )

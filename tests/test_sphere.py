@@ -1,0 +1,273 @@
+"""mhe_jax.sphere: Thomson / Riesz / log-energy minima and the Tammes problem against known values.
+
+CI runs a handful of N (one compilation per N, shared by the energy and Tammes solvers); the full
+reference tables (N = 2..64 Thomson, every proven Tammes N) are ``@pytest.mark.slow``.
+"""
+
+import math
+from pathlib import Path
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import mhe_jax  # noqa: E402
+from mhe_jax.sphere import minimize_energy, physics_energy, tammes  # noqa: E402
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+
+# Best known Thomson energies E(N) = Σ_{i<j} 1/‖x_i − x_j‖ (Wikipedia "Thomson problem" /
+# Cambridge Cluster Database), copied from shared/reference/thomson_minima_N2-64.tsv.
+THOMSON = {
+    2: 0.500000000,
+    3: 1.732050808,
+    4: 3.674234614,
+    5: 6.474691495,
+    6: 9.985281374,
+    12: 49.165253058,
+    13: 58.853230612,
+}
+# Proven Tammes optima (minimum angle, degrees), from shared/reference/tammes_proven.tsv.
+TAMMES = {3: 120.0, 4: 109.471220634, 5: 90.0, 6: 90.0, 12: 63.4349488229}
+
+RESTARTS = 16  # one shape per N: every CI test below reuses the same compiled solver
+
+
+def _read_tsv(name):
+    path = REFERENCE / name
+    if not path.exists():
+        pytest.skip(f"{path} not available")
+    rows = [line.split("\t") for line in path.read_text().splitlines()[1:] if line.strip()]
+    return {int(r[0]): float(r[1]) for r in rows}
+
+
+@pytest.fixture(scope="module")
+def thomson_results():
+    return {n: minimize_energy(n, restarts=RESTARTS) for n in THOMSON}
+
+
+def np_energy(x, s=1.0, distance="euclidean"):
+    """Brute-force Σ_{i<j} f_s(dist(x_i, x_j)) in float64 NumPy."""
+    x = np.asarray(x, np.float64)
+    i, j = np.triu_indices(len(x), 1)
+    if distance == "euclidean":
+        r = np.linalg.norm(x[i] - x[j], axis=1)
+    else:
+        r = np.arccos(np.clip(np.sum(x[i] * x[j], axis=1), -1, 1))
+    return float(np.sum(-np.log(r) if s == 0 else r ** (-s)))
+
+
+def _check_thomson(res, n, want, rtol=1e-8):
+    assert res.points.shape == (n, 3)
+    got = float(res.energy)
+    assert abs(got - want) <= rtol * want, (n, got, want, (got - want) / want)
+    # The reported energy is the physics energy of the returned points.
+    np.testing.assert_allclose(np_energy(res.points), got, rtol=1e-12)
+
+
+# ------------------------------------------------------------------------------ Thomson
+
+
+@pytest.mark.parametrize("n", sorted(THOMSON))
+def test_thomson_known_minima(thomson_results, n):
+    _check_thomson(thomson_results[n], n, THOMSON[n])
+
+
+def test_result_fields_and_sphere(thomson_results):
+    for n, res in thomson_results.items():
+        norms = np.linalg.norm(np.asarray(res.points), axis=1)
+        np.testing.assert_allclose(norms, 1.0, rtol=0, atol=1e-12)
+        assert res.points.dtype == jnp.float64
+        assert res.energies.shape == res.iterations.shape == res.grad_norms.shape == (RESTARTS,)
+        assert float(res.energy) == float(jnp.min(res.energies))
+        assert res.best == int(jnp.argmin(res.energies))
+        assert float(res.grad_norm) == float(res.grad_norms[res.best])
+        # Converged: relative Riemannian gradient small, or round-off reached (status 1-3).
+        assert float(res.grad_norm) <= 1e-6 * max(float(res.energy), 1.0)
+        assert set(np.asarray(res.status).tolist()) <= {1, 2, 3}
+        assert int(jnp.max(res.iterations)) < 2000
+
+
+def test_energy_matches_core_convention(thomson_results):
+    """E = hyperspherical_energy (mean over ordered pairs) × n(n−1)/2 = brute-force Σ_{i<j}."""
+    x = thomson_results[5].points
+    mean, phys = jax.jit(
+        lambda x: (
+            mhe_jax.hyperspherical_energy(x, s=1.0, neuron_axis=0, eps=0.0),
+            physics_energy(x, 1.0),
+        )
+    )(x)
+    brute = np_energy(x)
+    np.testing.assert_allclose(float(mean) * 10, brute, rtol=1e-14)
+    np.testing.assert_allclose(float(phys), brute, rtol=1e-14)
+    np.testing.assert_allclose(float(thomson_results[5].energy), brute, rtol=1e-13)
+
+
+def test_average_pair_energy_increases(thomson_results):
+    ns = sorted(thomson_results)
+    avg = [float(thomson_results[n].energy) / math.comb(n, 2) for n in ns]
+    assert all(b > a for a, b in zip(avg, avg[1:])), avg
+
+
+def test_deterministic_for_fixed_key():
+    a = minimize_energy(5, restarts=RESTARTS, key=jax.random.key(3))
+    b = minimize_energy(5, restarts=RESTARTS, key=jax.random.key(3))
+    np.testing.assert_array_equal(np.asarray(a.points), np.asarray(b.points))
+    np.testing.assert_array_equal(np.asarray(a.energies), np.asarray(b.energies))
+    c = minimize_energy(5, restarts=RESTARTS, key=jax.random.key(4))
+    assert not np.array_equal(np.asarray(a.points), np.asarray(c.points))
+    np.testing.assert_allclose(float(c.energy), THOMSON[5], rtol=1e-8)
+
+
+def test_init_is_used():
+    init = np.random.default_rng(0).standard_normal((RESTARTS, 6, 3)) * 3.0
+    res = minimize_energy(6, init=init)
+    np.testing.assert_allclose(float(res.energy), THOMSON[6], rtol=1e-8)
+    # An optimum as init: no step needed.
+    one = minimize_energy(6, init=np.asarray(res.points), steps=50)
+    np.testing.assert_allclose(float(one.energy), float(res.energy), rtol=1e-14)
+    assert one.energies.shape == (1,)
+
+
+# ------------------------------------------------------- log energy (Whyte), angular, dims
+
+
+def _simplex_energy(n, s, distance):
+    c = -1.0 / (n - 1)
+    r = math.sqrt(2 - 2 * c) if distance == "euclidean" else math.acos(c)
+    return math.comb(n, 2) * (math.log(1 / r) if s == 0 else r ** (-s))
+
+
+@pytest.mark.parametrize(
+    "n,want",
+    [
+        (4, -3 * math.log(8 / 3)),  # tetrahedron
+        (5, -4 * math.log(2) - 1.5 * math.log(3)),  # triangular bipyramid (Dragnev et al. 2002)
+        (6, -9 * math.log(2)),  # octahedron
+    ],
+)
+def test_log_energy_whyte(n, want):
+    res = minimize_energy(n, s=0.0, restarts=RESTARTS)
+    np.testing.assert_allclose(float(res.energy), want, rtol=1e-10)
+    np.testing.assert_allclose(np_energy(res.points, s=0.0), want, rtol=1e-10)
+
+
+@pytest.mark.parametrize("s", [1.0, 2.0])
+def test_angular_simplex(s):
+    res = minimize_energy(4, s=s, distance="angular", restarts=RESTARTS)
+    want = _simplex_energy(4, s, "angular")
+    np.testing.assert_allclose(float(res.energy), want, rtol=1e-10)
+    np.testing.assert_allclose(np_energy(res.points, s, "angular"), want, rtol=1e-10)
+    cos = np.asarray(res.points) @ np.asarray(res.points).T
+    np.testing.assert_allclose(cos[np.triu_indices(4, 1)], -1 / 3, atol=1e-6)
+
+
+def test_angular_log_energy_prefers_the_square():
+    """Σ log(1/θ_ij) is not convex in the cosine: for n = 4 the square on a great circle
+    (4 pairs at π/2, 2 at π) beats the tetrahedron, and the solver finds it."""
+    res = minimize_energy(4, s=0.0, distance="angular", restarts=RESTARTS)
+    square = -4 * math.log(math.pi / 2) - 2 * math.log(math.pi)
+    assert square < _simplex_energy(4, 0.0, "angular")
+    np.testing.assert_allclose(float(res.energy), square, rtol=1e-10)
+    # θ from a cosine near −1 is only good to ~sqrt(ε_mach) (antipodal pairs): a loose check.
+    np.testing.assert_allclose(np_energy(res.points, 0.0, "angular"), square, rtol=1e-7)
+
+
+def test_regular_simplex_in_dim_4():
+    for s in (0.0, 1.0, 3.5):
+        res = minimize_energy(5, dim=4, s=s, restarts=4)
+        assert res.points.shape == (5, 4)
+        np.testing.assert_allclose(
+            float(res.energy), _simplex_energy(5, s, "euclidean"), rtol=1e-10
+        )
+
+
+def test_regular_polygon_in_dim_2():
+    n = 7
+    want = n / 2 * sum(1 / (2 * math.sin(math.pi * k / n)) for k in range(1, n))
+    res = minimize_energy(n, dim=2, restarts=4)
+    np.testing.assert_allclose(float(res.energy), want, rtol=1e-10)
+
+
+# ------------------------------------------------------------------------------ Tammes
+
+
+@pytest.mark.parametrize("n", sorted(TAMMES))
+def test_tammes_proven(n):
+    res = tammes(n, restarts=RESTARTS)
+    assert abs(res.min_angle_deg - TAMMES[n]) <= 1e-6, (n, res.min_angle_deg)
+    assert math.isclose(math.degrees(res.min_angle), res.min_angle_deg, rel_tol=1e-15)
+    x = np.asarray(res.points)
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-12)
+    np.testing.assert_allclose(
+        res.min_angle, float(mhe_jax.min_angle(x, neuron_axis=0)), rtol=0, atol=1e-9
+    )
+
+
+# ------------------------------------------------------------------------------ errors
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        (dict(n=1), ValueError, "n must be >= 2"),
+        (dict(n=2.5), TypeError, "n must be an int"),
+        (dict(n=4, dim=1), ValueError, "dim must be >= 2"),
+        (dict(n=4, s=-1.0), ValueError, "s must be"),
+        (dict(n=4, s=float("nan")), ValueError, "s must be"),
+        (dict(n=4, distance="cosine"), ValueError, "distance must be one of"),
+        (dict(n=4, restarts=0), ValueError, "restarts must be >= 1"),
+        (dict(n=4, init=np.ones((5, 3))), ValueError, "init must have shape"),
+        (dict(n=4, init=np.ones((2, 4, 2))), ValueError, "init must have shape"),
+        (dict(n=4, init=np.ones((2, 4, 3)), restarts=3), ValueError, "restarts=3"),
+        (dict(n=4, init=np.zeros((4, 3))), ValueError, "init must be finite with non-zero"),
+        (dict(n=4, tol=0.0), ValueError, "tol must be"),
+        (dict(n=4, steps=0), ValueError, "steps must be >= 1"),
+    ],
+)
+def test_bad_arguments(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        minimize_energy(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(n=1), "n must be >= 2"),
+        (dict(n=4, dim=0), "dim must be >= 2"),
+        (dict(n=4, restarts=0), "restarts must be >= 1"),
+        (dict(n=4, init=np.ones((4, 2))), "init must have shape"),
+        (dict(n=4, schedule=(-1.0,)), "s must be"),
+        (dict(n=4, schedule=(), betas=()), "cannot both be empty"),
+    ],
+)
+def test_tammes_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        tammes(**kwargs)
+
+
+# ------------------------------------------------------------------------------ slow
+
+
+@pytest.mark.slow
+def test_thomson_all_n_2_to_64():
+    table = _read_tsv("thomson_minima_N2-64.tsv")
+    energies = {}
+    for n, want in sorted(table.items()):
+        res = minimize_energy(n, restarts=32 if n > 40 else RESTARTS)
+        _check_thomson(res, n, want)
+        energies[n] = float(res.energy)
+    avg = [energies[n] / math.comb(n, 2) for n in sorted(energies)]
+    assert all(b > a for a, b in zip(avg, avg[1:]))
+
+
+@pytest.mark.slow
+def test_tammes_all_proven():
+    table = _read_tsv("tammes_proven.tsv")
+    for n, want in sorted(table.items()):
+        res = tammes(n, restarts=32)
+        assert abs(res.min_angle_deg - want) <= 1e-6, (n, res.min_angle_deg, want)
