@@ -21,7 +21,6 @@ Restarts are ``jax.vmap``-ed inside one ``jax.jit``; each runs in a ``jax.lax.wh
 
 from __future__ import annotations
 
-import functools
 import math
 import numbers
 from collections.abc import Callable
@@ -135,6 +134,7 @@ def _two_loop(g, S, Y, valid, first_step):
     sy = jnp.sum(S * Y, axis=(1, 2))
     yy = jnp.sum(Y * Y, axis=(1, 2))
     rho = jnp.where(valid, 1.0 / jnp.where(valid, sy, 1.0), 0.0)
+
     def backward(q, i):
         a = rho[i] * _inner(S[i], q)
         return q - a * Y[i], a
@@ -217,7 +217,7 @@ def _riemannian_lbfgs(fun: Callable, x0: Array, params, tol, steps, opts: _Optio
             return (~ok) & (j < opts.max_linesearch)
 
         def ls_body(c):
-            t, j, ok, _, _, _, _ = c
+            t, j, ok, _, _, _ = c
             y = x + t * d
             xt = normalize_rows(y)
             ft, gt = evaluate(xt)
@@ -231,10 +231,10 @@ def _riemannian_lbfgs(fun: Callable, x0: Array, params, tol, steps, opts: _Optio
             denom = 2.0 * (ft - f - gd * t)
             t_q = jnp.where(denom > 0, -gd * t * t / jnp.where(denom > 0, denom, 1.0), 0.5 * t)
             t_next = jnp.where(finite, jnp.clip(t_q, 0.1 * t, 0.5 * t), 0.1 * t)
-            return (jnp.where(ok, t, t_next), j + 1, ok, xt, ft, gt, dxt)
+            return (jnp.where(ok, t, t_next), j + 1, ok, xt, ft, gt)
 
-        init = (t0, jnp.zeros((), jnp.int32), jnp.zeros((), bool), x, f, g, d)
-        t, _, ok, xt, ft, gt, dxt = lax.while_loop(ls_cond, ls_body, init)
+        init = (t0, jnp.zeros((), jnp.int32), jnp.zeros((), bool), x, f, g)
+        t, _, ok, xt, ft, gt = lax.while_loop(ls_cond, ls_body, init)
 
         # Curvature pair in T_{x_new}: transported step and gradient difference.
         s_new = project(xt, t * d)
@@ -449,9 +449,8 @@ def run_restarts(fun, x0s, params, *, steps: int, tol: float, opts: _Options):
     """Run the jitted, vmapped solver; returns (points, f, grad norms, iterations, status)."""
     dtype = x0s.dtype
     solve = _solve_batch_small if x0s.shape[1] <= SMALL_N else _solve_batch
-    return solve(
-        fun, x0s, _as_dtype(params, dtype), np.asarray(tol, dtype), np.asarray(steps, np.int32), opts
-    )
+    tol, steps = np.asarray(tol, dtype), np.asarray(steps, np.int32)
+    return solve(fun, x0s, _as_dtype(params, dtype), tol, steps, opts)
 
 
 def minimize_energy(

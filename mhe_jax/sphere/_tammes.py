@@ -290,7 +290,7 @@ def tammes(
     if tol is None:
         tol = 1e-10 if dtype == jnp.float64 else 1e-5
     tol = _solver._check_positive(tol, "tol")
-    x = _solver.initial_points(n, dim, restarts, key, init, dtype)
+    x = np.asarray(_solver.initial_points(n, dim, restarts, key, init, dtype))
 
     fun = _solver.SphereObjective("euclidean", 0.0)
     opts = _solver.solver_options(n, dim)
@@ -302,8 +302,9 @@ def tammes(
         xs, f, _, _, _ = _solver.run_restarts(
             fun, x, params, steps=steps, tol=stage_tol, opts=opts
         )
-        ok = jnp.isfinite(f)[:, None, None] & jnp.all(jnp.isfinite(xs), axis=(1, 2), keepdims=True)
-        x = jnp.where(ok, xs, x)  # a stage that overflows (float32, large s) keeps the previous
+        xs, f = np.asarray(xs), np.asarray(f)
+        ok = np.isfinite(f)[:, None, None] & np.all(np.isfinite(xs), axis=(1, 2), keepdims=True)
+        x = np.where(ok, xs, x)  # a stage that overflows (float32, large s) keeps the previous
 
     X = np.asarray(x, np.float64)
     X = X / np.linalg.norm(X, axis=-1, keepdims=True)
