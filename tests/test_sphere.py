@@ -264,12 +264,19 @@ def test_tammes_bad_arguments(kwargs, match):
 
 @pytest.mark.slow
 def test_thomson_all_n_2_to_64():
+    """Every N = 2..64 to 1e-8 relative. With key 0, 16 restarts reach the best known minimum for
+    N < 35 (all 16 in most cases); above, some N are hard (N = 46: 4 of 64 restarts, N = 56: 8 of
+    64), so 64 restarts are used."""
     table = _read_tsv("thomson_minima_N2-64.tsv")
-    energies = {}
+    energies, failures = {}, []
     for n, want in sorted(table.items()):
-        res = minimize_energy(n, restarts=32 if n > 40 else RESTARTS)
-        _check_thomson(res, n, want)
+        res = minimize_energy(n, restarts=RESTARTS if n < 35 else 64)
+        try:
+            _check_thomson(res, n, want)
+        except AssertionError as err:
+            failures.append(str(err))
         energies[n] = float(res.energy)
+    assert not failures, failures
     avg = [energies[n] / math.comb(n, 2) for n in sorted(energies)]
     assert all(b > a for a, b in zip(avg, avg[1:]))
 
