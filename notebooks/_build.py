@@ -247,7 +247,8 @@ CELLS01 = [
     print("max |update + lr * grad R| =", diff)
     """),
     md("""
-    Descending on the regularizer alone spreads the neurons: `layer_energies` reports each
+    Descending on the regularizer alone spreads the neurons, most visibly where they are crowded
+    (16 conv neurons in 9 dimensions, 10 classifier neurons): `layer_energies` reports each
     layer's energy, minimum angle and coherence (jit it for logging).
     """),
     code("""
@@ -382,8 +383,9 @@ CELLS01 = [
     $\\log \\operatorname{mean}_{i \\ne j} \\exp(-t \\lVert \\hat z_i - \\hat z_j \\rVert^2)$, the
     *uniformity* loss of Wang & Isola (2020) for normalised embeddings, so
     `loss + λ * mhe_jax.gaussian_energy(z, neuron_axis=0)` is their uniformity regulariser.
-    Below: the fc-layer features of the trained CNN against random Gaussian vectors (uniform on
-    the sphere, the lowest energy) and the features of a single class (collapsed, the highest).
+    Below: the fc-layer features of the trained CNN between two references, random Gaussian
+    vectors (uniformly spread directions: low energy) and the features of a single class
+    (nearly collapsed: high energy).
     """),
     code("""
     model_mhe = runs["half-space MHE"][0]
@@ -596,6 +598,12 @@ CELLS03 = [
     under `$MHE_JAX_DATA`), keeping 100 images of digit 0 as in the paper; otherwise
     scikit-learn's bundled digits (upsampled to 16×16), keeping 10 of about 135. Smoke mode:
     digits and a few steps.
+
+    On digits (full mode, 600 steps, about 30 epochs) we measured: without MHE 88.7% test
+    accuracy and 0% on digit 0; with output MHE 96.0% and 86.7% on digit 0. Trained much longer
+    (1500 steps) the baseline memorises the ten zeros as well and both reach ~95% on digit 0:
+    the imbalance effect is about what the classifier learns before it can memorise the rare
+    class.
     """),
     code(INSTALL),
     code(setup("03")),
@@ -620,21 +628,26 @@ CELLS03 = [
     classifier with kernel `(2, 10)`). Both runs use the official optimizer recipe
     (`mhe_jax.train.make_optimizer`: weight decay, then the regulariser, then SGD with momentum)
     and `mhe_jax.train.fit`; the MHE run adds only output-layer MHE,
-    `mhe_regularizer(0.0, λ_o, s=0.0, output=model.output_path)`.
+    `mhe_regularizer(0.0, λ_o, s=0.0, output=model.output_path, max_norm=1.0)`.
 
-    We use the **log energy (s = 0)**: in two dimensions ten neurons are at best 36° apart and the
-    Riesz s = 2 energy and its gradient (∝ 1/distance³) grow large whenever two neurons come close,
-    which can blow training up; the log energy is stable. λ_o = 20 is the official output strength
-    10 translated to this library's $E_0$ (the official log loss is $2E_0$).
+    - **Log energy (s = 0).** In two dimensions ten neurons are at best 36° apart, and the Riesz
+      s = 2 energy and its gradient (∝ 1/distance³) grow large whenever two neurons come close,
+      which can blow training up; the log energy is stable.
+    - **λ_o = 20** is the official output strength 10 translated to this library's $E_0$ (the
+      official log loss is $2E_0$).
+    - **`max_norm=1.0`** clips the regulariser's gradient. The energy depends only on directions,
+      so its gradient grows like $1/\lVert w \rVert$, and 2-D classifier neurons start short
+      ($\lVert w \rVert \approx 0.5$): unclipped, the first steps throw the neurons around and
+      inflate their norms, and training can diverge (loss stuck near its maximum).
     """),
     code("""
     if ds.name == "mnist":
         STEPS, BATCH, WIDTHS = 6000, 128, (32, 32, 64, 64, 128, 128)
     elif SMOKE:
         STEPS, BATCH, WIDTHS = 40, 32, (8, 16)  # 2 conv layers instead of 6: compiles fast
-    else:
-        STEPS, BATCH, WIDTHS = 1500, 64, (32, 32, 64, 64, 128, 128)
-    LAMBDA_O = 20.0
+    else:  # digits: ~30 epochs; much longer, the baseline memorises the 10 zeros too
+        STEPS, BATCH, WIDTHS = 600, 64, (32, 32, 64, 64, 128, 128)
+    LAMBDA_O, MAX_NORM = 20.0, 1.0
     lr = mhe_jax.train.step_decay_schedule(0.05, (2 * STEPS // 3, 5 * STEPS // 6),
                                            warmup_steps=STEPS // 30)
 
@@ -642,8 +655,8 @@ CELLS03 = [
     def run(with_mhe, seed=0):
         model = mhe_jax.models.mnist2d(ds.num_classes, in_channels=ds.image_shape[-1], widths=WIDTHS,
                                        rngs=nnx.Rngs(seed))
-        regularizer = (mhe_jax.mhe_regularizer(0.0, LAMBDA_O, s=0.0, output=model.output_path)
-                       if with_mhe else None)
+        regularizer = (mhe_jax.mhe_regularizer(0.0, LAMBDA_O, s=0.0, output=model.output_path,
+                                               max_norm=MAX_NORM) if with_mhe else None)
         optimizer = nnx.Optimizer(model, mhe_jax.train.make_optimizer(lr, regularizer=regularizer),
                                   wrt=nnx.Param)
         result = mhe_jax.train.fit(model, optimizer, ds_imb, steps=STEPS, batch_size=BATCH, seed=seed,
