@@ -17,6 +17,7 @@ from mhe_jax._baselines import (
     orthonormal_penalty as orthonormal_penalty,
     orthonormal_regularizer as orthonormal_regularizer,
 )
+from mhe_jax._sharded import sharded_hyperspherical_energy as sharded_hyperspherical_energy
 from mhe_jax._transform import (
     RegularizerState as RegularizerState,
     layer_energies as layer_energies,

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
-from mhe_jax import _checks
+from mhe_jax import _checks, _tiled
 
 Array = jax.Array
 
@@ -90,11 +90,15 @@ _upcast.defvjp(_upcast_fwd, _upcast_bwd)
 
 def normalize_columns(W: Array, norm_eps: float = 0.0) -> Array:
     """``ŵ_i = w_i / sqrt(‖w_i‖² + norm_eps)``; zero columns stay zero with a finite gradient."""
+    return W * inverse_norms(W, norm_eps)
+
+
+def inverse_norms(W: Array, norm_eps: float = 0.0) -> Array:
+    """``1 / sqrt(‖w_i‖² + norm_eps)`` as a (1, N) row; 0 for zero columns."""
     sq = jnp.sum(W * W, axis=0, keepdims=True) + norm_eps
     tiny = jnp.finfo(W.dtype).tiny
     ok = sq > tiny
-    inv = jnp.where(ok, lax.rsqrt(jnp.where(ok, sq, 1.0)), 0.0)
-    return W * inv
+    return jnp.where(ok, lax.rsqrt(jnp.where(ok, sq, 1.0)), 0.0)
 
 
 def sample_columns(W: Array, sample_size: int | None, key) -> Array:
@@ -200,43 +204,107 @@ def offdiag(x: Array) -> Array:
     return jnp.where(jnp.eye(n, dtype=bool), jnp.zeros((), x.dtype), x)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def pairwise_sum(k: Kernel, Wn: Array, params) -> Array:
-    """``Σ_{i≠j} h(ŵ_iᵀŵ_j)`` over the columns of ``Wn`` (d, n)."""
-    return jnp.sum(offdiag(pair_function(k, params)(gram(Wn))))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 3))
+def pairwise_sum(k: Kernel, Wn: Array, params, block_size: int | None = None) -> Array:
+    """``Σ_{i≠j} h(ŵ_iᵀŵ_j)`` over the columns of ``Wn`` (d, n).
+
+    Computed by :func:`mhe_jax._tiled.pair_sum` with the kernel's :func:`pair_function`: dense
+    up to ``_tiled.DENSE_MAX`` neurons, else in row tiles of ``block_size`` (default
+    ``_tiled.DEFAULT_BLOCK``) over the upper triangle of blocks; ``block_size`` forces tiling.
+    """
+    return _tiled.pair_sum(pair_function(k, params), Wn, block_size, with_force=False)[0]
 
 
 @functools.partial(pairwise_sum.defjvp, symbolic_zeros=True)
-def _pairwise_sum_jvp(k: Kernel, primals, tangents):
+def _pairwise_sum_jvp(k: Kernel, block_size, primals, tangents):
     Wn, params = primals
     dWn, dparams = tangents
     if any(not isinstance(t, SymbolicZero) for t in jax.tree.leaves(dparams)):
         raise NotImplementedError(
             "differentiating an energy with respect to s, t or eps is not supported"
         )
-    c = gram(Wn)
-    h, dh = jax.jvp(pair_function(k, params), (c,), (jnp.ones_like(c),))
-    value = jnp.sum(offdiag(h))
+    h = pair_function(k, params)
     if isinstance(dWn, SymbolicZero):
+        value = _tiled.pair_sum(h, Wn, block_size, with_force=False)[0]
         return value, jnp.zeros_like(value)
-    # dE = Σ_ij h'(c_ij)(ŵ_i·dŵ_j + dŵ_i·ŵ_j) = 2 ⟨Ŵ h'(C), dŴ⟩ since h'(C) is symmetric.
-    force = jnp.matmul(Wn, offdiag(dh), precision=_HIGHEST)
-    return value, 2.0 * jnp.vdot(force, dWn)
+    # dE = Σ_ij h'(c_ij)(ŵ_i·dŵ_j + dŵ_i·ŵ_j) = 2 ⟨Ŵ h'(C), dŴ⟩ since h'(C) is symmetric; the
+    # force Ŵ h'(C) comes with the value from one pass over the tiles (h, h' from one jax.jvp).
+    value, force = _tiled.pair_sum(h, Wn, block_size, with_force=True)
+    return value, 2.0 * jnp.sum(force * dWn)
 
 
-def mean_energy(k: Kernel, params, Wn: Array, n_total: int) -> Array:
+def mean_energy(
+    k: Kernel, params, Wn: Array, n_total: int, block_size: int | None = None
+) -> Array:
     """Mean pair energy of the full (or half-space) set, from the columns ``Wn``.
 
     ``Wn`` may be a uniform sample of the ``n_total`` neurons: the mean over sampled pairs is an
     unbiased estimate of the mean over all pairs, and the half-space constants use ``n_total``,
-    so value and gradient stay unbiased.
+    so value and gradient stay unbiased. ``block_size``: see :func:`pairwise_sum`.
     """
     n = Wn.shape[1]
+    total = pairwise_sum(k, Wn, params, block_size) if n > 1 else jnp.zeros((), Wn.dtype)
+    return mean_from_sum(k, params, total, n, n_total)
+
+
+def normalized_mean_energy(
+    k: Kernel, params, W: Array, n_total: int, block_size: int | None = None,
+    norm_eps: float = 0.0,
+) -> Array:
+    """:func:`mean_energy` of ``normalize_columns(W, norm_eps)``, normalising inside the pair sum.
+
+    Same value and gradient; the normalisation is fused into the pair computation (see
+    :func:`normalized_pairwise_sum`), which saves the passes over the normalised copy.
+    """
+    n = W.shape[1]
+    total = (
+        normalized_pairwise_sum(k, W, params, norm_eps, block_size)
+        if n > 1 else jnp.zeros((), W.dtype)
+    )
+    return mean_from_sum(k, params, total, n, n_total)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 3, 4))
+def normalized_pairwise_sum(
+    k: Kernel, W: Array, params, norm_eps: float = 0.0, block_size: int | None = None
+) -> Array:
+    """``pairwise_sum(k, normalize_columns(W, norm_eps), params, block_size)``.
+
+    Its derivative is computed without differentiating through a normalised copy: for the dense
+    path (``N ≤ _tiled.DENSE_MAX`` or one tile) the normalisation is folded into the ``N × N``
+    work (:func:`mhe_jax._tiled.dense_normalized`): energy and gradient cost the Gram product
+    and one more matmul; the tiled path uses the force of :func:`pairwise_sum`'s rule.
+    """
+    return pairwise_sum(k, normalize_columns(W, norm_eps), params, block_size)
+
+
+@functools.partial(normalized_pairwise_sum.defjvp, symbolic_zeros=True)
+def _normalized_pairwise_sum_jvp(k: Kernel, norm_eps, block_size, primals, tangents):
+    W, params = primals
+    dW, dparams = tangents
+    if any(not isinstance(t, SymbolicZero) for t in jax.tree.leaves(dparams)):
+        raise NotImplementedError(
+            "differentiating an energy with respect to s, t or eps is not supported"
+        )
+    h = pair_function(k, params)
+    if isinstance(dW, SymbolicZero):
+        value = _tiled.pair_sum(h, normalize_columns(W, norm_eps), block_size, False)[0]
+        return value, jnp.zeros_like(value)
+    if _tiled.is_dense(W.shape[1], block_size):
+        value, grad = _tiled.dense_normalized(h, W, inverse_norms(W, norm_eps))
+        return value, jnp.sum(grad * dW)
+    Wn, dWn = jax.jvp(lambda W: normalize_columns(W, norm_eps), (W,), (dW,))
+    value, force = _tiled.pair_sum(h, Wn, block_size, with_force=True)
+    return value, 2.0 * jnp.sum(force * dWn)
+
+
+def mean_from_sum(k: Kernel, params, total: Array, n: int, n_total: int) -> Array:
+    """:func:`mean_energy` from ``total = Σ_{i≠j} h(c_ij)`` over ``n`` of ``n_total`` neurons."""
     pairs = n * (n - 1)
-    mean_h = pairwise_sum(k, Wn, params) / pairs if pairs else jnp.zeros((), Wn.dtype)
+    mean_h = total / pairs if pairs else jnp.zeros((), total.dtype)
     if not k.half_space:
         return mean_h
-    f_antipodal = pair_value(k, params, jnp.asarray(-1.0, Wn.dtype))
+    f_antipodal = pair_value(k, params, jnp.asarray(-1.0, total.dtype))
     return ((n_total - 1) * mean_h + f_antipodal) / (2 * n_total - 1)
 
 
@@ -255,6 +323,7 @@ def hyperspherical_energy(
     eps=None,
     sample_size: int | None = None,
     key=None,
+    block_size: int | None = None,
 ) -> Array:
     r"""Hyperspherical energy of the neurons of ``w`` (Eq. 1, 2, 4, 5 of the paper).
 
@@ -275,6 +344,12 @@ def hyperspherical_energy(
       sample_size: if set, the energy of ``sample_size`` neurons drawn without replacement with
         ``key`` — an unbiased estimate of value and gradient (Sec. 3.6).
       key: PRNG key, required with ``sample_size``.
+      block_size: neurons per tile of the Gram matrix. ``None`` (default): the ``N × N`` pair
+        matrices are formed at once for ``N ≤ 1024`` (``_tiled.DENSE_MAX``) and computed in
+        tiles of about 256 neurons above; an int asks for tiles of about that size (an int
+        ``≥ N``: one dense tile). Tiles visit
+        each pair of blocks once (symmetry) and keep the memory at ``O(N·d + block·N/2)``; the
+        value and gradient are those of the dense formula (up to the order of summation).
 
     Returns:
       A scalar (float32, or float64 for float64 input). ``N = 1`` gives 0 (full space).
@@ -282,8 +357,8 @@ def hyperspherical_energy(
     W = as_neuron_matrix(w, neuron_axis)
     n_total = W.shape[1]
     kernel, params = make_kernel("riesz", distance, half_space, s, eps, W.dtype)
-    Wn = normalize_columns(sample_columns(W, sample_size, key))
-    return mean_energy(kernel, params, Wn, n_total)
+    W = sample_columns(W, sample_size, key)
+    return normalized_mean_energy(kernel, params, W, n_total, block_size)
 
 
 def gaussian_energy(
@@ -296,21 +371,22 @@ def gaussian_energy(
     eps=None,
     sample_size: int | None = None,
     key=None,
+    block_size: int | None = None,
 ) -> Array:
     r"""Gaussian-kernel energy ``log mean_{i≠j} exp(−t · dist(ŵ_i, ŵ_j)²)``.
 
     With the euclidean distance this is the uniformity loss of Wang & Isola (2020) on the
     normalised neurons (their ``t = 2``). Same conventions as :func:`hyperspherical_energy`;
     the log is taken of the (half-space) mean. In float32 keep ``t·dist² ≲ 80`` (no rescaling
-    against underflow is done).
+    against underflow is done). ``block_size``: tiling, as in :func:`hyperspherical_energy`.
     """
     W = as_neuron_matrix(w, neuron_axis)
     n_total = W.shape[1]
     kernel, params = make_kernel("gaussian", distance, half_space, t, eps, W.dtype)
-    Wn = normalize_columns(sample_columns(W, sample_size, key))
-    if Wn.shape[1] < 2 and not half_space:
+    W = sample_columns(W, sample_size, key)
+    if W.shape[1] < 2 and not half_space:
         return jnp.zeros((), W.dtype)
-    return jnp.log(mean_energy(kernel, params, Wn, n_total))
+    return jnp.log(normalized_mean_energy(kernel, params, W, n_total, block_size))
 
 
 def output_energy(

@@ -1,0 +1,190 @@
+r"""Hyperspherical energy of neurons sharded over a mesh axis (``jax.shard_map``).
+
+Design: a ring over the ``P`` devices of ``axis_name`` that visits each pair of blocks once.
+Device ``p`` owns the normalised neurons ``Ŵ_p`` (``N/P`` columns). At step ``t = 0 … ⌊P/2⌋`` it
+holds the block of device ``p + t`` (received from its neighbour by ``ppermute``) and computes
+the ``N/P × N/P`` tile of cosines with its own block: ``h`` and ``h'`` (one ``jax.jvp`` of the
+kernel's pair function, through :func:`mhe_jax._tiled.tile_terms`), the value, the force on its
+own neurons (rows), and — for ``1 ≤ t < P/2`` — the force on the visiting neurons (columns),
+accumulated in a buffer that travels with the visiting block and is sent home at the end. For
+even ``P`` the step ``t = P/2`` meets each pair from both sides and only keeps its rows (weight
+1). This is the cyclic schedule of :mod:`mhe_jax._tiled` with one block per device.
+
+Why a ring and not an all-gather of ``Ŵ``: per-device memory is ``O(N·d/P + (N/P)²)``
+(two blocks and one tile) instead of ``O(N·d + N²/P)``, the same bytes move over the links
+(``⌊P/2⌋`` block hops plus the force buffers instead of ``P − 1`` gathered blocks), and the
+symmetric schedule halves the Gram and elementwise work (``(P+1)/(2P)`` of the dense products).
+
+Exactness: the value is the ``psum`` of the per-device tile sums and the gradient is
+``2 Σ_j h'(c_ij) ŵ_j`` for each neuron — the same terms as the single-device path, summed in
+another order. ``N`` not divisible by ``P`` is padded with zero neurons that are masked out.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.custom_derivatives import SymbolicZero
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from mhe_jax import _energy, _tiled
+
+Array = jax.Array
+
+__all__ = ["sharded_hyperspherical_energy"]
+
+
+def sharded_hyperspherical_energy(
+    w,
+    mesh: Mesh,
+    axis_name: str,
+    *,
+    s=2.0,
+    distance: str = "euclidean",
+    half_space: bool = False,
+    neuron_axis: int = -1,
+    eps=None,
+    sample_size: int | None = None,
+    key=None,
+    **kernel_options,
+) -> Array:
+    r""":func:`mhe_jax.hyperspherical_energy` with the neurons sharded over ``mesh[axis_name]``.
+
+    The neurons of ``w`` (along ``neuron_axis``) are split in ``P = mesh.shape[axis_name]``
+    contiguous blocks, one per device along that axis (replicated over the other mesh axes), and
+    the pairs are computed by a ring of ``ppermute`` (see the module docstring): per-device
+    memory ``O(N·d/P + (N/P)²)``. Value and gradient are those of
+    :func:`~mhe_jax.hyperspherical_energy` with the same options (up to the order of
+    summation); the result is a replicated scalar. ``N`` need not be divisible by ``P`` (zero
+    padding, masked). Works eagerly and under ``jax.jit``; ``w`` may be sharded already.
+    Other keyword options of :func:`~mhe_jax.hyperspherical_energy` (e.g. a force bound) are
+    passed to its kernel; ``block_size`` is accepted and ignored (each device computes one
+    ``N/P × N/P`` tile per step).
+    """
+    if not isinstance(mesh, Mesh):
+        raise TypeError(f"mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}")
+    if axis_name not in mesh.shape:
+        raise ValueError(f"axis_name {axis_name!r} is not an axis of the mesh {dict(mesh.shape)}")
+    kernel_options.pop("block_size", None)
+    W = _energy.as_neuron_matrix(w, neuron_axis)
+    n_total = W.shape[1]
+    kernel, params = _energy.make_kernel(
+        "riesz", distance, half_space, s, eps, W.dtype, **kernel_options
+    )
+    W = _energy.sample_columns(W, sample_size, key)
+    n = W.shape[1]
+    devices = mesh.shape[axis_name]
+    npad = -(-n // devices) * devices
+    if npad > n:
+        W = jnp.pad(W, ((0, 0), (0, npad - n)))
+    W = lax.with_sharding_constraint(W, NamedSharding(mesh, PartitionSpec(None, axis_name)))
+    Wn = _energy.normalize_columns(W)  # zero padding stays zero
+    total = ring_pair_sum(kernel, mesh, axis_name, n, Wn, params) if n > 1 else jnp.zeros((), W.dtype)
+    return _energy.mean_from_sum(kernel, params, total, n, n_total)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2, 3))
+def ring_pair_sum(k, mesh: Mesh, axis_name: str, n: int, Wn: Array, params) -> Array:
+    """``Σ_{i≠j<n} h(ŵ_iᵀŵ_j)`` for ``Wn`` (d, P·m) sharded by columns over ``axis_name``."""
+    return _ring(k, mesh, axis_name, n, Wn, params, with_force=False)[0]
+
+
+@functools.partial(ring_pair_sum.defjvp, symbolic_zeros=True)
+def _ring_pair_sum_jvp(k, mesh, axis_name, n, primals, tangents):
+    Wn, params = primals
+    dWn, dparams = tangents
+    if any(not isinstance(t, SymbolicZero) for t in jax.tree.leaves(dparams)):
+        raise NotImplementedError(
+            "differentiating an energy with respect to s, t or eps is not supported"
+        )
+    if isinstance(dWn, SymbolicZero):
+        value = _ring(k, mesh, axis_name, n, Wn, params, with_force=False)[0]
+        return value, jnp.zeros_like(value)
+    value, force = _ring(k, mesh, axis_name, n, Wn, params, with_force=True)
+    return value, 2.0 * jnp.sum(force * dWn)  # force sharded like Wn
+
+
+def _ring(k, mesh, axis_name, n, Wn, params, with_force):
+    devices = mesh.shape[axis_name]
+    spec = PartitionSpec(None, axis_name)
+    out_specs = (PartitionSpec(), spec) if with_force else PartitionSpec()
+
+    def body(Wl, params):
+        h = _energy.pair_function(k, params)
+        value, force = _ring_local(h, Wl, axis_name, devices, n, with_force)
+        value = lax.psum(value, axis_name)
+        return (value, force) if with_force else value
+
+    fn = jax.shard_map(
+        body, mesh=mesh, in_specs=(spec, PartitionSpec()), out_specs=out_specs, check_vma=False
+    )
+    out = fn(Wn, params)
+    return out if with_force else (out, None)
+
+
+def _ring_local(h, Wl, axis_name, devices, n, with_force):
+    """Per-device part: value of the tiles of this device and the force on its neurons."""
+    d, m = Wl.shape
+    dtype = Wl.dtype
+    me = lax.axis_index(axis_name)
+    half = devices // 2
+    once = (devices - 1) // 2
+    Rl = Wl.T  # (m, d) row layout
+    a_idx = lax.broadcasted_iota(jnp.int32, (m, m), 0)
+    b_idx = lax.broadcasted_iota(jnp.int32, (m, m), 1)
+    padded = devices * m > n
+    row_ok = me * m + a_idx < n
+
+    def keep_for(block):
+        if not padded:
+            return None
+        return row_ok & (block * m + b_idx < n)
+
+    # t = 0: the diagonal tile.
+    keep = a_idx != b_idx
+    if padded:
+        keep = keep & keep_for(me)
+    hv, dh = _tiled.tile_terms(h, Rl, Rl, keep, with_force)
+    value = jnp.sum(hv)
+    force = _tiled._dot(Wl, dh, (1, 0)) if with_force else None  # (d, m), dh symmetric
+    if half == 0:
+        return value, force
+
+    # device p receives from p + 1: after t hops it holds the block of device p + t.
+    left = [(j, (j - 1) % devices) for j in range(devices)]
+    zeros = jnp.zeros((d, m), dtype)
+
+    def visit(carry, t, columns):
+        """Tile (me, me + t); ``columns``: the pair is met from this side only (weight 2)."""
+        value, force, V, G = carry
+        V = lax.ppermute(V, axis_name, left)
+        if with_force:
+            G = lax.ppermute(G, axis_name, left)
+        keep = keep_for((me + t) % devices)
+        if keep is None:
+            keep = jnp.ones((m, m), bool)
+        hv, dh = _tiled.tile_terms(h, Rl, V.T, keep, with_force)
+        part = jnp.sum(hv)
+        value = value + (part + part if columns else part)
+        if with_force:
+            force = force + _tiled._dot(V, dh, (1, 1))  # (d, m): Σ_j h'_ij ŵ_j, own i
+            if columns:
+                G = G + _tiled._dot(Wl, dh, (1, 0))  # (d, m): Σ_i h'_ij ŵ_i, visiting j
+        return (value, force, V, G)
+
+    carry = (value, force if with_force else zeros, Wl, zeros)
+    if once:
+        carry, _ = lax.scan(
+            lambda c, t: (visit(c, t, True), None), carry, jnp.arange(1, once + 1)
+        )
+    if half > once:  # even P: the opposite block, met from both sides
+        carry = visit(carry, half, False)
+    value, force, _, G = carry
+    if not with_force:
+        return value, None
+    # the buffer of each block now sits at (owner − half): send it home.
+    home = [(j, (j + half) % devices) for j in range(devices)]
+    return value, force + lax.ppermute(G, axis_name, home)
