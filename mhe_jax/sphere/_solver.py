@@ -484,10 +484,14 @@ def minimize_energy(
     normalisation, vector transport by projection, Armijo / approximate-Wolfe backtracking),
     ``restarts`` random starts ``jax.vmap``-ed in one ``jax.jit`` call (each a
     ``lax.while_loop``), best kept. It finds local minima; for large ``n`` the global minimum
-    needs many restarts (the number of local minima grows exponentially).
+    needs many restarts (the number of local minima grows exponentially). One compilation per
+    ``(n, dim, restarts, distance, memory)``: ``s``, ``tol`` and ``steps`` are traced values.
 
     Precision: computes in float64 when ``jax.config.update("jax_enable_x64", True)`` is set —
-    needed for ~1e-10 relative energies — and in float32 otherwise (about 1e-6 relative).
+    needed for ~1e-10 relative energies — and in float32 otherwise (about 1e-6 relative). For
+    ``n`` beyond a few tens the gradient tolerance is below round-off, and restarts end with
+    status 3 ("stalled (round-off)") at a converged local minimum. The angular distance is
+    computed from cosines, so pairs at (near) antipodes carry ~1e-8 absolute angle errors.
 
     Args:
       n: number of points, ``>= 2``.
