@@ -132,7 +132,8 @@ CELLS01 = [
     4. the same energies on feature vectors (`neuron_axis=0`) and the Gaussian-kernel energy
        (Wang & Isola's uniformity).
 
-    It runs on a CPU in a few minutes. With `MHE_JAX_SMOKE=1` everything is tiny (CI).
+    Full mode takes about ten minutes on a 2-core CPU (far less on a GPU); with
+    `MHE_JAX_SMOKE=1` everything is tiny (CI).
     """),
     code(INSTALL),
     code(setup("01")),
