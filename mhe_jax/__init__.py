@@ -10,7 +10,10 @@ from mhe_jax._energy import (
     min_angle as min_angle,
     official_energy as official_energy,
     output_energy as output_energy,
+    uniformity_loss as uniformity_loss,
 )
+from mhe_jax._calibration import uniform_reference_energy as uniform_reference_energy
+from mhe_jax._comhe import compressive_energy as compressive_energy, random_projections as random_projections
 from mhe_jax._baselines import (
     orthogonality_penalty as orthogonality_penalty,
     orthogonality_regularizer as orthogonality_regularizer,

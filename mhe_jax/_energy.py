@@ -51,6 +51,7 @@ __all__ = [
     "min_angle",
     "mean_abs_cosine",
     "OFFICIAL_STRENGTHS",
+    "uniformity_loss",
 ]
 
 _HIGHEST = lax.Precision.HIGHEST
@@ -145,9 +146,11 @@ class Kernel(NamedTuple):
     power: float | None = None
     angle_scale: float = 1.0
     angle_offset: float = 0.0
+    capped: bool = False  # force bound below params["r0"] (see pair_value)
 
 
-def make_kernel(kind: str, distance: str, half_space: bool, p, eps, dtype, **angle):
+def make_kernel(kind: str, distance: str, half_space: bool, p, eps, dtype, min_distance=None,
+                **angle):
     """Split (kernel, params) so traced hyperparameters stay in ``params``."""
     _checks.check_distance(distance)
     _checks.check_nonnegative(p, "s" if kind == "riesz" else "t")
@@ -155,8 +158,15 @@ def make_kernel(kind: str, distance: str, half_space: bool, p, eps, dtype, **ang
         eps = default_eps(dtype)
     _checks.check_nonnegative(eps, "eps")
     power = float(p) if _checks.is_concrete_number(p) else None
-    kernel = Kernel(kind, distance, bool(half_space), power, **angle)
+    capped = min_distance is not None
+    if capped:
+        if kind != "riesz":
+            raise ValueError("min_distance applies to the Riesz/log kernels only")
+        _checks.check_nonnegative(min_distance, "min_distance")
+    kernel = Kernel(kind, distance, bool(half_space), power, capped=capped, **angle)
     params = {"p": jnp.asarray(p, dtype), "eps": jnp.asarray(eps, dtype)}
+    if capped:
+        params["r0"] = jnp.asarray(min_distance, dtype)
     return kernel, params
 
 
@@ -175,18 +185,36 @@ def _log_r_and_sq(k: Kernel, params, c):
 
 
 def pair_value(k: Kernel, params, c: Array) -> Array:
-    """f(dist(c)) elementwise."""
+    """f(dist(c)) elementwise.
+
+    Force bound (``k.capped``, ``r0 = params["r0"]``): below the distance ``r0`` the kernel is
+    continued by its tangent line, ``f(r) = f(r0) + f'(r0)(r − r0)`` for ``r < r0`` — unchanged
+    for ``r ≥ r0``, C¹, and the pair force ``|∂f/∂r|`` never exceeds ``|f'(r0)| = s·r0^{−s−1}``
+    (``1/r0`` for the log kernel), so nearly coincident neurons cannot produce huge updates.
+    """
     log_r, r2 = _log_r_and_sq(k, params, c)
     p = params["p"]
     if k.kind == "gaussian":
         return jnp.exp(-p * r2)
+    value = _riesz(k, p, log_r, r2)
+    if not k.capped:
+        return value
+    r0 = params["r0"]
+    log_r0 = jnp.log(r0)
+    slope = jnp.where(p == 0, -1.0 / r0, -p * jnp.exp(-(p + 1.0) * log_r0))
+    tangent = _riesz(k, p, log_r0, r0 * r0) + slope * (jnp.sqrt(r2) - r0)
+    return jnp.where(r2 < r0 * r0, tangent, value)
+
+
+def _riesz(k: Kernel, p, log_r, r2):
+    """f_s(r) from log r and r²: r^{−s}, or −log r at s = 0."""
     if k.power is not None:  # concrete s: exact special forms (same values, cheaper)
         s = k.power
         if s == 0.0:
             return -log_r
         if s == 2.0:
             return 1.0 / r2
-        if s == 1.0 and k.distance == "euclidean":
+        if s == 1.0:
             return lax.rsqrt(r2)
         return jnp.exp(-s * log_r)
     return jnp.where(p == 0, -log_r, jnp.exp(-p * log_r))
@@ -323,6 +351,7 @@ def hyperspherical_energy(
     eps=None,
     sample_size: int | None = None,
     key=None,
+    min_distance=None,
     block_size: int | None = None,
 ) -> Array:
     r"""Hyperspherical energy of the neurons of ``w`` (Eq. 1, 2, 4, 5 of the paper).
@@ -344,6 +373,10 @@ def hyperspherical_energy(
       sample_size: if set, the energy of ``sample_size`` neurons drawn without replacement with
         ``key`` — an unbiased estimate of value and gradient (Sec. 3.6).
       key: PRNG key, required with ``sample_size``.
+      min_distance: bound the pair force: below this distance (chord, or radians for
+        ``"angular"``) ``f_s`` is continued linearly (C¹); the energy is unchanged above it and
+        each pair's force is at most ``s·min_distance^{−s−1}``. For low dimensions (e.g. 10
+        classifier neurons in R², where s = 2 forces grow like θ^{−3} at initialisation).
       block_size: neurons per tile of the Gram matrix. ``None`` (default): the ``N × N`` pair
         matrices are formed at once for ``N ≤ 1024`` (``_tiled.DENSE_MAX``) and computed in
         tiles of about 256 neurons above; an int asks for tiles of about that size (an int
@@ -356,7 +389,7 @@ def hyperspherical_energy(
     """
     W = as_neuron_matrix(w, neuron_axis)
     n_total = W.shape[1]
-    kernel, params = make_kernel("riesz", distance, half_space, s, eps, W.dtype)
+    kernel, params = make_kernel("riesz", distance, half_space, s, eps, W.dtype, min_distance)
     W = sample_columns(W, sample_size, key)
     return normalized_mean_energy(kernel, params, W, n_total, block_size)
 
@@ -397,12 +430,14 @@ def output_energy(
     distance: str = "euclidean",
     neuron_axis: int = -1,
     eps=None,
+    min_distance=None,
 ) -> Array:
     r"""Data-dependent output-layer energy (Sec. 3.6, Eq. 8).
 
     ``E = 1/(m(N−1)) Σ_{i=1..m} Σ_{j≠y_i} f_s(dist(ŵ_{y_i}, ŵ_j))`` for a mini-batch of ``m``
     labels ``y`` (integer array of shape ``(m,)``): only the rows of the classes present in the
-    batch are computed, ``O(m·N·d)``.
+    batch are computed, ``O(m·N·d)``. ``min_distance``: force bound, as in
+    :func:`hyperspherical_energy`.
     """
     W = as_neuron_matrix(w, neuron_axis)
     labels = jnp.asarray(labels)
@@ -414,12 +449,31 @@ def output_energy(
     m = labels.shape[0]
     if n < 2 or m == 0:
         return jnp.zeros((), W.dtype)
-    kernel, params = make_kernel("riesz", distance, False, s, eps, W.dtype)
+    kernel, params = make_kernel("riesz", distance, False, s, eps, W.dtype, min_distance)
     Wn = normalize_columns(W)
     c = jnp.matmul(jnp.take(Wn, labels, axis=1).T, Wn, precision=_HIGHEST)  # (m, N)
     same = labels[:, None] == jnp.arange(n)[None, :]
     f = jnp.where(same, jnp.zeros((), c.dtype), pair_value(kernel, params, c))
     return jnp.sum(f) / (m * (n - 1))
+
+
+def uniformity_loss(x, t=2.0, *, normalize: bool = True) -> Array:
+    r"""Uniformity loss of Wang & Isola (ICML 2020) on a batch of feature vectors (rows).
+
+    ``log mean_{i<j} exp(−t ‖x_i − x_j‖²)`` for ``x`` of shape (batch, dim) — their
+    ``torch.pdist(x).pow(2).mul(-t).exp().mean().log()``, default ``t = 2``. With ``normalize``
+    the rows are first projected on the sphere (their features are L2-normalised), and the value
+    equals :func:`gaussian_energy` with ``neuron_axis=0``.
+    """
+    if normalize:
+        return gaussian_energy(x, t=t, neuron_axis=0)
+    X = as_neuron_matrix(x, 0, "x")  # (dim, batch)
+    _checks.check_nonnegative(t, "t")
+    n = X.shape[1]
+    sq = jnp.sum(X * X, axis=0)
+    d2 = jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * gram(X), 0.0)
+    iu = jnp.triu_indices(n, 1)
+    return jax.nn.logsumexp(-t * d2[iu]) - jnp.log(n * (n - 1) / 2)
 
 
 # --------------------------------------------------------------------------------------------

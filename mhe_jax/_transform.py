@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mhe_jax import _checks, _energy, _tree
+from mhe_jax import _calibration, _checks, _comhe, _energy, _tree
 
 __all__ = [
     "RegularizerState",
@@ -112,40 +112,53 @@ def _is_zero(x) -> bool:
 
 
 def _mhe_penalty_of_layers(
-    weights, layers, strengths, key, *, s, distance, half_space, sample_size, eps, labels=None,
-    **unused_extra,
+    weights, layers, strengths, key, *, s, distance, half_space, sample_size, eps, min_distance,
+    calibrate=False, projection=None, labels=None, **unused_extra,
 ):
     hidden_strength, output_strength = strengths
+    common = dict(s=s, distance=distance, eps=eps, min_distance=min_distance)
     hidden, out = [], []
     for w, layer in zip(weights, layers):
+        axis = layer.neuron_axis
+        n = w.shape[axis]
+        d = w.size // n
+        layer_key = jax.random.fold_in(key, layer.index)
         if layer.is_output:
             if output_strength is None:
                 continue
             if labels is not None:
-                e = _energy.output_energy(
-                    w, labels, s=s, distance=distance, neuron_axis=layer.neuron_axis, eps=eps
-                )
+                e = _energy.output_energy(w, labels, neuron_axis=axis, **common)
             else:
+                e = _energy.hyperspherical_energy(w, neuron_axis=axis, **common)
+            half = False
+        else:
+            if _is_zero(hidden_strength):
+                continue
+            half = half_space
+            if projection is not None and d > projection.get("dim", 40):
+                e = _comhe.compressive_energy(w, layer_key, half_space=half, neuron_axis=axis,
+                                              **projection, **common)
+            else:
+                k = sample_size if sample_size is not None and sample_size < n else None
                 e = _energy.hyperspherical_energy(
-                    w, s=s, distance=distance, neuron_axis=layer.neuron_axis, eps=eps
+                    w, half_space=half, neuron_axis=axis, sample_size=k,
+                    key=layer_key if k is not None else None, **common,
                 )
-            out.append(e)
-        elif not _is_zero(hidden_strength):
-            n = w.shape[layer.neuron_axis]
-            k = sample_size if sample_size is not None and sample_size < n else None
-            hidden.append(
-                _energy.hyperspherical_energy(
-                    w, s=s, distance=distance, half_space=half_space,
-                    neuron_axis=layer.neuron_axis, eps=eps, sample_size=k,
-                    key=jax.random.fold_in(key, layer.index) if k is not None else None,
-                )
-            )
+        if calibrate:
+            e = e / _reference(n, d, s, distance, half)
+        (out if layer.is_output else hidden).append(e)
     total = jnp.zeros((), jnp.float32)
     if hidden:
         total = total + hidden_strength * sum(hidden)
     if out:
         total = total + output_strength * sum(out)
     return total
+
+
+def _reference(n, d, s, distance, half):
+    if not _checks.is_concrete_number(s):
+        raise ValueError("calibrate=True needs a concrete s (not a traced hyperparameter)")
+    return _calibration.uniform_reference_energy(n, d, s=float(s), distance=distance, half_space=half)
 
 
 def _mhe_options(hidden_strength, output_strength, s, distance, half_space, output, sample_size):
@@ -179,6 +192,9 @@ def mhe_regularizer(
     sample_size: int | None = None,
     seed=0,
     eps=None,
+    min_distance=None,
+    calibrate: bool = False,
+    projection: dict | None = None,
     max_norm=None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Add the gradient of the MHE regularizer ``R`` (module docstring) to the updates.
@@ -200,7 +216,17 @@ def mhe_regularizer(
         drawn with keys from ``seed`` and the step count (reproducible).
       seed: seed of those keys.
       eps: singularity guard of the energies (see :func:`mhe_jax.hyperspherical_energy`).
-      max_norm: clip the regularizer's gradient to this global norm before adding it.
+      min_distance: bound each pair's force: ``f_s`` is continued linearly below this distance
+        (energy unchanged above it; see :func:`mhe_jax.hyperspherical_energy`). The principled fix
+        for low-dimensional layers (10 classifier neurons in R²) where s = 2 explodes.
+      calibrate: divide each layer's energy by the expected energy of uniformly random neurons
+        of the same shape (:func:`mhe_jax.uniform_reference_energy`), so one λ means the same in
+        every layer (≈ λ at initialisation). Needs a concrete ``s < d − 1``.
+      projection: CoMHE (:func:`mhe_jax.compressive_energy`) for hidden layers with more than
+        ``dim`` inputs, e.g. ``{"projections": 20, "dim": 40, "kind": "gaussian"}``; fresh
+        projections every step (keys from ``seed`` and the step).
+      max_norm: clip the regularizer's own gradient to this global norm before adding it (the
+        ``optax.clip_by_global_norm`` recipe applied to the MHE term alone).
 
     ``update(updates, state, params, labels=None)`` requires ``params``; with ``labels`` (the
     batch's integer labels, an optax extra argument) the output layer uses Eq. 8.
@@ -215,7 +241,8 @@ def mhe_regularizer(
     def penalty(weights, layers, strengths, key, **extra):
         return _mhe_penalty_of_layers(
             weights, layers, strengths, key, s=s, distance=distance, half_space=half,
-            sample_size=sample_size, eps=eps, **extra,
+            sample_size=sample_size, eps=eps, min_distance=min_distance, calibrate=calibrate,
+            projection=projection, **extra,
         )
 
     return penalty_transformation(
@@ -239,6 +266,9 @@ def mhe_penalty(
     key=None,
     labels=None,
     eps=None,
+    min_distance=None,
+    calibrate: bool = False,
+    projection: dict | None = None,
 ) -> jax.Array:
     """The scalar ``R(params)`` of :func:`mhe_regularizer`, to add to a loss.
 
@@ -252,7 +282,8 @@ def mhe_penalty(
     return _mhe_penalty_of_layers(
         [leaves[layer.index] for layer in layers], layers, (hidden_strength, output_strength),
         key if key is not None else jax.random.key(0), s=s, distance=distance, half_space=half,
-        sample_size=sample_size, eps=eps, labels=labels,
+        sample_size=sample_size, eps=eps, min_distance=min_distance, labels=labels,
+        calibrate=calibrate, projection=projection,
     )
 
 
@@ -266,19 +297,25 @@ def layer_energies(
     mask=None,
     neuron_axis=-1,
     eps=None,
+    calibrate: bool = False,
 ) -> dict[str, _energy.EnergyStats]:
     """``{path: EnergyStats(energy, min_angle, mean_abs_cosine)}`` for every selected layer.
 
     One Gram matrix per layer (jit it for repeated logging). Hidden layers use ``half_space``;
-    output layers full space. ``min_angle`` is in radians.
+    output layers full space. ``min_angle`` is in radians. ``calibrate`` divides each energy by
+    the uniform-random reference (see :func:`mhe_regularizer`).
     """
     half = _half_space_for_hidden(half_space)
     leaves, _, layers = _tree.select_layers(params, mask=mask, output=output, neuron_axis=neuron_axis)
-    return {
-        layer.path: _energy.energy_stats(
-            leaves[layer.index], s=s, distance=distance, half_space=half and not layer.is_output,
-            neuron_axis=layer.neuron_axis, eps=eps,
-        )
-        for layer in layers
-    }
+    out = {}
+    for layer in layers:
+        w = leaves[layer.index]
+        layer_half = half and not layer.is_output
+        st = _energy.energy_stats(w, s=s, distance=distance, half_space=layer_half,
+                                  neuron_axis=layer.neuron_axis, eps=eps)
+        if calibrate:
+            n = w.shape[layer.neuron_axis]
+            st = st._replace(energy=st.energy / _reference(n, w.size // n, s, distance, layer_half))
+        out[layer.path] = st
+    return out
 

@@ -1,0 +1,86 @@
+r"""Width-calibrated energies: one λ that means the same thing in every layer.
+
+The mean pair energy of ``N`` independent uniform points on ``S^{d−1}`` does not depend on ``N``:
+it is ``I(d) = E[f_s(dist(x, y))]`` for independent uniform ``x, y``. With ``t = xᵀy``, whose
+density is ``∝ (1 − t²)^{(d−3)/2}``:
+
+* Riesz, euclidean (``s < d − 1``):
+  ``I_s(d) = 2^{d−2−s} Γ(d/2) Γ((d−1−s)/2) / (√π Γ(d − 1 − s/2))``;
+* log (s = 0), euclidean: ``I_0(d) = −log 2 + (ψ(d − 1) − ψ((d−1)/2)) / 2``  (d = 3: ½ − log 2);
+* angular: ``E[θ^{−s}]`` (or ``E[−log θ]``) with density ``∝ sin^{d−2} θ`` on ``[0, π]``, by
+  Gauss–Legendre quadrature (finite for ``s < d − 1``).
+
+For half-space MHE the ``2N`` points are not independent (``(x, −x)`` pairs), and the reference is
+``(2(N − 1) I(d) + f(2)) / (2N − 1)`` (``f(π)`` for angular). A calibrated layer energy
+``E / E_ref`` is ≈ 1 for random (e.g. freshly initialised) neurons in any layer and < 1 for
+configurations more uniform than random. For ``s ≥ d − 1`` the uniform expectation diverges
+(e.g. s = 2 in R²) and calibration raises.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["uniform_reference_energy"]
+
+
+def _digamma(x: float) -> float:
+    result = 0.0
+    while x < 6.0:
+        result -= 1.0 / x
+        x += 1.0
+    inv = 1.0 / x
+    inv2 = inv * inv
+    return result + math.log(x) - 0.5 * inv - inv2 * (1 / 12 - inv2 * (1 / 120 - inv2 * (1 / 252 - inv2 / 240)))
+
+
+def _f(r: float, s: float) -> float:
+    return -math.log(r) if s == 0 else r ** (-s)
+
+
+def _angular_mean(d: int, s: float) -> float:
+    # θ = π u^a puts nodes densely near the integrable singularity at θ = 0.
+    a = max(1.0, 3.0 / max(d - 1 - s, 1e-3))
+    u, wts = np.polynomial.legendre.leggauss(400)
+    u = 0.5 * (u + 1.0)
+    wts = 0.5 * wts
+    theta = math.pi * u ** a
+    jac = math.pi * a * u ** (a - 1.0)
+    dens = np.sin(theta) ** (d - 2) * jac
+    f = -np.log(theta) if s == 0 else theta ** (-s)
+    return float(np.sum(wts * f * dens) / np.sum(wts * dens))
+
+
+def uniform_reference_energy(n: int, d: int, *, s: float = 2.0, distance: str = "euclidean",
+                             half_space: bool = False) -> float:
+    """Expected :func:`mhe_jax.hyperspherical_energy` of ``n`` uniform random neurons in ``R^d``."""
+    if d < 2:
+        raise ValueError(f"d must be >= 2 for a calibrated energy, got {d}")
+    if n < 2 and not half_space:
+        raise ValueError(f"n must be >= 2, got {n}")
+    s = float(s)
+    if s < 0:
+        raise ValueError(f"s must be >= 0, got {s}")
+    if s >= d - 1:
+        raise ValueError(
+            f"the uniform reference diverges for s >= d - 1 (s={s}, d={d}); use a smaller s or "
+            "min_distance, or leave this layer uncalibrated"
+        )
+    if distance == "euclidean":
+        if s == 0:
+            ref = -math.log(2.0) + 0.5 * (_digamma(d - 1.0) - _digamma((d - 1.0) / 2.0))
+        else:
+            log_ref = ((d - 2 - s) * math.log(2.0) + math.lgamma(d / 2) + math.lgamma((d - 1 - s) / 2)
+                       - 0.5 * math.log(math.pi) - math.lgamma(d - 1 - s / 2))
+            ref = math.exp(log_ref)
+        antipodal = _f(2.0, s)
+    elif distance == "angular":
+        ref = _angular_mean(d, s)
+        antipodal = _f(math.pi, s)
+    else:
+        raise ValueError(f"distance must be 'euclidean' or 'angular', got {distance!r}")
+    if half_space:
+        return (2 * (n - 1) * ref + antipodal) / (2 * n - 1)
+    return ref
