@@ -57,17 +57,18 @@ def load_dataset(cfg: ExperimentConfig):
 
 def build_model(cfg: ExperimentConfig, num_classes: int, in_channels: int, image_size: int):
     rngs = nnx.Rngs(cfg.seed)
+    bn = {} if cfg.bn_momentum is None else {"bn_momentum": cfg.bn_momentum}
     if cfg.model in ("cnn6", "cnn9", "cnn15"):
         ctor = {"cnn6": M.cnn6, "cnn9": M.cnn9, "cnn15": M.cnn15}[cfg.model]
         fc_kernel = 4 if image_size >= 25 else 1
-        return ctor(num_classes, cfg.widths, in_channels=in_channels, fc_kernel_size=fc_kernel, rngs=rngs)
+        return ctor(num_classes, cfg.widths, in_channels=in_channels, fc_kernel_size=fc_kernel, rngs=rngs, **bn)
     if cfg.model == "resnet32":
-        return M.resnet32(num_classes, cfg.widths, rngs=rngs, in_channels=in_channels)
+        return M.resnet32(num_classes, cfg.widths, rngs=rngs, in_channels=in_channels, **bn)
     if cfg.model in ("resnet18", "resnet34"):
         ctor = M.resnet18 if cfg.model == "resnet18" else M.resnet34
-        return ctor(num_classes, cfg.widths, rngs=rngs, in_channels=in_channels)
+        return ctor(num_classes, cfg.widths, rngs=rngs, in_channels=in_channels, **bn)
     if cfg.model == "mnist2d":
-        return M.mnist2d(num_classes, in_channels=in_channels, widths=cfg.widths, rngs=rngs)
+        return M.mnist2d(num_classes, in_channels=in_channels, widths=cfg.widths, rngs=rngs, **bn)
     raise ValueError(f"unknown model {cfg.model!r}")
 
 
