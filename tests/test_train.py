@@ -168,3 +168,38 @@ def test_data_parallel_on_4_host_devices(tmp_path):
     ds, _, model, opt, _ = build(cfg)
     fit(model, opt, ds, steps=4, batch_size=32, seed=0, progress=False, log_every=1)
     np.testing.assert_allclose(np.load(tmp_path / "w4.npy"), np.asarray(model.classifier.kernel[...]), rtol=1e-4, atol=1e-5)
+
+
+def test_bn_momentum_override_reaches_the_model():
+    cfg = tiny("baseline", "bn_momentum=0.5")
+    _, _, model, _, _ = build(cfg)
+    assert model.layers[0].bn.momentum == 0.5
+    _, _, model, _, _ = build(tiny("baseline", "bn_momentum=none"))
+    assert model.layers[0].bn.momentum == 0.999  # the official CNN default
+
+
+def test_angle_to_nearest():
+    from mhe_jax.experiments.fig4 import angle_to_nearest
+
+    t = np.radians([0.0, 30.0, 100.0, 250.0])
+    kernel = np.stack([np.cos(t), np.sin(t)]) * np.array([1.0, 3.0, 0.5, 2.0])  # scale-free
+    assert angle_to_nearest(kernel, 0) == pytest.approx(30.0)
+    assert angle_to_nearest(kernel, 2) == pytest.approx(70.0)
+    assert angle_to_nearest(kernel, 3) == pytest.approx(110.0)
+
+
+def test_cli_fig4(tmp_path, capsys):
+    tiny_fig4 = ["steps=4", "widths=4,8", "batch_size=16", "energy_every=2", "log_every=2"]
+    cli(["fig4", "--seeds", "0,1", "--out", str(tmp_path), "--no-progress",
+         *sum([["--set", t] for t in tiny_fig4], [])])
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [(r["seed"], r["method"]) for r in summary["runs"]] == [
+        (0, "baseline"), (0, "mhe_output"), (1, "baseline"), (1, "mhe_output")]
+    for r in summary["runs"]:
+        assert 0 <= r["test_accuracy"] <= 1 and 0 <= r["rare_class_angle_deg"] <= 180
+        assert r["train_images_per_class"][0] == 10  # digit 0 keeps 10 training images
+    cfg = json.loads((tmp_path / "seed1/mhe_output/config.json").read_text())
+    assert cfg["seed"] == 1 and cfg["max_norm"] == 1.0 and cfg["strengths"] == [None, 20.0]
+    assert (tmp_path / "fig4.png").stat().st_size > 10000
+    assert "with output MHE, mean ± std" in (tmp_path / "summary.md").read_text()
+    assert "mean ± std" in capsys.readouterr().out

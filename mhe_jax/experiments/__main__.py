@@ -1,4 +1,4 @@
-"""Command line: ``python -m mhe_jax.experiments {quickstart,list,run,report} ...``."""
+"""Command line: ``python -m mhe_jax.experiments {quickstart,fig4,list,run,report} ...``."""
 
 from __future__ import annotations
 
@@ -41,6 +41,18 @@ def cmd_quickstart(args):
     print(f"plot: {png}")
 
 
+def cmd_fig4(args):
+    """Fig. 4: class imbalance, with vs without output MHE, several seeds, table + plot."""
+    from mhe_jax.experiments.fig4 import run_fig4
+
+    seeds = [int(v) for v in args.seeds.split(",") if v]
+    command = "python -m mhe_jax.experiments " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    result = run_fig4(args.configs, seeds, args.out, overrides=args.set, progress=not args.no_progress,
+                      command=command)
+    print(result["table"])
+    print(f"plot: {Path(args.out) / 'fig4.png'}")
+
+
 def cmd_list(args):
     for name in CONFIGS:
         if fnmatch.fnmatch(name, args.pattern):
@@ -77,6 +89,13 @@ def main(argv=None):
     q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     q.add_argument("--no-progress", action="store_true")
     q.set_defaults(fn=cmd_quickstart)
+    f4 = sub.add_parser("fig4", help=cmd_fig4.__doc__)
+    f4.add_argument("--configs", default="repro/fig4_digits", help="prefix of <prefix>/baseline, <prefix>/mhe_output")
+    f4.add_argument("--seeds", default="0,1,2")
+    f4.add_argument("--out", default="runs/fig4")
+    f4.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    f4.add_argument("--no-progress", action="store_true")
+    f4.set_defaults(fn=cmd_fig4)
     ls = sub.add_parser("list", help="list named configs (glob pattern)")
     ls.add_argument("pattern", nargs="?", default="*")
     ls.set_defaults(fn=cmd_list)
