@@ -51,7 +51,7 @@ def run_fig4(prefix: str, seeds, out_dir, *, overrides=(), progress: bool = Fals
                          "test_accuracy": r["test_accuracy"],
                          "rare_class_accuracy": r["per_class_accuracy"][cfg.imbalance_class],
                          "rare_class_angle_deg": angle_to_nearest(kernel, cfg.imbalance_class),
-                         "train_images_per_class": r["imbalance_counts"],
+                         "train_images_per_class": [r["imbalance_counts"][c] for c in sorted(r["imbalance_counts"])],
                          "train_seconds": r["train_seconds"]})
             models[seed, method] = (r["model"], kernel)
 
