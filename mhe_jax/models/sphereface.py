@@ -24,6 +24,7 @@ import numpy as np
 from flax import nnx
 
 from mhe_jax.models.mnist2d import PReLU
+from mhe_jax._energy import normalize_columns
 
 __all__ = [
     "SphereFace20",
@@ -80,7 +81,7 @@ class SphereFaceHead(nnx.Module):
         self.kernel = nnx.Param(xavier(rngs.params(), (embedding_dim, num_classes), jnp.float32))
 
     def __call__(self, embeddings):
-        return embeddings @ _normalize_columns(self.kernel[...])
+        return embeddings @ normalize_columns(self.kernel[...])
 
 
 class SphereFace20(nnx.Module):
@@ -138,10 +139,6 @@ def _safe_norm(x, axis, keepdims=False):
     return jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, 1.0)), 0.0)
 
 
-def _normalize_columns(w, eps=1e-12):
-    return w / jnp.maximum(_safe_norm(w, axis=0, keepdims=True), eps)
-
-
 def _chebyshev_cos_m(c, m):
     """cos(mθ) as the Chebyshev polynomial T_m(cos θ) (no arccos: smooth at θ = 0 and π)."""
     if m == 1:
@@ -176,10 +173,11 @@ def sphereface_psi(cos_theta, m: int = 4):
 def a_softmax_logits(embeddings, classifier_kernel, labels, m: int = 4, lam=0.0, *, eps=1e-12):
     """A-Softmax logits (B, C): ‖x‖ cos θ_j for j ≠ y, and for the target class
     f_y = (λ ‖x‖ cos θ_y + ‖x‖ ψ(θ_y)) / (1 + λ), with θ_j the angle between x and column j of
-    ``classifier_kernel`` (shape (d, C), columns normalised here).
+    ``classifier_kernel`` (shape (d, C), columns normalised here; a zero column gives 0 logits).
+    ``eps`` floors ‖x‖ when dividing by it.
     """
     x = jnp.asarray(embeddings)
-    w = _normalize_columns(jnp.asarray(classifier_kernel), eps)
+    w = normalize_columns(jnp.asarray(classifier_kernel))
     labels = jnp.asarray(labels)
     x_norm = _safe_norm(x, axis=-1, keepdims=True)  # (B, 1)
     wx = x @ w  # ‖x‖ cos θ, (B, C)
@@ -204,9 +202,9 @@ def a_softmax_loss(embeddings, classifier_kernel, labels, m: int = 4, lam=0.0, *
     return -jnp.mean(jnp.take_along_axis(logp, jnp.asarray(labels)[:, None], axis=-1))
 
 
-def normalized_softmax_loss(embeddings, classifier_kernel, labels, *, eps=1e-12):
+def normalized_softmax_loss(embeddings, classifier_kernel, labels):
     """Softmax cross-entropy of the normalised-weight logits ‖x‖ cos θ_j (= A-Softmax with m = 1)."""
-    logits = jnp.asarray(embeddings) @ _normalize_columns(jnp.asarray(classifier_kernel), eps)
+    logits = jnp.asarray(embeddings) @ normalize_columns(jnp.asarray(classifier_kernel))
     logp = jax.nn.log_softmax(logits, axis=-1)
     return -jnp.mean(jnp.take_along_axis(logp, jnp.asarray(labels)[:, None], axis=-1))
 
