@@ -955,3 +955,72 @@ def test_data_package_imports_only_numpy_jax_stdlib():
                     assert not m.startswith(("flax", "mhe_jax.models", "mhe_jax.train")), \
                         f"{py.name} imports {m}"
     assert set(D.__all__) <= set(dir(D))
+
+
+# ---------------------------------------------------------------------------- image folders
+
+
+def _write_image(path, array):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def _banded(h, w, value):
+    """h × w RGB image: the middle half of the longer side is ``value``, the outer quarters 0."""
+    img = np.zeros((h, w, 3), np.uint8)
+    if h >= w:
+        img[h // 4: 3 * h // 4] = value
+    else:
+        img[:, w // 4: 3 * w // 4] = value
+    return img
+
+
+def test_image_folder_layout_labels_and_centre_crop(tmp_path):
+    # class "a": tall images, class "b": wide ones; a centre crop of the shorter side keeps only
+    # the middle band, so every pixel of the output has the band's value (borders cut off).
+    for i in range(3):
+        _write_image(tmp_path / "train/a" / f"{i}.png", _banded(80, 40, 200))
+        _write_image(tmp_path / "train/b" / f"{i}.jpg", _banded(30, 60, 120))
+    _write_image(tmp_path / "val/a/x.png", _banded(80, 40, 200))
+    _write_image(tmp_path / "val/b/y.png", _banded(30, 60, 120))
+    (tmp_path / "train/a/notes.txt").write_text("not an image")
+    ds = D.load_image_folder(tmp_path, size=16, workers=2)
+    assert ds.x_train.shape == (6, 16, 16, 3) and ds.x_test.shape == (2, 16, 16, 3)
+    assert ds.label_names == ("a", "b") and ds.num_classes == 2
+    np.testing.assert_array_equal(ds.y_train, [0, 0, 0, 1, 1, 1])
+    np.testing.assert_array_equal(ds.y_test, [0, 1])
+    a, b = ds.x_test
+    assert abs(int(a[8, 8, 0]) - 200) <= 2 and abs(int(b[8, 8, 0]) - 120) <= 6  # JPEG/PNG
+    assert a[1:-1, 1:-1].min() >= 190  # the black quarters were cropped away
+    small = D.load_image_folder(tmp_path, size=8, max_per_class=1)
+    assert small.x_train.shape == (2, 8, 8, 3)
+
+
+def test_image_folder_errors(tmp_path):
+    with pytest.raises(D.DatasetNotFoundError, match="not found"):
+        D.load_image_folder(tmp_path / "missing")
+    _write_image(tmp_path / "train/a/0.png", _banded(8, 8, 1))
+    with pytest.raises(D.DatasetNotFoundError, match="val"):
+        D.load_image_folder(tmp_path)
+    _write_image(tmp_path / "val/zzz/0.png", _banded(8, 8, 1))
+    with pytest.raises(ValueError, match="not in the training split"):
+        D.load_image_folder(tmp_path)
+    with pytest.raises(ValueError, match="size"):
+        D.load_image_folder(tmp_path, size=0)
+    with pytest.raises(ValueError, match="max_per_class"):
+        D.load_image_folder(tmp_path, max_per_class=0)
+
+
+def test_imagenet_config_reads_an_image_folder(tmp_path):
+    from mhe_jax.experiments import apply_overrides, get_config
+    from mhe_jax.experiments.runner import load_dataset
+
+    for split in ("train", "val"):
+        for c in ("n01", "n02", "n03"):
+            _write_image(tmp_path / split / c / "0.png", _banded(40, 30, 99))
+    cfg = apply_overrides(get_config("table6/resnet18/mhe"), [f"data_dir={tmp_path}", "image_size=32"])
+    ds, counts = load_dataset(cfg)
+    assert counts is None and ds.x_train.shape == (3, 32, 32, 3) and ds.label_names == ("n01", "n02", "n03")
+    assert get_config("table6/resnet34/baseline").image_size == 64

@@ -1,4 +1,4 @@
-"""Datasets (CIFAR-10/100, MNIST, sklearn digits), class imbalance, on-device augmentation.
+"""Datasets (CIFAR-10/100, MNIST, sklearn digits, image folders such as ImageNet), class imbalance, on-device augmentation.
 
 Loaders return a ``Dataset`` with uint8 NHWC images and int32 labels; scaling happens on-device
 (``normalize``). This subpackage needs only numpy, jax and the standard library; Pillow (JPEG
@@ -43,6 +43,12 @@ from mhe_jax.data.digits import (
     resize_nearest as resize_nearest,
     stratified_split as stratified_split,
 )
+from mhe_jax.data.folder import (
+    IMAGE_EXTENSIONS as IMAGE_EXTENSIONS,
+    list_image_folder as list_image_folder,
+    load_image as load_image,
+    load_image_folder as load_image_folder,
+)
 from mhe_jax.data.imbalance import (
     cifar10_multi_class_imbalance as cifar10_multi_class_imbalance,
     cifar10_single_class_imbalance as cifar10_single_class_imbalance,
@@ -62,12 +68,12 @@ from mhe_jax.data.mnist import (
 
 __all__ = [
     "CIFAR10_LABEL_NAMES", "CIFAR10_MD5", "CIFAR10_URL", "CIFAR100_MD5", "CIFAR100_URL",
-    "ENV_VAR", "MNIST_FILES", "MNIST_MIRRORS",
+    "ENV_VAR", "IMAGE_EXTENSIONS", "MNIST_FILES", "MNIST_MIRRORS",
     "ChecksumError", "Dataset", "DatasetNotFoundError", "DownloadError",
     "augment_batch", "batches", "cache_dir", "cifar10_multi_class_imbalance",
     "cifar10_single_class_imbalance", "class_counts", "default_cifar10_jpeg_path",
     "download_file", "extract_tar", "imbalance_by_count", "imbalance_by_ratio",
-    "load_cifar10", "load_cifar10_jpeg_npz", "load_cifar100", "load_digits", "load_mnist",
+    "list_image_folder", "load_image", "load_image_folder", "load_cifar10", "load_cifar10_jpeg_npz", "load_cifar100", "load_digits", "load_mnist",
     "make_dataset", "md5sum", "mnist_fig4_imbalance", "normalize", "random_crop",
     "random_flip", "read_cifar_pickle", "read_idx", "read_idx_images", "read_idx_labels",
     "resize_nearest", "rows_to_nhwc", "steps_per_epoch", "stratified_split",

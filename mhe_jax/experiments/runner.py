@@ -30,11 +30,9 @@ def load_dataset(cfg: ExperimentConfig):
         ds = D.load_cifar10_jpeg_npz(cfg.data_dir)
     elif cfg.dataset == "mnist":
         ds = D.load_mnist(cfg.data_dir)
-    elif cfg.dataset == "imagenet":
-        raise NotImplementedError(
-            "ImageNet is not bundled or downloadable; Table 6 configs need a loader for your local "
-            "copy (dataset='imagenet'): see mhe_jax.data for the Dataset format"
-        )
+    elif cfg.dataset == "imagenet":  # any ImageFolder layout: <data_dir>/{train,val}/<class>/*
+        root = cfg.data_dir or D.cache_dir() / "imagenet"
+        ds = D.load_image_folder(root, **({} if cfg.image_size is None else {"size": cfg.image_size}))
     else:
         raise ValueError(f"unknown dataset {cfg.dataset!r}")
     if cfg.imbalance is None:
