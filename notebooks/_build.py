@@ -598,7 +598,7 @@ CELLS03 = [
 
     Data: full MNIST if a local copy is found (`mhe_jax.data.load_mnist(download=False)`, e.g.
     under `$MHE_JAX_DATA`), keeping 100 images of digit 0 as in the paper; otherwise
-    scikit-learn's bundled digits (upsampled to 16×16), keeping 10 of about 135. Smoke mode:
+    scikit-learn's bundled digits (upsampled to 16×16), keeping 10 of 133. Smoke mode:
     digits and a few steps.
 
     On digits a single run is noisy (which test zeros land in the digit-0 sector varies with the
