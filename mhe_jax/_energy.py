@@ -38,6 +38,7 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
 from mhe_jax import _checks, _tiled
+from mhe_jax._atan import atan2_nonneg
 
 Array = jax.Array
 
@@ -179,7 +180,7 @@ def _log_r_and_sq(k: Kernel, params, c):
     # eps² under the root only keeps arccos' derivative finite at c = ±1 (an O(eps) change of θ);
     # the collision guard is the same as for z: r² = θ² + eps.
     sin = jnp.sqrt(jnp.maximum((1.0 - c) * (1.0 + c), 0.0) + eps * eps)
-    theta = k.angle_scale * jnp.arctan2(sin, c) + k.angle_offset
+    theta = k.angle_scale * atan2_nonneg(sin, c) + k.angle_offset  # vectorisable atan2
     r2 = theta * theta + eps
     return 0.5 * jnp.log(r2), r2
 
