@@ -261,7 +261,13 @@ def main(argv=None):
     only = set(args.only or ("speed", "memory", "multi"))
 
     sys.path.insert(0, ROOT)
-    result = {"machine": machine(), "reps": args.reps}
+    result = {}
+    if args.only and os.path.exists(args.out):  # a partial run keeps the other parts' results
+        with open(args.out) as f:
+            result = json.load(f)
+    result.update({"machine": machine(), "reps": args.reps})
+    for part in only:
+        result[f"{part}_machine"] = result["machine"]
     print(json.dumps(result["machine"]))
     if "speed" in only:
         shapes = ([tuple(int(x) for x in s.split(",")) for s in args.shape] if args.shape
