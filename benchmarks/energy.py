@@ -249,6 +249,17 @@ def _jaxlib_version():
         return None
 
 
+def speed_markdown(rows) -> str:
+    """The speed results as the markdown table of RESULTS.md."""
+    lines = ["| d | N | s | distance | half | ratio to Gram | naive ratio | speed-up vs naive |",
+             "|---:|---:|---:|---|---|---:|---:|---:|"]
+    for r in rows:
+        naive = f"{r['naive_ratio']:.2f} | {r['speedup']:.2f}" if r.get("naive_ratio") else "— | —"
+        lines.append(f"| {r['d']} | {r['N']} | {r['s']:.0f} | {r['distance']} | {r['half_space']} | "
+                     f"{r['ratio']:.2f} | {naive} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small shapes and configs (smoke run)")
@@ -257,7 +268,12 @@ def main(argv=None):
     p.add_argument("--no-naive", action="store_true", help="skip the official-formula port")
     p.add_argument("--shape", action="append", help="d,N (repeatable); default: the issue's four")
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "energy.json"))
+    p.add_argument("--table", action="store_true", help="print the speed table of --out as markdown")
     args = p.parse_args(argv)
+    if args.table:
+        with open(args.out) as f:
+            print(speed_markdown(json.load(f)["speed"]))
+        return
     only = set(args.only or ("speed", "memory", "multi"))
 
     sys.path.insert(0, ROOT)
