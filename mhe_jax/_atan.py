@@ -9,8 +9,8 @@ How. With ``a = min(|x|, y) / max(|x|, y) ∈ [0, 1]``, reduce once more with
 evaluate ``atan(z) = z + z³·g(z²)`` where ``g`` is a Chebyshev least-squares fit of
 ``(atan(z) − z)/z³`` on ``u = z² ∈ [0, tan²(π/8)]`` (degree 13 for float64, 6 for float32; the
 Chebyshev coefficients decay like 25^{−k}, so both reach their format's rounding error). Then
-undo the reductions: ``π/2 − t`` where ``y > |x|``, ``π − t`` where ``x < 0``. Only FMAs,
-one division and selects remain.
+undo the reductions: ``π/2 − t`` where ``y > |x|``, ``π − t`` where ``x < 0``. Only FMAs, two
+divisions and selects remain.
 
 The derivative is the exact one of ``atan2``, ``(x·dy − y·dx)/(x² + y²)``, not the polynomial's.
 """
