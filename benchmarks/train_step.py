@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -39,15 +38,13 @@ def _setup(model_name, widths, method, batch, seed=0):
     import numpy as np
 
     from mhe_jax.experiments.configs import get_config
-    from mhe_jax.experiments.runner import build_model, build_regularizer
-    from mhe_jax.train import make_optimizer, make_steps, step_decay_schedule
+    from mhe_jax.experiments.runner import build_model, build_optimizer, build_regularizer
+    from mhe_jax.train import make_steps
 
     cfg = get_config(f"repro/cifar10_cnn9_full/{method}").replace(model=model_name, widths=widths)
     model = build_model(cfg, 10, 3, 32)
-    reg = build_regularizer(cfg, model)
-    lr = step_decay_schedule(cfg.lr, cfg.boundaries, 0.1, cfg.warmup_steps)
-    tx = make_optimizer(lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, regularizer=reg)
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    optimizer, _ = build_optimizer(cfg, model)
+    reg = build_regularizer(cfg, model)  # the same transform again, timed on its own below
     step = make_steps(augment=True, label_smoothing=cfg.label_smoothing).train
     rng = np.random.default_rng(seed)
     images = jax.numpy.asarray(rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8))
@@ -129,9 +126,9 @@ def main(argv=None):
             reg = r["regularizer_seconds"].get(v)
             reg_txt = f"{reg:.4f}" if reg is not None else "-"
             print(f"{v:<10} {r['step_seconds'][v]:>9.3f} {r['ratio_to_baseline'][v]:>11.3f} {reg_txt:>22}")
-    machine = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-               "cpu_count": os.cpu_count(), "devices": [str(d) for d in jax.devices()],
-               "jax": jax.__version__}
+    from mhe_jax.experiments.runner import machine as run_machine
+
+    machine = {**run_machine(), "cpu_count": os.cpu_count()}
     with open(args.out, "w") as f:
         json.dump({"machine": machine, "results": results}, f, indent=1)
     print(f"\nwrote {args.out}")

@@ -659,6 +659,9 @@ CELLS03 = [
     METHODS = {"without MHE": False, "with output MHE": True}
 
 
+    from mhe_jax.experiments.fig4 import angle_to_nearest  # degrees from neuron c to its nearest
+
+
     def run(with_mhe, seed):
         model = mhe_jax.models.mnist2d(ds.num_classes, in_channels=ds.image_shape[-1], widths=WIDTHS,
                                        rngs=nnx.Rngs(seed))
@@ -672,14 +675,6 @@ CELLS03 = [
         return model, result
 
 
-    def angle_to_nearest(kernel, c=0):
-        \"\"\"Angle (degrees) between classifier neuron c and its nearest other neuron.\"\"\"
-        wn = kernel / np.linalg.norm(kernel, axis=0)
-        cos = np.clip(wn.T @ wn, -1, 1)
-        np.fill_diagonal(cos, -1)
-        return float(np.degrees(np.arccos(cos[c].max())))
-
-
     runs = {}
     for seed in SEEDS:
         for name, with_mhe in METHODS.items():
@@ -687,7 +682,7 @@ CELLS03 = [
             test = result["test"]
             print(f"{name:>16} (seed {seed}): test accuracy {test['accuracy']:.4f}, digit 0: "
                   f"{test['per_class_accuracy'][0]:.4f}, angle w_0 to nearest "
-                  f"{angle_to_nearest(np.asarray(model.classifier.kernel[...])):.1f} deg "
+                  f"{angle_to_nearest(np.asarray(model.classifier.kernel[...]), 0):.1f} deg "
                   f"({result['seconds']:.1f} s)")
 
     print(f"\\nmean over {len(SEEDS)} seed(s):")
@@ -695,7 +690,7 @@ CELLS03 = [
     for name in METHODS:
         acc = np.mean([runs[name, s][1]["test"]["accuracy"] for s in SEEDS])
         acc0 = np.mean([runs[name, s][1]["test"]["per_class_accuracy"][0] for s in SEEDS])
-        a0 = np.mean([angle_to_nearest(np.asarray(runs[name, s][0].classifier.kernel[...])) for s in SEEDS])
+        a0 = np.mean([angle_to_nearest(np.asarray(runs[name, s][0].classifier.kernel[...]), 0) for s in SEEDS])
         print(f"{name:>16} | {acc:9.4f} | {acc0:12.4f} | {a0:16.1f} deg")
     """),
     md("""

@@ -194,7 +194,7 @@ def _build_registry() -> dict[str, ExperimentConfig]:
     add("fig4/baseline", method="baseline", paper={"figure": "4", "metric": "test accuracy (%)", "value": 88.5}, **fig4)
     add("fig4/mhe_output", method="mhe", max_norm=1.0, paper={"figure": "4", "metric": "test accuracy (%)", "value": 98.0}, **fig4)
 
-    # Fig. 4 on the embedded digits (no MNIST offline): 16×16, 10 of ~145 training zeros kept,
+    # Fig. 4 on the embedded digits (no MNIST offline): 16×16, 10 of 133 training zeros kept,
     # a narrower 2-D CNN, 600 steps (~27 epochs: much longer and the baseline memorises the ten
     # zeros too). Log energy on the output layer, its gradient clipped (see the notebook 03).
     fig4_digits = dict(fig4, dataset="digits", image_size=16, widths=(16, 16, 32, 32, 64, 64),

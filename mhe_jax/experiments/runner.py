@@ -90,11 +90,16 @@ def build(cfg: ExperimentConfig):
     ds, counts = load_dataset(cfg)
     _, h, _, c = ds.x_train.shape
     model = build_model(cfg, ds.num_classes, c, h)
+    optimizer, lr = build_optimizer(cfg, model)
+    return ds, counts, model, optimizer, lr
+
+
+def build_optimizer(cfg: ExperimentConfig, model):
+    """(``nnx.Optimizer`` of ``model`` with the config's recipe and regularizer, lr schedule)."""
     lr = step_decay_schedule(cfg.lr, cfg.boundaries, 0.1, cfg.warmup_steps)
     tx = make_optimizer(lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                         regularizer=build_regularizer(cfg, model))
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
-    return ds, counts, model, optimizer, lr
+    return nnx.Optimizer(model, tx, wrt=nnx.Param), lr
 
 
 def machine() -> dict:
