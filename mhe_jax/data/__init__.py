@@ -56,6 +56,7 @@ from mhe_jax.data.imbalance import (
     imbalance_by_count as imbalance_by_count,
     imbalance_by_ratio as imbalance_by_ratio,
     mnist_fig4_imbalance as mnist_fig4_imbalance,
+    per_class_subset as per_class_subset,
 )
 from mhe_jax.data.mnist import (
     MNIST_FILES as MNIST_FILES,
@@ -74,7 +75,7 @@ __all__ = [
     "cifar10_single_class_imbalance", "class_counts", "default_cifar10_jpeg_path",
     "download_file", "extract_tar", "imbalance_by_count", "imbalance_by_ratio",
     "list_image_folder", "load_image", "load_image_folder", "load_cifar10", "load_cifar10_jpeg_npz", "load_cifar100", "load_digits", "load_mnist",
-    "make_dataset", "md5sum", "mnist_fig4_imbalance", "normalize", "random_crop",
+    "make_dataset", "md5sum", "mnist_fig4_imbalance", "per_class_subset", "normalize", "random_crop",
     "random_flip", "read_cifar_pickle", "read_idx", "read_idx_images", "read_idx_labels",
     "resize_nearest", "rows_to_nhwc", "steps_per_epoch", "stratified_split",
 ]

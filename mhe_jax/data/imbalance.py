@@ -131,6 +131,20 @@ def _apply(dataset: Dataset, counts: dict[int, int], seed: int, tag: str
     return new, class_counts(y, dataset.num_classes)
 
 
+def per_class_subset(dataset: Dataset, per_class: int, seed: int = 0
+                     ) -> tuple[Dataset, dict[int, int]]:
+    """Keep exactly ``per_class`` random training samples of every class (small-data studies).
+
+    The draw depends only on ``seed`` (not on the training seed), so every run of a study sees
+    the same subset. Test split unchanged. Returns (dataset, train class counts).
+    """
+    _check_dataset(dataset)
+    if not _is_int(per_class) or per_class < 1:
+        raise ValueError(f"per_class must be a positive int, got {per_class!r}")
+    counts = {c: int(per_class) for c in range(dataset.num_classes)}
+    return _apply(dataset, counts, seed, f"sub{per_class}")
+
+
 def mnist_fig4_imbalance(dataset: Dataset, keep_fraction: float = 0.02, cls: int = 0,
                          seed: int = 0, *, keep_count: int | None = None
                          ) -> tuple[Dataset, dict[int, int]]:

@@ -31,6 +31,8 @@ class ExperimentConfig:
     imbalance: str | None = None  # None | single | multiple | fig4
     imbalance_class: int = 0
     imbalance_keep: float = 0.1  # ratio (single/multiple) or count if ≥ 1 (fig4)
+    train_per_class: int | None = None  # keep this many training images per class (small data)
+    subset_seed: int = 0  # the subset's draw: fixed across a study's runs and seeds
     # model
     model: str = "cnn9"  # cnn6 | cnn9 | cnn15 | resnet32 | resnet18 | resnet34 | mnist2d
     widths: tuple[int, ...] = (64, 128, 256)
@@ -216,6 +218,14 @@ def _build_registry() -> dict[str, ExperimentConfig]:
                  boundaries=(500, 750, 900), warmup_steps=200, eval_every=250, checkpoint_every=250)
     for method in ("baseline", "mhe", "half_mhe"):
         add(f"repro/cifar10_cnn9_16/{method}", method=method, **small)
+    # Small-data CIFAR-10 study (issue 15): 500 training images per class (one fixed draw), all
+    # 10,000 test images, CNN-9 16/32/64, 40 epochs (1560 steps at batch 128), lr 0.05 with a
+    # 200-step warm-up, x0.1 at 50 % and 75 %; official wd / momentum / label smoothing.
+    study = dict(dataset="cifar10_jpeg", widths=(16, 32, 64), train_per_class=500, subset_seed=0,
+                 steps=1560, lr=0.05, bn_momentum=0.9, boundaries=(780, 1170), warmup_steps=200,
+                 log_every=39, eval_every=156, energy_every=78, checkpoint_every=156)
+    for method in ("baseline", "mhe", "half_mhe", "orthonormal"):
+        add(f"repro/cifar10_small/{method}", method=method, **study)
     # Full official recipe, CNN-9 64/128/256 on CIFAR-10 (for a GPU/TPU).
     for method in ("baseline", "mhe", "half_mhe"):
         add(f"repro/cifar10_cnn9_full/{method}", dataset="cifar10_jpeg", method=method, warmup_steps=200,

@@ -35,6 +35,8 @@ def load_dataset(cfg: ExperimentConfig):
         ds = D.load_image_folder(root, **({} if cfg.image_size is None else {"size": cfg.image_size}))
     else:
         raise ValueError(f"unknown dataset {cfg.dataset!r}")
+    if cfg.train_per_class is not None:
+        ds, _ = D.per_class_subset(ds, cfg.train_per_class, seed=cfg.subset_seed)
     if cfg.imbalance is None:
         return ds, None
     if cfg.imbalance == "fig4":
