@@ -1,5 +1,10 @@
 """mhe_jax: Minimum Hyperspherical Energy (Liu et al., NeurIPS 2018) for JAX, optax and Flax."""
 
+import types as _types
+import typing as _typing
+
+from mhe_jax import _optional
+
 from mhe_jax._energy import (
     OFFICIAL_STRENGTHS as OFFICIAL_STRENGTHS,
     EnergyStats as EnergyStats,
@@ -30,4 +35,25 @@ from mhe_jax._transform import (
 )
 from mhe_jax._tree import path_str as path_str
 
-__version__ = "0.1.0"
+from mhe_jax._version import __version__ as __version__
+
+# Subpackages load on first attribute access (`mhe_jax.models.cnn9`), so `import mhe_jax` stays
+# light (jax, optax, numpy); a missing [models] extra raises "install mhe_jax[models]".
+if _typing.TYPE_CHECKING:
+    from mhe_jax import (
+        data as data,
+        experiments as experiments,
+        models as models,
+        sphere as sphere,
+        train as train,
+    )
+
+
+def __getattr__(name: str) -> _types.ModuleType:
+    if name in _optional.SUBPACKAGES:
+        return _optional.import_subpackage(name)
+    raise AttributeError(f"module 'mhe_jax' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_optional.SUBPACKAGES))
