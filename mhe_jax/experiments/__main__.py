@@ -1,43 +1,146 @@
-"""Command line: ``python -m mhe_jax.experiments {quickstart,fig4,list,run,report} ...``."""
+"""Command line: ``python -m mhe_jax.experiments {quickstart,fig4,study,list,run,report} ...``.
+
+A mistake in the command (an unknown config, a bad ``--set``, missing data) prints one line to
+stderr saying what was wrong and how to fix it, and exits with status 2; ``--debug`` shows the
+traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import fnmatch
+import os
 import shlex
 import sys
 from pathlib import Path
 
-from mhe_jax.experiments import report
-from mhe_jax.experiments.configs import CONFIGS, apply_overrides, get_config
+EXIT_USAGE = 2
+DATA_DIR_KEY = "data.data_dir"  # the --set key of the data location
 
 
-def _run(name, overrides, out_root, progress, resume=True):
+class UsageError(Exception):
+    """A mistake in the command line: printed as one line, exit status 2."""
+
+
+def _command_line() -> str:
+    return "python -m mhe_jax.experiments " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def _configs():
+    from mhe_jax.experiments.configs import CONFIGS
+
+    return CONFIGS
+
+
+def _suggest(name: str, names) -> str:
+    close = difflib.get_close_matches(name, list(names), n=5, cutoff=0.6)
+    if close:
+        return "did you mean " + ", ".join(close) + "?"
+    return "see `python -m mhe_jax.experiments list`"
+
+
+def config_for(name: str, overrides=()):
+    """The named config with ``overrides`` applied; a :class:`UsageError` naming what is wrong."""
+    from mhe_jax.experiments import configs as C
+
+    if name not in C.CONFIGS:
+        raise UsageError(f"unknown config {name!r}: {_suggest(name, C.CONFIGS)}")
+    cfg = C.get_config(name)
+    for item in overrides:
+        if "=" not in item:
+            raise UsageError(f"--set {item!r}: expected KEY=VALUE, e.g. --set optim.lr=0.05")
+    if not overrides:
+        return cfg
+    user_errors = tuple(e for e in (getattr(C, "ConfigError", None), ValueError, KeyError,
+                                    TypeError) if e is not None)
+    try:
+        return C.apply_overrides(cfg, list(overrides))
+    except user_errors as e:
+        msg = " ".join(str(e.args[0] if isinstance(e, KeyError) and e.args else e).split())
+        keys = [item.split("=", 1)[0].strip() for item in overrides]
+        named = any(k in msg for k in keys) or any(k.rsplit(".", 1)[-1] in msg for k in keys)
+        raise UsageError(f"--set: {msg}" if named else
+                         f"--set {' '.join(overrides)}: {msg}") from e
+    return cfg
+
+
+def _data_error(e: BaseException) -> UsageError:
+    msg = " ".join(str(e).split())
+    return UsageError(f"{msg} — fix: point the run at the data with --set {DATA_DIR_KEY}=PATH")
+
+
+def _run(name, overrides, out_dir, progress, resume="auto"):
     from mhe_jax.experiments.runner import run
 
-    cfg = apply_overrides(get_config(name), overrides)
-    out = Path(out_root) / name
-    command = "python -m mhe_jax.experiments " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    return run(cfg, out, progress=progress, resume=resume, command=command), out
+    cfg = config_for(name, overrides)
+    out = Path(out_dir)
+    return run(cfg, out, progress=progress, resume=resume, command=_command_line()), out
+
+
+def _parse_ints(text: str, what: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"{what} {text!r}: expected comma-separated integers, e.g. 0,1,2") from None
+    if not values:
+        raise UsageError(f"{what} is empty: give at least one, e.g. 0")
+    return values
+
+
+def _layer_shapes(model) -> dict[str, tuple[int, int]]:
+    """``{log path: (neurons, dim)}`` of every kernel of an NNX model (the optimum needs both)."""
+    import flax.nnx as nnx
+    import jax
+    import numpy as np
+
+    pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    out = {}
+    for kp, leaf in jax.tree_util.tree_flatten_with_path(pure)[0]:
+        path = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in kp)
+        if path.endswith("kernel") and np.ndim(leaf) >= 2:
+            out[path] = (int(leaf.shape[-1]), int(np.prod(leaf.shape[:-1])))
+    return out
 
 
 def cmd_quickstart(args):
     """Baseline vs MHE vs half-space MHE on the embedded digits data (CNN-9 16/32/64)."""
-    rows, dirs = [], []
-    for method in ("baseline", "mhe", "half_mhe"):
-        overrides = list(args.set) + ([f"steps={args.steps}"] if args.steps else [])
-        r, out = _run(f"quickstart/{method}", overrides, args.out, not args.no_progress, resume=False)
-        layers = r["final_layers"] or {}
-        hidden = [v for k, v in layers.items() if not k.startswith("classifier")]
-        rows.append((method, r["test_accuracy"], sum(v["energy"] for v in hidden) / max(len(hidden), 1),
-                     min((v["min_angle_deg"] for v in hidden), default=float("nan")), r["train_seconds"]))
-        dirs.append(out)
-    print("\nsklearn digits (32x32), CNN-9 16/32/64, official loss/optimizer, same seed:")
-    print(f"{'method':<10} {'test acc':>9} {'hidden E (s=2)':>15} {'min angle':>10} {'train s':>8}")
-    for method, acc, e, angle, sec in rows:
-        print(f"{method:<10} {100 * acc:>8.2f}% {e:>15.4f} {angle:>9.1f}° {sec:>8.1f}")
-    png = report.plot_runs(dirs, Path(args.out) / "quickstart" / "quickstart.png",
-                           title="quickstart: digits, CNN-9 16/32/64")
+    from mhe_jax.experiments import report
+    from mhe_jax.experiments.study import load_run, run_metrics
+
+    seeds = _parse_ints(args.seeds, "--seeds")
+    overrides = list(args.set) + ([f"steps={args.steps}"] if args.steps else [])
+    names = [f"quickstart/{m}" for m in ("baseline", "mhe", "half_mhe")]
+    cfgs = {(n, s): config_for(n, [*overrides, f"seed={s}"]) for s in seeds for n in names}
+    from mhe_jax.experiments.runner import run
+
+    rows, runs, shapes = [], [], {}
+    for seed in seeds:
+        for name in names:
+            label = name if len(seeds) == 1 else f"{name} seed {seed}"
+            out = Path(args.out) / "quickstart" / (f"seed{seed}" if len(seeds) > 1 else "") / name.split("/")[1]
+            print(f"{label}: loading data, building and compiling the model ...", file=sys.stderr,
+                  flush=True)
+            r = run(cfgs[name, seed], out, progress=not args.no_progress, resume="restart",
+                    command=_command_line())
+            shapes = shapes or _layer_shapes(r["model"])
+            run_ = load_run(out)
+            runs.append(run_)
+            rows.append((name.split("/")[1], seed, run_metrics(run_, use_checkpoint=False),
+                         r["train_seconds"]))
+    print("\nsklearn digits (32x32), CNN-9 16/32/64, official loss/optimizer, "
+          f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}:")
+    print(f"{'method':<9} {'seed':>4} {'test acc. (%)':>13} {'hidden energy':>13} "
+          f"{'hidden min angle':>16} {'classifier min angle':>20} {'train time':>10}")
+    for method, seed, m, sec in rows:
+        print(f"{method:<9} {seed:>4} {100 - m['test_error']:>13.2f} {m['hidden_energy']:>13.5f} "
+              f"{m['hidden_min_angle']:>15.2f}° {m['classifier_min_angle']:>19.2f}° {sec:>7.1f} sec")
+    print("energy: full-space Riesz energy with exponent 2, mean over neuron pairs (lower = more "
+          "spread), mean over the hidden layers; min angle: smallest angle between two neurons, "
+          "mean over the hidden layers")
+    png = report.plot_quickstart(runs, Path(args.out) / "quickstart" / "quickstart.png",
+                                 layer_shapes=shapes,
+                                 title="quickstart: digits, CNN-9 16/32/64 — MHE spreads the neurons")
     print(f"plot: {png}")
 
 
@@ -45,32 +148,81 @@ def cmd_fig4(args):
     """Fig. 4: class imbalance, with vs without output MHE, several seeds, table + plot."""
     from mhe_jax.experiments.fig4 import run_fig4
 
-    seeds = [int(v) for v in args.seeds.split(",") if v]
-    command = "python -m mhe_jax.experiments " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    result = run_fig4(args.configs, seeds, args.out, overrides=args.set, progress=not args.no_progress,
-                      command=command)
+    seeds = _parse_ints(args.seeds, "--seeds")
+    for method in ("baseline", "mhe_output"):
+        config_for(f"{args.configs}/{method}", [*args.set, f"seed={seeds[0]}"])  # check early
+    result = run_fig4(args.configs, seeds, args.out, overrides=args.set,
+                      progress=not args.no_progress, command=_command_line())
     print(result["table"])
     print(f"plot: {Path(args.out) / 'fig4.png'}")
 
 
+def cmd_study(args):
+    """A seeds × methods grid of <configs>/<method>: run (skip finished, resume unfinished), report."""
+    from mhe_jax.experiments import study
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not methods:
+        raise UsageError("--methods is empty: give e.g. --methods baseline,mhe")
+    if args.report_only:
+        runs_dir = Path(args.runs or args.out)
+        if not runs_dir.is_dir():
+            raise UsageError(f"--runs {runs_dir}: no such folder; give the study's --out folder")
+        summary = study.write_report(runs_dir, args.report_out or runs_dir, methods=methods,
+                                     baseline=args.baseline)
+    else:
+        if args.runs:
+            raise UsageError("--runs is only for --report-only; the grid runs into --out")
+        seeds = _parse_ints(args.seeds, "--seeds")
+        for m in methods:  # every config and override checked before anything trains
+            config_for(f"{args.configs}/{m}", [*args.set, f"seed={seeds[0]}"])
+        summary = study.run_study(args.configs, methods, seeds, args.out, overrides=args.set,
+                                  progress=not args.no_progress, baseline=args.baseline,
+                                  report_out=args.report_out, command=_command_line(),
+                                  config_for=config_for)
+    print(summary["markdown"])
+    for f in summary["files"]:
+        print(f"wrote {f}")
+
+
 def cmd_list(args):
-    for name in CONFIGS:
-        if fnmatch.fnmatch(name, args.pattern):
-            paper = CONFIGS[name].paper.get("value")
-            print(f"{name:<40} paper: {paper}")
+    configs = _configs()
+    names = [n for n in configs if fnmatch.fnmatch(n, args.pattern)]
+    if not names:
+        raise UsageError(f"no config matches {args.pattern!r}: {_suggest(args.pattern, configs)} "
+                         "(patterns are globs, e.g. 'table1/*')")
+    for name in names:
+        paper = configs[name].paper.get("value")
+        print(f"{name:<40} paper: {paper}")
 
 
 def cmd_run(args):
-    names = [n for n in CONFIGS if fnmatch.fnmatch(n, args.name)] or [args.name]
+    configs = _configs()
+    is_glob = any(ch in args.name for ch in "*?[")
+    names = [n for n in configs if fnmatch.fnmatch(n, args.name)] if is_glob else [args.name]
+    if not names:
+        raise UsageError(f"no config matches {args.name!r}: {_suggest(args.name, configs)}")
+    for name in names:  # check every config and override before training the first
+        config_for(name, args.set)
+    if args.restart and args.resume_anyway:
+        raise UsageError("--restart and --resume-anyway contradict each other: give one")
+    resume = "restart" if args.restart else ("force" if args.resume_anyway else "auto")
     for name in names:
-        r, out = _run(name, args.set, args.out, not args.no_progress, resume=not args.restart)
-        print(f"{name}: test error {r['test_error']:.2f}% (paper: {r['paper'].get('value')}) -> {out}")
+        r, out = _run(name, args.set, Path(args.out) / name, not args.no_progress, resume=resume)
+        paper = (r.get("paper") or {}).get("value")
+        print(f"{name}: test error {r['test_error']:.2f} % (paper: "
+              f"{'—' if paper is None else f'{paper} %'}) -> {out}")
 
 
 def cmd_report(args):
+    from mhe_jax.experiments import report
+
+    for p in args.runs:
+        if not Path(p).exists():
+            raise UsageError(f"{p}: no such file or folder; give run folders (with results.json)")
     results = report.collect(args.runs)
     if not results:
-        sys.exit(f"no results.json under {args.runs}")
+        raise UsageError(f"no results.json under {', '.join(args.runs)}: give finished run folders")
     table = report.markdown_table(results)
     print(table)
     if args.out:
@@ -80,40 +232,120 @@ def cmd_report(args):
         print("plot:", report.plot_runs([r["run_dir"] for r in results], args.plot))
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m mhe_jax.experiments", description=__doc__)
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full traceback of an error")
+    p = argparse.ArgumentParser(prog="python -m mhe_jax.experiments", description=__doc__,
+                                parents=[common])
     sub = p.add_subparsers(dest="command", required=True)
-    q = sub.add_parser("quickstart", help=cmd_quickstart.__doc__)
+
+    def add(name, fn, help_):
+        sp = sub.add_parser(name, help=help_, description=help_, parents=[common])
+        sp.set_defaults(fn=fn)
+        return sp
+
+    def set_option(sp):
+        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field, e.g. --set steps=100 (repeatable)")
+
+    q = add("quickstart", cmd_quickstart, cmd_quickstart.__doc__)
     q.add_argument("--out", default="runs")
     q.add_argument("--steps", type=int, default=None)
-    q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    q.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
+    set_option(q)
     q.add_argument("--no-progress", action="store_true")
-    q.set_defaults(fn=cmd_quickstart)
-    f4 = sub.add_parser("fig4", help=cmd_fig4.__doc__)
-    f4.add_argument("--configs", default="repro/fig4_digits", help="prefix of <prefix>/baseline, <prefix>/mhe_output")
+    f4 = add("fig4", cmd_fig4, cmd_fig4.__doc__)
+    f4.add_argument("--configs", default="repro/fig4_digits",
+                    help="prefix of <prefix>/baseline, <prefix>/mhe_output")
     f4.add_argument("--seeds", default="0,1,2")
     f4.add_argument("--out", default="runs/fig4")
-    f4.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    set_option(f4)
     f4.add_argument("--no-progress", action="store_true")
-    f4.set_defaults(fn=cmd_fig4)
-    ls = sub.add_parser("list", help="list named configs (glob pattern)")
+    st = add("study", cmd_study, cmd_study.__doc__)
+    st.add_argument("--configs", default="repro/cifar10_small",
+                    help="prefix: runs <prefix>/<method> for each method")
+    st.add_argument("--methods", default="baseline,mhe,half_mhe")
+    st.add_argument("--seeds", default="0,1,2")
+    st.add_argument("--baseline", default="baseline", help="the method differences are taken to")
+    st.add_argument("--out", default="runs/cifar10_small",
+                    help="runs go to <out>/seed<S>/<prefix>/<method>; the report to <out>")
+    st.add_argument("--report-only", action="store_true",
+                    help="train nothing: collect the runs under --runs (default --out) and report")
+    st.add_argument("--runs", default=None, help="with --report-only: the folder of the runs")
+    st.add_argument("--report-out", default=None,
+                    help="where study.md and the PNGs go (default: the runs folder)")
+    set_option(st)
+    st.add_argument("--no-progress", action="store_true")
+    ls = add("list", cmd_list, "list named configs (glob pattern)")
     ls.add_argument("pattern", nargs="?", default="*")
-    ls.set_defaults(fn=cmd_list)
-    r = sub.add_parser("run", help="run a named config (or a glob of them)")
+    r = add("run", cmd_run, "run a named config (or a glob of them)")
     r.add_argument("name")
-    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a field")
+    set_option(r)
     r.add_argument("--out", default="runs")
-    r.add_argument("--restart", action="store_true", help="ignore existing checkpoints")
+    r.add_argument("--restart", action="store_true",
+                   help="start from step 0, deleting the run's checkpoints and log")
+    r.add_argument("--resume-anyway", action="store_true",
+                   help="resume from the checkpoint even if the config changed")
     r.add_argument("--no-progress", action="store_true")
-    r.set_defaults(fn=cmd_run)
-    rep = sub.add_parser("report", help="markdown table (+ plot) of finished runs")
+    rep = add("report", cmd_report, "markdown table (+ plot) of finished runs")
     rep.add_argument("runs", nargs="+")
     rep.add_argument("--out", default=None)
     rep.add_argument("--plot", default=None)
-    rep.set_defaults(fn=cmd_report)
-    args = p.parse_args(argv)
-    args.fn(args)
+    return p
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that are the user's to fix (one line, exit 2), beyond :class:`UsageError`."""
+    from mhe_jax import data as D
+
+    errors: list[type[BaseException]] = [D.DatasetNotFoundError, D.DownloadError]
+    from mhe_jax.experiments import configs as C
+
+    if getattr(C, "ConfigError", None) is not None:
+        errors.append(C.ConfigError)
+    return tuple(errors)
+
+
+def _quiet_broken_pipe() -> None:
+    """After EPIPE (``list | head``): point stdout at /dev/null so the exit flush is silent."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file (e.g. captured in tests)
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run the command; user errors raise ``SystemExit(2)`` after one line."""
+    args = _parser().parse_args(argv)
+    debug = getattr(args, "debug", False)
+    try:
+        args.fn(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+        return 0
+    except UsageError as e:
+        if debug:
+            raise
+        _fail(str(e))
+    except Exception as e:  # noqa: BLE001 — sorted into user errors and bugs below
+        if debug:
+            raise
+        if isinstance(e, _user_errors()):
+            from mhe_jax import data as D
+
+            is_data = isinstance(e, (D.DatasetNotFoundError, D.DownloadError))
+            _fail(str(_data_error(e)) if is_data else " ".join(str(e).split()))
+        raise
+    return 0
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message} (--debug shows the traceback)", file=sys.stderr)
+    raise SystemExit(EXIT_USAGE)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

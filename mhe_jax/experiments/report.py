@@ -1,15 +1,42 @@
-"""Finished runs → markdown tables beside the paper's numbers, and accuracy / energy plots."""
+"""Finished runs → markdown tables beside the paper's numbers, and the experiments' figures.
+
+* :func:`markdown_table` — one row per run (the ``report`` command);
+* :func:`plot_runs` — loss, test accuracy and min angle against step for any runs;
+* :func:`plot_quickstart` — per layer, min angle and energy from step 0, per method, with the
+  optimum as a reference, and test accuracy with error bars over seeds;
+* :func:`plot_study_curves`, :func:`plot_test_error_bars` — the study's figures (``study``).
+
+Units: errors and accuracies are in % of the test set and say which they are; angles are in
+degrees; energies are the full-space s = 2 Euclidean energy, the mean over pairs of
+``1/‖ŵ_i − ŵ_j‖²`` (see :mod:`mhe_jax.experiments.study`).
+"""
 
 from __future__ import annotations
 
 import json
+import math
+import re
+from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
+
+METHOD_COLORS = {"baseline": "#555555", "mhe": "#1f77b4", "half_mhe": "#d62728",
+                 "orthonormal": "#2ca02c", "orthogonality": "#9467bd", "a_mhe": "#17becf",
+                 "half_a_mhe": "#ff7f0e", "mhe_output": "#1f77b4"}
+_FALLBACK = ("#8c564b", "#e377c2", "#bcbd22", "#7f7f7f")
+
+
+def method_color(method: str, i: int = 0) -> str:
+    return METHOD_COLORS.get(method, _FALLBACK[i % len(_FALLBACK)])
 
 
 def collect(paths) -> list[dict]:
     """Every ``results.json`` under the given directories (or files), with its run directory."""
     found = []
     for p in map(Path, paths):
+        if not p.exists():
+            raise FileNotFoundError(f"{p} does not exist")
         files = [p] if p.is_file() else sorted(p.rglob("results.json"))
         for f in files:
             r = json.loads(f.read_text())
@@ -19,47 +46,79 @@ def collect(paths) -> list[dict]:
 
 
 def _fmt(v, digits=2):
-    return "—" if v is None else f"{v:.{digits}f}"
+    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
 def markdown_table(results: list[dict]) -> str:
-    """One row per run: config, our test error, the paper's number for that row, and their gaps."""
-    lines = ["| config | steps | test error (%) | paper (%) | per-class min acc (%) |",
-             "|---|---:|---:|---:|---:|"]
+    """One row per run: test error beside the paper's, worst class, min angles and energies.
+
+    Every number is labelled with its unit: test error in % (100 − accuracy; the paper's
+    accuracy rows are converted), per-class minimum accuracy in %, angles in degrees.
+    """
+    from mhe_jax.experiments.study import load_run, run_metrics
+
+    lines = ["| config | steps | test error (%) | paper: test error (%) | worst-class accuracy (%) "
+             "| hidden min angle (°) | hidden energy | classifier min angle (°) "
+             "| classifier energy |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in sorted(results, key=lambda r: r["name"]):
         paper = (r.get("paper") or {}).get("value")
         if (r.get("paper") or {}).get("metric", "").startswith("test accuracy"):
             paper = None if paper is None else 100.0 - paper
-        per_class = r.get("per_class_accuracy") or []
-        worst = min(per_class) * 100 if per_class else None
-        lines.append(f"| {r['name']} | {r['steps']} | {_fmt(r['test_error'])} | {_fmt(paper)} | {_fmt(worst, 1)} |")
+        m = run_metrics(load_run(r["run_dir"]))
+        worst = 100.0 - m["worst_class_error"]
+        lines.append(
+            f"| {r['name']} | {r['steps']} | {_fmt(m['test_error'])} | {_fmt(paper)} | "
+            f"{_fmt(worst, 1)} | {_fmt(m['hidden_min_angle'])} | {_fmt(m['hidden_energy'], 5)} | "
+            f"{_fmt(m['classifier_min_angle'])} | {_fmt(m['classifier_energy'], 4)} |")
+    lines += ["", "Energies: full-space s = 2 Euclidean, mean of 1/‖ŵ_i − ŵ_j‖² over pairs, at the "
+              "end of training; hidden = mean over the hidden layers. Min angle: smallest angle "
+              "between two neurons of a layer; hidden = mean over the hidden layers."]
     return "\n".join(lines)
 
 
 def read_log(run_dir) -> list[dict]:
-    path = Path(run_dir) / "log.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    from mhe_jax.experiments.study import read_jsonl
+
+    return read_jsonl(Path(run_dir) / "log.jsonl")
 
 
-def plot_runs(run_dirs, out_png, *, title: str | None = None):
-    """Training loss, test accuracy and mean layer energy against steps, one line per run."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(fig, out_png, dpi=100):
+    plt = _pyplot()
+    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=dpi)
+    plt.close(fig)
+    return Path(out_png)
+
+
+def plot_runs(run_dirs, out_png, *, title: str | None = None):
+    """Training loss, test accuracy (%) and mean hidden-layer min angle (°) against step."""
+    from mhe_jax.experiments.study import is_output_layer
+
+    plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for run_dir in run_dirs:
         log = read_log(run_dir)
         label = Path(run_dir).name
         loss = [(e["step"], e["loss"]) for e in log if "loss" in e]
-        acc = [(e["step"], e["test_accuracy"]) for e in log if "test_accuracy" in e]
-        energy = [(e["step"], sum(v["energy"] for v in e["layers"].values()) / len(e["layers"]))
-                  for e in log if "layers" in e]
-        for ax, series in zip(axes, (loss, acc, energy)):
+        acc = [(e["step"], 100 * e["test_accuracy"]) for e in log if "test_accuracy" in e]
+        angle = [(e["step"], np.mean([v["min_angle_deg"] for p, v in e["layers"].items()
+                                      if not is_output_layer(p, v)]))
+                 for e in log if "layers" in e]
+        for ax, series in zip(axes, (loss, acc, angle)):
             if series:
-                ax.plot(*zip(*series), label=label, marker="." if len(series) < 30 else None)
-    for ax, name in zip(axes, ("train loss", "test accuracy", "mean layer energy (s of the run)")):
+                ax.plot(*zip(*series), label=label, marker="o" if len(series) < 30 else None)
+    names = ("train loss (batch)", "test accuracy (%)", "hidden layers: mean min angle (°)")
+    for ax, name in zip(axes, names):
         ax.set_xlabel("step")
         ax.set_title(name)
         ax.grid(alpha=0.3)
@@ -67,7 +126,272 @@ def plot_runs(run_dirs, out_png, *, title: str | None = None):
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=100)
-    plt.close(fig)
-    return out_png
+    return _save(fig, out_png)
+
+
+# --------------------------------------------------------------------------- quickstart
+
+
+def simplex_angle_deg(n: int) -> float:
+    """Largest possible minimum angle of ``n ≥ 2`` unit vectors in ≥ n − 1 dimensions (°).
+
+    The regular simplex: ``arccos(−1/(n − 1))`` (96.4° for 10 classes).
+    """
+    return math.degrees(math.acos(-1.0 / (n - 1)))
+
+
+def simplex_energy(n: int) -> float:
+    """The minimum full-space s = 2 Euclidean energy (mean over pairs) of ``n`` unit vectors
+    in ≥ n − 1 dimensions: the simplex, where ``‖ŵ_i − ŵ_j‖² = 2n/(n − 1)``: ``(n − 1)/(2n)``."""
+    return (n - 1) / (2 * n)
+
+
+def _natural_key(path: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path)]
+
+
+def _layer_order(paths, is_output) -> list[str]:
+    """Hidden layers first in network order (``layers/0 … layers/9``, then others), output last."""
+    return sorted(paths, key=lambda p: (is_output[p], not p.startswith("layers"), _natural_key(p)))
+
+
+def _short(path: str) -> str:
+    parts = [p for p in path.split("/") if p not in ("kernel", "conv", "layers")]
+    return "/".join(parts) or path
+
+
+def plot_quickstart(runs: Sequence, out_png, *, layer_shapes: dict[str, tuple[int, int]] | None = None,
+                    title: str | None = None, max_columns: int = 6):
+    """Per layer (one panel each): min angle and full-space energy against step, one line per
+    method (mean over seeds, thin lines per seed), the optimum dashed; and test accuracy per
+    method with error bars (sample std) over seeds.
+
+    ``runs``: :class:`~mhe_jax.experiments.study.StudyRun` objects (several seeds per method
+    allowed). ``layer_shapes``: ``{path: (neurons, dim)}`` for the optimum; without it (or a
+    record's ``neurons``/``dim``) only the classifier gets its simplex line (N = classes).
+    Energy panels show the energy above the optimum on a log axis when the optimum is known.
+    The step axis is symlog so that step 0 (the initialization) is visible.
+    """
+    from mhe_jax.experiments.study import _full_energy, is_output_layer, layer_records
+
+    plt = _pyplot()
+    methods = list(dict.fromkeys(r.method for r in runs))
+    first = next((layer_records(r) for r in runs if layer_records(r)), None)
+    if not first:
+        raise ValueError("no run has per-layer records (\"layers\") in its log.jsonl")
+    paths0 = first[-1]["layers"]
+    is_out = {p: is_output_layer(p, st) for p, st in paths0.items()}
+    order = _layer_order(list(paths0), is_out)
+    shapes = dict(layer_shapes or {})
+    for p, st in paths0.items():
+        if "neurons" in st and "dim" in st:
+            shapes.setdefault(p, (int(st["neurons"]), int(st["dim"])))
+    classes = next((len(r.results["per_class_accuracy"]) for r in runs
+                    if r.results and r.results.get("per_class_accuracy")), None)
+    for p in order:
+        if is_out[p] and p not in shapes and classes:
+            shapes[p] = (classes, classes)  # only N matters for the simplex when d ≥ N − 1
+
+    def optimum(p):
+        if p not in shapes:
+            return None
+        n, d = shapes[p]
+        return (simplex_angle_deg(n), simplex_energy(n)) if n <= d + 1 and n >= 2 else None
+
+    ncols = min(max_columns, len(order) + 1)
+    nrows_each = math.ceil((len(order) + 1) / ncols)
+    fig, axes = plt.subplots(2 * nrows_each, ncols, figsize=(3.1 * ncols, 2.5 * 2 * nrows_each),
+                             squeeze=False)
+    angle_axes = axes[:nrows_each].ravel()
+    energy_axes = axes[nrows_each:].ravel()
+    for kind, panel_axes in (("angle", angle_axes), ("energy", energy_axes)):
+        for ax, p in zip(panel_axes, order):
+            opt = optimum(p)
+            for i, m in enumerate(methods):
+                color = method_color(m, i)
+                curves = []
+                for r in (r for r in runs if r.method == m):
+                    pts = []
+                    for rec in layer_records(r):
+                        st = rec["layers"].get(p)
+                        if st is None:
+                            continue
+                        if kind == "angle":
+                            y = st["min_angle_deg"]
+                        else:
+                            y = _full_energy(r, p, st)
+                            if y is None:
+                                continue
+                            if opt is not None:
+                                y = max(y - opt[1], 1e-7)
+                        pts.append((rec["step"], y))
+                    if pts:
+                        curves.append(dict(pts))
+                        ax.plot(*zip(*pts), color=color, lw=0.7, alpha=0.35)
+                if curves:
+                    common = sorted(set.intersection(*(set(c) for c in curves)))
+                    ax.plot(common, [np.mean([c[s] for c in curves]) for s in common], color=color,
+                            lw=2, label=m, marker="o", ms=3)
+            if kind == "angle" and opt is not None:
+                ax.axhline(opt[0], color="k", ls="--", lw=1)
+            if kind == "energy" and opt is not None:
+                ax.set_yscale("log")
+            ax.set_xscale("symlog", linthresh=max(1, _first_positive_step(runs)))
+            ax.set_xlim(left=0)
+            label = "classifier" if is_out[p] else _short(p)
+            shape = f" ({shapes[p][0]}×{shapes[p][1]})" if p in shapes and not is_out[p] else ""
+            if kind == "angle":
+                ax.set_title(f"{label}{shape}: min angle (°)", fontsize=9)
+            else:
+                what = "energy − optimum" if opt is not None else "energy"
+                ax.set_title(f"{label}: {what}", fontsize=9)
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
+        for ax in panel_axes[len(order):]:
+            ax.axis("off")
+    # test accuracy, with error bars over seeds, in the first free panel of the angle block
+    acc_ax = angle_axes[len(order)]
+    acc_ax.axis("on")
+    for i, m in enumerate(methods):
+        accs = [100 * r.results["test_accuracy"] for r in runs if r.method == m and r.results]
+        if not accs:
+            continue
+        sd = float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0
+        acc_ax.bar(i, np.mean(accs), yerr=sd if len(accs) > 1 else None, color=method_color(m, i),
+                   alpha=0.8, capsize=4)
+        acc_ax.scatter([i] * len(accs), accs, color="k", s=8, zorder=3)
+        acc_ax.text(i, np.mean(accs), f"{np.mean(accs):.1f}", ha="center", va="bottom", fontsize=8)
+    n_seeds = max((sum(1 for r in runs if r.method == m and r.results) for m in methods), default=0)
+    acc_ax.set_xticks(range(len(methods)), methods, fontsize=8)
+    all_acc = [100 * r.results["test_accuracy"] for r in runs if r.results]
+    if all_acc:
+        acc_ax.set_ylim(max(0.0, min(all_acc) - 5), min(100.0, max(all_acc) + 3))
+    acc_ax.set_title(f"test accuracy (%), {n_seeds} seed{'s' if n_seeds != 1 else ''}"
+                     + (" ± std" if n_seeds > 1 else ""), fontsize=9)
+    acc_ax.grid(alpha=0.3, axis="y")
+    handles, labels = angle_axes[0].get_legend_handles_labels()
+    handles.append(plt.Line2D([], [], color="k", ls="--", lw=1))
+    labels.append("optimum (simplex)")
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), frameon=False, fontsize=10,
+               bbox_to_anchor=(0.5, 1.0))
+    fig.supxlabel("step (symlog axis: step 0 = initialization)", fontsize=9)
+    if title:
+        fig.suptitle(title, y=1.035, fontsize=12)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    return _save(fig, out_png, dpi=90)
+
+
+def _first_positive_step(runs) -> int:
+    steps = [rec["step"] for r in runs for rec in r.log if rec.get("step", 0) > 0]
+    return min(steps) if steps else 1
+
+
+# --------------------------------------------------------------------------- study figures
+
+
+def _per_method_curves(ax, runs, methods, series_fn):
+    for i, m in enumerate(methods):
+        color = method_color(m, i)
+        curves = []
+        for r in (r for r in runs if r.method == m):
+            pts = series_fn(r)
+            if pts:
+                curves.append(dict(pts))
+                ax.plot(*zip(*pts), color=color, lw=0.8, alpha=0.35)
+        if curves:
+            common = sorted(set.intersection(*(set(c) for c in curves)))
+            ax.plot(common, [np.mean([c[s] for c in curves]) for s in common], color=color, lw=2,
+                    label=f"{m} (mean of {len(curves)})")
+
+
+def plot_study_curves(runs: Sequence, out_png, *, methods: Sequence[str] | None = None):
+    """Test error (%), hidden layers' mean min angle (°) and the classifier's min angle (°)
+    against step: thin lines per seed, thick the mean over seeds; unfinished runs included."""
+    from mhe_jax.experiments.study import is_output_layer, layer_records
+
+    plt = _pyplot()
+    methods = list(methods or dict.fromkeys(r.method for r in runs))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
+
+    def test_error(r):
+        return [(e["step"], 100 * (1 - e["test_accuracy"])) for e in r.log if "test_accuracy" in e]
+
+    def angle(output):
+        def fn(r):
+            pts = []
+            for e in layer_records(r):
+                v = [st["min_angle_deg"] for p, st in e["layers"].items()
+                     if is_output_layer(p, st) == output]
+                if v:
+                    pts.append((e["step"], float(np.mean(v))))
+            return pts
+        return fn
+
+    _per_method_curves(axes[0], runs, methods, test_error)
+    _per_method_curves(axes[1], runs, methods, angle(False))
+    _per_method_curves(axes[2], runs, methods, angle(True))
+    classes = next((len(r.results["per_class_accuracy"]) for r in runs
+                    if r.results and r.results.get("per_class_accuracy")), None)
+    if classes and classes >= 2:
+        axes[2].axhline(simplex_angle_deg(classes), color="k", ls="--", lw=1,
+                        label=f"simplex optimum ({simplex_angle_deg(classes):.1f}°)")
+    titles = ("test error (%)", "hidden layers: min angle (°), mean over layers",
+              "classifier: min angle (°)")
+    for ax, t in zip(axes, titles):
+        ax.set_title(t)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    axes[2].legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, out_png)
+
+
+def plot_test_error_bars(summary: dict, out_png):
+    """Left: test error (%) per method, mean with sample-std error bars, seeds as dots. Right:
+    each variant's paired difference against the baseline (points), seeds and bootstrap 95 %."""
+    plt = _pyplot()
+    methods = summary["methods"]
+    rows = summary["rows"]
+    paired = summary["paired"]
+    fig, axes = plt.subplots(1, 2 if paired else 1, figsize=(11 if paired else 5.5, 4.2),
+                             squeeze=False)
+    ax = axes[0, 0]
+    for i, m in enumerate(methods):
+        errs = [row["test_error"] for row in rows if row["method"] == m]
+        if not errs:
+            continue
+        mean = float(np.mean(errs))
+        sd = float(np.std(errs, ddof=1)) if len(errs) > 1 else 0.0
+        ax.bar(i, mean, yerr=sd if len(errs) > 1 else None, color=method_color(m, i), alpha=0.8,
+               capsize=5)
+        ax.scatter([i] * len(errs), errs, color="k", s=12, zorder=3)
+        ax.text(i, mean + sd, f"{mean:.2f} ± {sd:.2f}", ha="center", va="bottom", fontsize=8)
+    all_err = [row["test_error"] for row in rows]
+    if all_err:
+        ax.set_ylim(max(0.0, min(all_err) - 3), max(all_err) + 2)
+    ax.set_xticks(range(len(methods)), methods)
+    ax.set_ylabel("test error (%)")
+    ax.set_title("test error, mean ± std over seeds")
+    ax.grid(alpha=0.3, axis="y")
+    if paired:
+        ax = axes[0, 1]
+        names = list(paired)
+        for i, m in enumerate(names):
+            e = paired[m]["test_error"]
+            ax.scatter([i] * len(e["differences"]), e["differences"], color=method_color(m, i),
+                       s=18, zorder=3)
+            if not math.isnan(e["mean"]):
+                lo, hi = e["bootstrap95"]
+                ax.errorbar(i + 0.15, e["mean"], yerr=[[e["mean"] - lo], [hi - e["mean"]]], fmt="D",
+                            color="k", capsize=5, ms=5)
+                ax.text(i + 0.22, e["mean"], f"{e['mean']:+.2f}\np = {e['p']:.2f}", fontsize=8,
+                        va="center")
+        ax.axhline(0, color="k", lw=1)
+        ax.set_xticks(range(len(names)), names)
+        ax.set_xlim(-0.5, len(names) - 0.2)
+        ax.set_ylabel(f"test error − {summary['baseline']} (points)")
+        ax.set_title("paired difference: seeds (dots), mean and bootstrap 95 %")
+        ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return _save(fig, out_png)

@@ -1,0 +1,576 @@
+"""A seeds × methods study: run the grid (resuming what is unfinished), then report on it.
+
+Layout (the same as ``run NAME --set seed=S --out OUT/seedS``, so a study started with ``run``
+can be reported here)::
+
+    OUT/seed{S}/{PREFIX}/{METHOD}/config.json, log.jsonl, checkpoints/, results.json
+
+A run with ``results.json`` is finished and skipped; one without is resumed from its latest
+checkpoint. The report (``study.md``, ``study.json``, ``curves.png``, ``test_error.png``) has
+
+* a per-seed table: test error, worst-class error, final training accuracy, the hidden layers'
+  and the classifier's minimum angle and energy;
+* mean ± sample std per method;
+* each variant's paired difference against the baseline over the seeds both finished: mean,
+  std, a two-sided paired t-test p-value and a bootstrap 95 % interval of the mean.
+
+Energies are always the full-space s = 2 Euclidean energy (mean of ``1/‖ŵ_i − ŵ_j‖²`` over
+pairs ``i ≠ j``), so methods are comparable: a record's ``energy_full`` when the log has one,
+its ``energy`` when the run trained in full space, and otherwise (a half-space run logged only
+its half-space energy) recomputed from the final checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+OUTPUT_PREFIXES = ("classifier",)  # path components that mark the output layer in old logs
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof = 1; 0 for a single value, NaN for none)."""
+    v = [float(x) for x in values]
+    if not v:
+        return math.nan, math.nan
+    return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else 0.0)
+
+
+def student_t_sf2(t: float, dof: float) -> float:
+    """Two-sided tail ``P(|T| ≥ |t|)`` of Student's t with ``dof`` degrees of freedom.
+
+    ``P(|T| ≥ |t|) = I_x(ν/2, 1/2)`` with ``x = ν / (ν + t²)`` (the regularized incomplete beta
+    function, :func:`jax.scipy.special.betainc`, evaluated in float64 on the host's CPU).
+
+    Examples:
+        >>> round(student_t_sf2(2.0, 2), 4)  # scipy.stats.t.sf(2, 2) * 2
+        0.1835
+        >>> student_t_sf2(0.0, 5)
+        1.0
+    """
+    if not dof > 0:
+        raise ValueError(f"dof must be > 0, got {dof!r}")
+    if math.isnan(t):
+        return math.nan
+    if math.isinf(t):
+        return 0.0
+    import jax
+    import jax.numpy as jnp
+    from jax.scipy.special import betainc
+
+    with jax.default_device(jax.devices("cpu")[0]), jax.enable_x64(True):
+        x = dof / (dof + t * t)
+        p = betainc(jnp.float64(dof / 2), jnp.float64(0.5), jnp.float64(x))
+    return float(min(max(float(p), 0.0), 1.0))
+
+
+def paired_t_test(differences: Sequence[float]) -> tuple[float, float]:
+    """``(t, two-sided p)`` of the paired t-test that the mean of ``differences`` is 0.
+
+    NaN for fewer than two pairs. All differences equal: ``p = 0`` if they are non-zero (no
+    spread, a sure difference under the test's model), 1 if they are all 0.
+    """
+    d = np.asarray(differences, np.float64)
+    n = d.size
+    if n < 2:
+        return math.nan, math.nan
+    sd = float(d.std(ddof=1))
+    mean = float(d.mean())
+    if sd == 0.0:
+        return (math.copysign(math.inf, mean), 0.0) if mean != 0.0 else (0.0, 1.0)
+    t = mean / (sd / math.sqrt(n))
+    return t, student_t_sf2(t, n - 1)
+
+
+def bootstrap_interval(
+    differences: Sequence[float], *, level: float = 0.95, resamples: int = 10_000, seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``differences`` (resampling pairs).
+
+    With n pairs the bootstrap mean takes at most ``C(2n−1, n)`` distinct values (10 for n = 3):
+    the interval is coarse for few seeds and never wider than the range of the differences.
+    """
+    d = np.asarray(differences, np.float64)
+    if d.size == 0:
+        return math.nan, math.nan
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, d.size, size=(resamples, d.size))].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+# --------------------------------------------------------------------------- reading runs
+
+
+def _lookup(config: dict, key: str, default=None):
+    """``config[key]``, or ``config[section][key]`` for nested configs (first section found)."""
+    if key in config:
+        return config[key]
+    for value in config.values():
+        if isinstance(value, dict) and key in value:
+            return value[key]
+    return default
+
+
+def read_jsonl(path) -> list[dict]:
+    """Records of a JSONL log; a truncated last line (a killed run) is dropped."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    out = []
+    lines = path.read_text().splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break
+            raise ValueError(f"{path}: line {i + 1} is not JSON") from None
+    return out
+
+
+@dataclass
+class StudyRun:
+    """One run folder: its config, its log and (once finished) its results."""
+
+    run_dir: Path
+    name: str
+    method: str  # the name's last component (a study's column), e.g. "half_mhe"
+    seed: int
+    config: dict
+    log: list[dict] = field(repr=False)
+    results: dict | None = field(repr=False)
+
+    @property
+    def finished(self) -> bool:
+        return self.results is not None
+
+    @property
+    def half_space(self) -> bool:
+        hs = _lookup(self.config, "half_space")
+        if hs is None:  # the flat configs derived it from the method
+            hs = str(_lookup(self.config, "method", "")).startswith("half_")
+        return bool(hs)
+
+    @property
+    def steps(self) -> int:
+        return int(_lookup(self.config, "steps", 0))
+
+    @property
+    def last_step(self) -> int:
+        return max((int(r.get("step", 0)) for r in self.log), default=0)
+
+
+def load_run(run_dir) -> StudyRun:
+    """Read ``config.json``, ``log.jsonl`` and (if present) ``results.json`` of one run folder."""
+    d = Path(run_dir)
+    cfg_path = d / "config.json"
+    if not cfg_path.exists():
+        raise FileNotFoundError(f"{d} is not a run folder (no config.json)")
+    config = json.loads(cfg_path.read_text())
+    res_path = d / "results.json"
+    results = json.loads(res_path.read_text()) if res_path.exists() else None
+    name = str(config.get("name") or d.name)
+    method = name.rsplit("/", 1)[-1] if "/" in name else str(_lookup(config, "method", name))
+    seed = int(_lookup(config, "seed", 0))
+    return StudyRun(d, name, method, seed, config, read_jsonl(d / "log.jsonl"), results)
+
+
+def find_runs(root) -> list[StudyRun]:
+    """Every run folder (a folder with ``config.json``) under ``root``, sorted by (seed, name)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"runs folder {root} does not exist")
+    runs = [load_run(p.parent) for p in sorted(root.rglob("config.json"))
+            if "checkpoints" not in p.relative_to(root).parts]
+    return sorted(runs, key=lambda r: (r.seed, r.name))
+
+
+def is_output_layer(path: str, stats: dict) -> bool:
+    """The record's ``is_output`` flag, else (older logs) a path under ``classifier``."""
+    if "is_output" in stats:
+        return bool(stats["is_output"])
+    return path.split("/")[0] in OUTPUT_PREFIXES
+
+
+def layer_records(run: StudyRun) -> list[dict]:
+    """The log's per-layer records (``{"step", "layers": {path: stats}}``), in step order."""
+    return [r for r in run.log if "layers" in r]
+
+
+def _full_energy(run: StudyRun, path: str, stats: dict) -> float | None:
+    if "energy_full" in stats:
+        return float(stats["energy_full"])
+    if not run.half_space or is_output_layer(path, stats):
+        return float(stats["energy"])
+    return None  # a half-space energy: not comparable across methods
+
+
+def checkpoint_layer_stats(run_dir, step: int | None = None) -> dict[str, dict] | None:
+    """Full-space s = 2 stats of every kernel in a run's checkpoint (default: the latest).
+
+    ``{path: {"energy", "min_angle_deg", "neurons", "dim"}}``; None when the run has no
+    checkpoint. Paths are those of the log (``layers/0/conv/kernel``, ``classifier/kernel``).
+    """
+    import orbax.checkpoint as ocp
+
+    import mhe_jax
+
+    ckpt_dir = Path(run_dir).absolute() / "checkpoints"
+    steps = sorted(int(p.name) for p in ckpt_dir.glob("*") if p.name.isdigit()
+                   and (p / "state").is_dir()) if ckpt_dir.is_dir() else []
+    if not steps:
+        return None
+    step = steps[-1] if step is None else step
+    state = ocp.StandardCheckpointer().restore(ckpt_dir / str(step) / "state")
+    params = state["model"]
+    stats = mhe_jax.layer_energies(params, s=2.0, distance="euclidean", half_space=False)
+    out = {}
+    flat = {"/".join(map(str, k)): v for k, v in _flatten(params)}
+    for path, st in stats.items():
+        shape = np.shape(flat[path])
+        out[path] = {"energy": float(st.energy), "min_angle_deg": math.degrees(float(st.min_angle)),
+                     "neurons": int(shape[-1]), "dim": int(np.prod(shape[:-1]))}
+    return out
+
+
+def _flatten(tree, prefix=()):
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from _flatten(v, (*prefix, k))
+    else:
+        yield prefix, tree
+
+
+def final_layer_stats(run: StudyRun, *, use_checkpoint: bool = True) -> dict[str, dict]:
+    """``{path: {"energy" (full space, or None), "min_angle_deg", "is_output"}}`` at the end.
+
+    From the last per-layer log record (or ``results.json``'s ``final_layers``); hidden-layer
+    energies a half-space run logged only in half space are recomputed from its final
+    checkpoint when ``use_checkpoint`` and the checkpoint is at the run's last step.
+    """
+    recs = layer_records(run)
+    last = recs[-1]["layers"] if recs else ((run.results or {}).get("final_layers") or {})
+    out = {p: {"energy": _full_energy(run, p, st), "min_angle_deg": float(st["min_angle_deg"]),
+               "is_output": is_output_layer(p, st)} for p, st in last.items()}
+    if use_checkpoint and any(v["energy"] is None for v in out.values()):
+        step = recs[-1]["step"] if recs else run.steps
+        ckpt_steps = _checkpoint_steps(run.run_dir)
+        if step in ckpt_steps:
+            recomputed = checkpoint_layer_stats(run.run_dir, step) or {}
+            for p, v in out.items():
+                if v["energy"] is None and p in recomputed:
+                    v["energy"] = recomputed[p]["energy"]
+    return out
+
+
+def _checkpoint_steps(run_dir) -> list[int]:
+    d = Path(run_dir) / "checkpoints"
+    return sorted(int(p.name) for p in d.glob("*") if p.name.isdigit()) if d.is_dir() else []
+
+
+def _nanmean(values) -> float:
+    v = [x for x in values if x is not None and not math.isnan(x)]
+    return statistics.fmean(v) if v else math.nan
+
+
+def final_train_accuracy(run: StudyRun) -> float:
+    """Training accuracy (fraction) at the end of the run.
+
+    ``results.json``'s ``train_accuracy`` (an evaluation on the training set) if the runner
+    wrote one; else the mean logged batch accuracy (augmented batches, train mode) over the
+    last 10 % of the steps.
+    """
+    res = run.results or {}
+    if res.get("train_accuracy") is not None:
+        return float(res["train_accuracy"])
+    recs = [r for r in run.log if "accuracy" in r and "layers" not in r]
+    if not recs:
+        return math.nan
+    end = max(r["step"] for r in recs)
+    tail = [r["accuracy"] for r in recs if r["step"] > end - max(1, round(0.1 * (run.steps or end)))]
+    return statistics.fmean(tail or [recs[-1]["accuracy"]])
+
+
+METRICS = (  # key, column header, format
+    ("test_error", "test error (%)", "{:.2f}"),
+    ("worst_class_error", "worst-class error (%)", "{:.1f}"),
+    ("train_accuracy", "final train acc. (%)", "{:.1f}"),
+    ("hidden_min_angle", "hidden min angle (°)", "{:.2f}"),
+    ("hidden_energy", "hidden energy", "{:.5f}"),
+    ("classifier_min_angle", "classifier min angle (°)", "{:.2f}"),
+    ("classifier_energy", "classifier energy", "{:.4f}"),
+)
+
+
+def run_metrics(run: StudyRun, *, use_checkpoint: bool = True) -> dict[str, float]:
+    """The per-seed table's numbers for one finished run (errors and accuracy in %)."""
+    if run.results is None:
+        raise ValueError(f"{run.run_dir} is not finished (no results.json)")
+    res = run.results
+    per_class = res.get("per_class_accuracy") or []
+    layers = final_layer_stats(run, use_checkpoint=use_checkpoint)
+    hidden = [v for v in layers.values() if not v["is_output"]]
+    output = [v for v in layers.values() if v["is_output"]]
+    return {
+        "test_error": float(res["test_error"]),
+        "worst_class_error": 100.0 * (1.0 - min(per_class)) if per_class else math.nan,
+        "train_accuracy": 100.0 * final_train_accuracy(run),
+        "hidden_min_angle": _nanmean(v["min_angle_deg"] for v in hidden),
+        "hidden_energy": _nanmean(v["energy"] for v in hidden),
+        "classifier_min_angle": _nanmean(v["min_angle_deg"] for v in output),
+        "classifier_energy": _nanmean(v["energy"] for v in output),
+    }
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def _fmt(fmt: str, v) -> str:
+    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
+
+
+def _pm(fmt: str, mean: float, sd: float) -> str:
+    return "—" if math.isnan(mean) else f"{fmt.format(mean)} ± {fmt.format(sd)}"
+
+
+def summarize(runs: Sequence[StudyRun], *, methods: Sequence[str] | None = None,
+              baseline: str = "baseline", use_checkpoint: bool = True) -> dict:
+    """Per-seed rows, mean ± std per method and paired differences against ``baseline``."""
+    finished = [r for r in runs if r.finished]
+    order = list(methods) if methods else list(dict.fromkeys(r.method for r in runs))
+    rows = [{"seed": r.seed, "method": r.method, "name": r.name, "run_dir": str(r.run_dir),
+             **run_metrics(r, use_checkpoint=use_checkpoint)}
+            for r in finished if r.method in order]
+    rows.sort(key=lambda row: (row["seed"], order.index(row["method"])))
+    per_method = {}
+    for m in order:
+        mine = [row for row in rows if row["method"] == m]
+        per_method[m] = {"seeds": [row["seed"] for row in mine],
+                         **{k: mean_std([row[k] for row in mine if not math.isnan(row[k])])
+                            for k, _, _ in METRICS}}
+    paired = {}
+    base = {row["seed"]: row for row in rows if row["method"] == baseline}
+    for m in order:
+        if m == baseline:
+            continue
+        pairs = [(row, base[row["seed"]]) for row in rows if row["method"] == m and row["seed"] in base]
+        entry = {"seeds": [a["seed"] for a, _ in pairs]}
+        for key in ("test_error", "worst_class_error"):
+            d = [a[key] - b[key] for a, b in pairs]
+            mean, sd = mean_std(d)
+            t, p = paired_t_test(d)
+            entry[key] = {"differences": d, "mean": mean, "std": sd, "t": t, "p": p,
+                          "bootstrap95": bootstrap_interval(d)}
+        paired[m] = entry
+    unfinished = [{"name": r.name, "seed": r.seed, "run_dir": str(r.run_dir), "last_step": r.last_step,
+                   "steps": r.steps} for r in runs if not r.finished]
+    return {"methods": order, "baseline": baseline, "rows": rows, "mean_std": per_method,
+            "paired": paired, "unfinished": unfinished}
+
+
+def markdown(summary: dict, *, title: str = "Study", command: str | None = None,
+             machine: str | None = None, wall_seconds: float | None = None,
+             figures: Sequence[str] = ()) -> str:
+    """``study.md``: command, machine, the three tables, figure links and the definitions."""
+    lines = [f"# {title}", ""]
+    if command:
+        lines += ["Reproduce with:", "", "```", command, "```", ""]
+    if machine:
+        lines += [f"Machine: {machine}.", ""]
+    if wall_seconds is not None:
+        lines += [f"Training time, summed over the finished runs: {wall_seconds / 60:.1f} min.", ""]
+    head = "| seed | method | " + " | ".join(h for _, h, _ in METRICS) + " |"
+    sep = "|---:|---|" + "---:|" * len(METRICS)
+    lines += ["## Per seed", "", head, sep]
+    for row in summary["rows"]:
+        cells = " | ".join(_fmt(f, row[k]) for k, _, f in METRICS)
+        lines.append(f"| {row['seed']} | {row['method']} | {cells} |")
+    lines += ["", "## Mean ± std over seeds", "",
+              "| method | seeds | " + " | ".join(h for _, h, _ in METRICS) + " |",
+              "|---|---:|" + "---:|" * len(METRICS)]
+    for m, st in summary["mean_std"].items():
+        cells = " | ".join(_pm(f, *st[k]) for k, _, f in METRICS)
+        lines.append(f"| {m} | {len(st['seeds'])} | {cells} |")
+    if summary["paired"]:
+        b = summary["baseline"]
+        lines += ["", f"## Paired difference against {b} (method − {b}, same seed)", "",
+                  "| method | metric | pairs | mean (points) | std | paired t-test p | "
+                  "bootstrap 95 % interval |", "|---|---|---:|---:|---:|---:|---|"]
+        for m, entry in summary["paired"].items():
+            for key, label in (("test_error", "test error"), ("worst_class_error", "worst-class error")):
+                e = entry[key]
+                lo, hi = e["bootstrap95"]
+                lines.append(f"| {m} | {label} | {len(entry['seeds'])} | {_fmt('{:+.2f}', e['mean'])} | "
+                             f"{_fmt('{:.2f}', e['std'])} | {_fmt('{:.3f}', e['p'])} | "
+                             f"[{_fmt('{:+.2f}', lo)}, {_fmt('{:+.2f}', hi)}] |")
+    if summary["unfinished"]:
+        lines += ["", "## Unfinished runs (not in the tables)", ""]
+        for u in summary["unfinished"]:
+            lines.append(f"- {u['name']} seed {u['seed']}: logged up to step {u['last_step']} of "
+                         f"{u['steps']} ({u['run_dir']})")
+    if figures:
+        lines += ["", "## Figures", ""] + [f"![{Path(f).stem}]({Path(f).name})" for f in figures]
+    lines += [
+        "", "## Definitions", "",
+        "- Errors are in % of the test set (lower is better); worst-class error is the error of the "
+        "class with the lowest test accuracy. Differences are in percentage points; a negative "
+        "difference means the method has lower error than the baseline.",
+        "- Final train accuracy (%): the mean batch accuracy (augmented batches, train mode) over the "
+        "last 10 % of the steps, unless the run evaluated the training set.",
+        "- Min angle (°): the smallest angle between two neurons of a layer (full space); hidden = "
+        "mean over the hidden layers of each layer's min angle. Energy: the full-space s = 2 "
+        "Euclidean energy, mean of 1/‖ŵ_i − ŵ_j‖² over pairs, at the end of training (hidden: mean "
+        "over the hidden layers); the same definition for every method, including half-space MHE.",
+        "- Paired t-test: two-sided, t = mean/(std/√n), n − 1 degrees of freedom. The bootstrap "
+        "interval resamples the seeds' differences (10,000 resamples); with 3 seeds it is coarse.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(runs_dir, out_dir=None, *, methods: Sequence[str] | None = None,
+                 baseline: str = "baseline", title: str | None = None, command: str | None = None,
+                 use_checkpoint: bool = True) -> dict:
+    """Collect every run under ``runs_dir``; write ``study.md``/``study.json``/PNGs to ``out_dir``.
+
+    Returns the summary (see :func:`summarize`) with ``"files"``: the paths written. Raises
+    ``FileNotFoundError`` when ``runs_dir`` holds no run folder and ``ValueError`` when none of
+    them has finished.
+    """
+    from mhe_jax.experiments import report
+
+    runs = find_runs(runs_dir)
+    if methods:
+        runs = [r for r in runs if r.method in methods]
+    if not runs:
+        raise FileNotFoundError(f"no run folder (config.json) under {runs_dir}"
+                                + (f" for methods {', '.join(methods)}" if methods else ""))
+    summary = summarize(runs, methods=methods, baseline=baseline, use_checkpoint=use_checkpoint)
+    if not summary["rows"]:
+        raise ValueError(f"none of the {len(runs)} runs under {runs_dir} has finished "
+                         "(no results.json)")
+    out = Path(out_dir or runs_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    curves = report.plot_study_curves(runs, out / "curves.png", methods=summary["methods"])
+    bars = report.plot_test_error_bars(summary, out / "test_error.png")
+    finished = [r for r in runs if r.finished]
+    machine = _machine_line(finished[0].results or {})
+    wall = sum(float((r.results or {}).get("train_seconds") or 0.0) for r in finished)
+    if command is None:
+        command = (finished[0].results or {}).get("command")
+    title = title or f"Study: {Path(runs_dir).name}"
+    text = markdown(summary, title=title, command=command, machine=machine, wall_seconds=wall,
+                    figures=[str(curves), str(bars)])
+    (out / "study.md").write_text(text)
+    (out / "study.json").write_text(json.dumps({**summary, "command": command}, indent=1,
+                                               default=float))
+    summary["files"] = [str(out / "study.md"), str(out / "study.json"), str(curves), str(bars)]
+    summary["markdown"] = text
+    return summary
+
+
+def _machine_line(results: dict) -> str | None:
+    m = results.get("machine")
+    if not m:
+        return None
+    if isinstance(m, str):
+        return m
+    devices = m.get("devices") or []
+    return (f"{m.get('processor', '?')}, {m.get('platform', '?')}, jax {m.get('jax', '?')}, "
+            f"devices {', '.join(devices)}")
+
+
+# --------------------------------------------------------------------------- running the grid
+
+
+def run_dir_for(out_dir, prefix: str, method: str, seed: int) -> Path:
+    """``OUT/seed{S}/{PREFIX}/{METHOD}``: the layout of ``run PREFIX/METHOD --out OUT/seedS``."""
+    return Path(out_dir) / f"seed{seed}" / prefix / method
+
+
+def _plain(value):
+    """A config (dataclass, possibly nested) as the JSON a runner writes, for comparison."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    return json.loads(json.dumps(value, default=lambda o: _plain(o) if dataclasses.is_dataclass(o)
+                                 else str(o)))
+
+
+def config_differences(stored: dict, config) -> list[str]:
+    """``["steps: 1560 on disk, 6 now", ...]`` for the fields that both have and that differ
+    (``paper`` and derived fields a runner adds are ignored)."""
+    now = _plain(config)
+    diffs = []
+
+    def walk(a, b, prefix=""):
+        for key in sorted(set(a) & set(b)):
+            if key == "paper":
+                continue
+            va, vb = a[key], b[key]
+            if isinstance(va, dict) and isinstance(vb, dict):
+                walk(va, vb, f"{prefix}{key}.")
+            elif va != vb:
+                diffs.append(f"{prefix}{key}: {va!r} on disk, {vb!r} now")
+
+    walk(stored, now)
+    return diffs
+
+
+def run_study(prefix: str, methods: Sequence[str], seeds: Sequence[int], out_dir, *,
+              overrides: Sequence[str] = (), progress: bool = True, baseline: str = "baseline",
+              report_out=None, command: str | None = None, config_for=None) -> dict:
+    """Run ``PREFIX/METHOD`` for every seed (seed-major), then :func:`write_report`.
+
+    A run folder with ``results.json`` is skipped; one without is resumed from its latest
+    checkpoint (from step 0 if it has none). A folder made with a different config (other
+    than the seed) raises ``ValueError`` naming the fields, before anything trains.
+    Returns the report's summary plus ``"trained"`` and ``"skipped"``: ``[(seed, method)]``.
+    """
+    from mhe_jax.experiments.runner import run
+
+    if config_for is None:
+        from mhe_jax.experiments.configs import apply_overrides, get_config
+
+        def config_for(name, items):
+            return apply_overrides(get_config(name), list(items))
+
+    plan = []
+    for seed in seeds:
+        for method in methods:
+            cfg = config_for(f"{prefix}/{method}", [*overrides, f"seed={seed}"])
+            d = run_dir_for(out_dir, prefix, method, seed)
+            if (d / "config.json").exists():
+                diffs = config_differences(json.loads((d / "config.json").read_text()), cfg)
+                if diffs:
+                    raise ValueError(
+                        f"{d} holds a run of a different config ({'; '.join(diffs)}): use another "
+                        "--out, or delete that folder to train it again")
+            plan.append((seed, method, cfg, d, (d / "results.json").exists()))
+    trained, skipped = [], []
+    for seed, method, cfg, d, done in plan:
+        if done:
+            print(f"seed {seed} {method}: finished, skipped ({d})", flush=True)
+            skipped.append((seed, method))
+            continue
+        print(f"seed {seed} {method}: training ({d}) ...", flush=True)
+        run(cfg, d, progress=progress, resume="auto", command=command)
+        trained.append((seed, method))
+    summary = write_report(out_dir, report_out or out_dir, methods=methods, baseline=baseline,
+                           title=f"Study: {prefix}, seeds {', '.join(map(str, seeds))}",
+                           command=command)
+    return {**summary, "trained": trained, "skipped": skipped}
