@@ -5,17 +5,22 @@ import typing as _typing
 
 from mhe_jax import _optional
 
+from mhe_jax._spec import EnergySpec as EnergySpec
 from mhe_jax._energy import (
-    OFFICIAL_STRENGTHS as OFFICIAL_STRENGTHS,
-    EnergyStats as EnergyStats,
-    energy_stats as energy_stats,
     gaussian_energy as gaussian_energy,
     hyperspherical_energy as hyperspherical_energy,
-    mean_abs_cosine as mean_abs_cosine,
-    min_angle as min_angle,
-    official_energy as official_energy,
     output_energy as output_energy,
     uniformity_loss as uniformity_loss,
+)
+from mhe_jax._official import (
+    OFFICIAL_STRENGTHS as OFFICIAL_STRENGTHS,
+    official_energy as official_energy,
+)
+from mhe_jax._diagnostics import (
+    EnergyStats as EnergyStats,
+    energy_stats as energy_stats,
+    mean_abs_cosine as mean_abs_cosine,
+    min_angle as min_angle,
 )
 from mhe_jax._calibration import uniform_reference_energy as uniform_reference_energy
 from mhe_jax._comhe import compressive_energy as compressive_energy, random_projections as random_projections
@@ -26,8 +31,10 @@ from mhe_jax._baselines import (
     orthonormal_regularizer as orthonormal_regularizer,
 )
 from mhe_jax._sharded import sharded_hyperspherical_energy as sharded_hyperspherical_energy
+from mhe_jax._layouts import LAYOUTS as LAYOUTS, NeuronAxes as NeuronAxes
 from mhe_jax._transform import (
     RegularizerState as RegularizerState,
+    energies_as_floats as energies_as_floats,
     layer_energies as layer_energies,
     mhe_penalty as mhe_penalty,
     mhe_regularizer as mhe_regularizer,

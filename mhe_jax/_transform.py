@@ -1,6 +1,8 @@
 r"""MHE as an optax gradient transformation, as a loss term, and as per-layer diagnostics.
 
-For parameters θ with hidden layers ``H`` and output layers ``O`` (see :mod:`mhe_jax._tree`),
+For parameters θ with hidden layers ``H`` and output layers ``O`` (chosen by ``layout``,
+``mask`` and ``output``, see :mod:`mhe_jax._layouts`), each layer ``l`` seen as its neuron
+matrix ``W_l`` of shape ``(d_l, N_l)`` (``N_l`` neurons, each a vector in ``R^{d_l}``),
 
     R(θ) = λ_h · Σ_{l∈H} E(W_l) + λ_o · Σ_{l∈O} E_out(W_l),
 
@@ -14,76 +16,145 @@ the gradient of ``loss + R``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import NamedTuple
+import dataclasses
+import math
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from mhe_jax import _calibration, _checks, _comhe, _energy, _tree
+from mhe_jax import _calibration, _checks, _comhe, _energy, _layouts, _tree
 
 __all__ = [
     "RegularizerState",
     "mhe_regularizer",
     "mhe_penalty",
     "layer_energies",
+    "energies_as_floats",
     "penalty_transformation",
 ]
 
 ScalarOrSchedule = float | jax.Array | Callable[[jax.Array], jax.Array]
+#: ``penalty(matrices, layers, count, key, **extra_args) -> scalar``; ``matrices[i]`` is the
+#: ``(d, N)`` neuron matrix of ``layers[i]``.
+LayerPenalty = Callable[..., jax.Array]
 
 
 class RegularizerState(NamedTuple):
-    """State of the penalty transformations: the step count (drives schedules and sampling keys)."""
+    """State of the penalty transformations.
+
+    ``count``: the step count (drives schedules and sampling keys). ``strengths``: the strengths
+    of the latest update (at ``init``: those the first update will use), by name; each is also an
+    attribute, ``state.hidden_strength``, ``state.output_strength`` (None when off) or
+    ``state.strength`` for the baselines, and ``optax.tree_utils.tree_get(opt_state,
+    "hidden_strength")`` finds it inside a chain.
+    """
 
     count: jax.Array
+    strengths: Mapping[str, jax.Array | None] | None = None
+
+    def __getattr__(self, name: str):
+        strengths = tuple.__getitem__(self, 1)
+        if strengths is not None and name in strengths:
+            return strengths[name]
+        raise AttributeError(f"{type(self).__name__!r} has no attribute {name!r}")
+
+
+def check_strength(value, name: str, *, optional: bool = False):
+    """A strength is a concrete real ≥ 0 (or a traced scalar) or a schedule ``count -> value``."""
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"{name} is required (use 0.0 to switch it off)")
+    if callable(value):
+        return value
+    try:
+        return _checks.check_nonnegative(value, name)
+    except TypeError as e:
+        raise TypeError(f"{e} (a strength is a number >= 0 or a schedule count -> number)") from e
 
 
 def _value(strength, count):
     return strength(count) if callable(strength) else strength
 
 
+def _structural(value, name: str, hint: str):
+    if isinstance(value, jax.Array):
+        raise TypeError(
+            f"{name} must be a Python value, got an array (optax.inject_hyperparams turns ints "
+            f"into arrays): {hint}, or list {name!r} in static_args"
+        )
+    return value
+
+
+def _check_seed(seed):
+    if isinstance(seed, bool) or not (
+        isinstance(seed, int) or (isinstance(seed, jax.Array) and jnp.issubdtype(seed.dtype, jnp.integer)
+                                  and seed.ndim == 0)
+    ):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    return seed
+
+
 def penalty_transformation(
-    penalty: Callable[..., jax.Array],
-    strengths: Sequence[ScalarOrSchedule | None],
+    penalty: LayerPenalty,
     *,
+    strengths: Callable[[jax.Array], Mapping[str, Any]] | None = None,
     mask=None,
     output=None,
-    neuron_axis=-1,
+    neuron_axis: _tree.NeuronAxis = None,
+    layout: str = "flax",
     seed=0,
     max_norm=None,
 ) -> optax.GradientTransformationExtraArgs:
     """Add ``∇ penalty(layers)`` to the updates; the shared engine of every regularizer here.
 
-    ``penalty(weights, layers, strengths, key, **extra_args)`` receives the selected leaves (a
-    list, aligned with ``layers``), the strengths evaluated at the current step, a PRNG key
-    derived from ``seed`` and the step, and the extra arguments given to ``update``.
-    ``max_norm`` clips the regularizer's own gradient (global norm) before it is added.
+    At each step the layers are selected from ``params`` (:func:`mhe_jax._tree.select_layers`
+    with ``mask``, ``output``, ``neuron_axis``, ``layout``) and ``penalty(matrices, layers,
+    count, key, **extra_args)`` is differentiated with respect to them: ``matrices[i]`` is the
+    ``(d, N)`` neuron matrix of ``layers[i]``, ``count`` the step count (the penalty evaluates
+    its own schedules with it), ``key`` a PRNG key from ``seed`` and the count, and
+    ``extra_args`` those given to ``update`` (e.g. ``labels``). ``strengths(count)`` (optional)
+    returns the named strengths recorded in the state. ``max_norm`` clips the regularizer's own
+    gradient (global norm) before it is added. ``init(params)`` checks the layer selection.
     """
+    _layouts.check_layout(layout)
+    _check_seed(seed)
+    _structural(neuron_axis, "neuron_axis", "give it as a tuple, e.g. (0,), or a NeuronAxes")
     if max_norm is not None:
         _checks.check_nonnegative(max_norm, "max_norm")
+    select = dict(mask=mask, output=output, neuron_axis=neuron_axis, layout=layout)
+
+    def report(count):
+        if strengths is None:
+            return None
+        return {k: None if v is None else jnp.asarray(v, jnp.float32)
+                for k, v in strengths(count).items()}
 
     def init_fn(params):
-        del params
-        return RegularizerState(count=jnp.zeros([], jnp.int32))
+        _tree.select_layers(params, warn=True, **select)
+        count = jnp.zeros([], jnp.int32)
+        return RegularizerState(count=count, strengths=report(count))
 
     def update_fn(updates, state, params=None, **extra_args):
-        leaves, treedef, layers = _tree.select_layers(
-            params, mask=mask, output=output, neuron_axis=neuron_axis
-        )
-        values = [None if s is None else _value(s, state.count) for s in strengths]
+        leaves, treedef, layers = _tree.select_layers(params, **select)
         key = jax.random.fold_in(jax.random.key(seed), state.count)
 
         def total(weights):
-            return penalty(weights, layers, values, key, **extra_args)
+            matrices = [layer.matrix(w) for layer, w in zip(layers, weights)]
+            return penalty(matrices, layers, state.count, key, **extra_args)
 
         grads = jax.grad(total)([leaves[layer.index] for layer in layers])
         if max_norm is not None:
             grads, _ = optax.clip_by_global_norm(max_norm).update(grads, optax.EmptyState())
         additions = {layer.index: g for layer, g in zip(layers, grads)}
-        updates = _tree.add_to_leaves(updates, treedef.num_leaves, additions)
-        return updates, RegularizerState(count=optax.safe_increment(state.count))
+        updates = _tree.add_to_leaves(updates, treedef, additions)
+        new_state = RegularizerState(count=optax.safe_increment(state.count),
+                                     strengths=report(state.count))
+        return updates, new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -111,72 +182,105 @@ def _is_zero(x) -> bool:
     return _checks.is_concrete_number(x) and float(x) == 0.0
 
 
-def _mhe_penalty_of_layers(
-    weights, layers, strengths, key, *, s, distance, half_space, sample_size, eps, min_distance,
-    calibrate=False, projection=None, labels=None, **unused_extra,
-):
-    hidden_strength, output_strength = strengths
-    common = dict(s=s, distance=distance, eps=eps, min_distance=min_distance)
-    hidden, out = [], []
-    for w, layer in zip(weights, layers):
-        axis = layer.neuron_axis
-        n = w.shape[axis]
-        d = w.size // n
-        layer_key = jax.random.fold_in(key, layer.index)
-        if layer.is_output:
-            if output_strength is None:
-                continue
-            if labels is not None:
-                e = _energy.output_energy(w, labels, neuron_axis=axis, **common)
-            else:
-                e = _energy.hyperspherical_energy(w, neuron_axis=axis, **common)
-            half = False
-        else:
-            if _is_zero(hidden_strength):
-                continue
-            half = half_space
-            if projection is not None and d > projection.get("dim", 40):
-                e = _comhe.compressive_energy(w, layer_key, half_space=half, neuron_axis=axis,
-                                              **projection, **common)
-            else:
-                k = sample_size if sample_size is not None and sample_size < n else None
-                e = _energy.hyperspherical_energy(
-                    w, half_space=half, neuron_axis=axis, sample_size=k,
-                    key=layer_key if k is not None else None, **common,
-                )
-        if calibrate:
-            e = e / _reference(n, d, s, distance, half)
-        (out if layer.is_output else hidden).append(e)
-    total = jnp.zeros((), jnp.float32)
-    if hidden:
-        total = total + hidden_strength * sum(hidden)
-    if out:
-        total = total + output_strength * sum(out)
-    return total
-
-
 def _reference(n, d, s, distance, half):
     if not _checks.is_concrete_number(s):
         raise ValueError("calibrate=True needs a concrete s (not a traced hyperparameter)")
     return _calibration.uniform_reference_energy(n, d, s=float(s), distance=distance, half_space=half)
 
 
-def _mhe_options(hidden_strength, output_strength, s, distance, half_space, output, sample_size):
+@dataclasses.dataclass(frozen=True)
+class _MHEPenalty:
+    """R of the module docstring on the selected layers' ``(d, N)`` neuron matrices."""
+
+    hidden_strength: Any
+    output_strength: Any
+    s: Any
+    distance: str
+    half_space: bool
+    sample_size: int | None
+    eps: Any
+    min_distance: Any
+    calibrate: bool
+    projection: dict | None
+
+    def strengths(self, count) -> dict:
+        lam_o = self.output_strength
+        return {"hidden_strength": _value(self.hidden_strength, count),
+                "output_strength": None if lam_o is None else _value(lam_o, count)}
+
+    def __call__(self, matrices, layers, count, key, labels=None, **unused_extra) -> jax.Array:
+        lam_h = _value(self.hidden_strength, count)
+        lam_o = None if self.output_strength is None else _value(self.output_strength, count)
+        common = dict(s=self.s, distance=self.distance, eps=self.eps, min_distance=self.min_distance)
+        hidden, out = [], []
+        for W, layer in zip(matrices, layers):
+            d, n = W.shape
+            layer_key = jax.random.fold_in(key, layer.index)
+            if layer.is_output:
+                if lam_o is None:
+                    continue
+                if labels is not None:
+                    e = _energy.output_energy(W, labels, **common)
+                else:
+                    e = _energy.hyperspherical_energy(W, **common)
+                half = False
+            else:
+                if _is_zero(lam_h):
+                    continue
+                half = self.half_space
+                proj = self.projection
+                if proj is not None and d > proj.get("dim", 40):
+                    e = _comhe.compressive_energy(W, layer_key, half_space=half, **proj, **common)
+                else:
+                    k = self.sample_size if self.sample_size is not None and self.sample_size < n else None
+                    e = _energy.hyperspherical_energy(
+                        W, half_space=half, sample_size=k,
+                        key=layer_key if k is not None else None, **common,
+                    )
+            if self.calibrate:
+                e = e / _reference(n, d, self.s, self.distance, half)
+            (out if layer.is_output else hidden).append(e)
+        total = jnp.zeros((), jnp.float32)
+        if hidden:
+            total = total + lam_h * sum(hidden)
+        if out:
+            total = total + lam_o * sum(out)
+        return total
+
+
+def _mhe(hidden_strength, output_strength, s, distance, half_space, output, sample_size, eps,
+         min_distance, calibrate, projection) -> _MHEPenalty:
+    check_strength(hidden_strength, "hidden_strength")
+    check_strength(output_strength, "output_strength", optional=True)
     _checks.check_distance(distance)
     _checks.check_nonnegative(s, "s")
     half = _half_space_for_hidden(half_space)
     if output_strength is not None and output is None:
         raise ValueError(
             "output_strength was given but output=None: name the output (classifier) layer, e.g. "
-            "output='classifier/kernel' (or model.output_path)"
+            "output='head' (its module path) or output='classifier/kernel' (or model.output_path)"
         )
-    if hidden_strength is None:
-        raise ValueError("hidden_strength is required (use 0.0 to regularize the output layer only)")
+    _structural(sample_size, "sample_size", "pass a Python int")
     if sample_size is not None and (
         not isinstance(sample_size, int) or isinstance(sample_size, bool) or sample_size < 2
     ):
         raise ValueError(f"sample_size must be an int >= 2 or None, got {sample_size!r}")
-    return half
+    for name, value in (("eps", eps), ("min_distance", min_distance)):
+        if value is not None:
+            _checks.check_nonnegative(value, name)
+    if not isinstance(calibrate, bool):
+        raise TypeError(f"calibrate must be a bool, got {calibrate!r}")
+    if projection is not None and not isinstance(projection, Mapping):
+        raise TypeError(f"projection must be a dict of compressive_energy options, got {projection!r}")
+    if half and output is None and not _is_zero(hidden_strength):
+        warnings.warn(
+            "half_space=True with output=None: every selected layer is a hidden layer, so the "
+            "last (classifier) layer gets half-space MHE too. Name it with output= (e.g. "
+            "output='head') to give it full-space MHE, as in the paper (Sec. 3.4)",
+            UserWarning, stacklevel=3,
+        )
+    return _MHEPenalty(hidden_strength, output_strength, s, distance, half, sample_size, eps,
+                       min_distance, calibrate, None if projection is None else dict(projection))
 
 
 def mhe_regularizer(
@@ -188,7 +292,8 @@ def mhe_regularizer(
     half_space: bool | str = False,
     output=None,
     mask=None,
-    neuron_axis=-1,
+    neuron_axis: _tree.NeuronAxis = None,
+    layout: str = "flax",
     sample_size: int | None = None,
     seed=0,
     eps=None,
@@ -197,21 +302,36 @@ def mhe_regularizer(
     projection: dict | None = None,
     max_norm=None,
 ) -> optax.GradientTransformationExtraArgs:
-    r"""Add the gradient of the MHE regularizer ``R`` (module docstring) to the updates.
+    r"""Add the gradient of the MHE regularizer ``R`` to the updates.
+
+    ``R(θ) = λ_h · Σ_{l∈H} E(W_l) + λ_o · Σ_{l∈O} E_out(W_l)`` over the hidden layers ``H`` and
+    output layers ``O``; ``W_l`` is layer ``l``'s ``(d, N)`` neuron matrix and
+    ``E(W) = 1/(N(N−1)) Σ_{i≠j} f_s(‖ŵ_i − ŵ_j‖)`` (:func:`mhe_jax.hyperspherical_energy`, with
+    ``f_s(r) = r^{−s}``, ``f_0(r) = log(1/r)``). ``update`` returns ``updates + ∇R(params)``.
 
     Args:
-      hidden_strength: λ_h, a number or an optax schedule of the step count.
-      output_strength: λ_o for the layers matched by ``output`` (None: output layer not
-        regularized). Requires ``output``.
+      hidden_strength: λ_h ≥ 0, a number or an optax schedule of the step count.
+      output_strength: λ_o ≥ 0 (number or schedule) for the layers matched by ``output`` (None:
+        output layer not regularized). Requires ``output``.
       s, distance: Riesz exponent (s = 0: log energy) and ``"euclidean"`` / ``"angular"``.
       half_space: half-space MHE on hidden layers (``True`` or ``"hidden"``); the output layer
-        always gets full-space MHE (``"all"`` raises).
-      output: the output (classifier) kernel: a regular expression matched against the
-        ``/``-joined path or a ``/``-suffix of it (``"classifier/kernel"``), or a callable on the
-        path string. It is removed from the hidden layers.
+        always gets full-space MHE (``"all"`` raises). Without ``output`` this warns: the last
+        layer is then a hidden layer and gets half-space MHE too.
+      output: the output (classifier) layer: a module path (``"head"``, ``"Dense_1"``,
+        ``"encoder/classifier"``: the layers under it) or a leaf path (``"head/kernel"``), a
+        regular expression matched against the ``/``-joined path or any part of it starting
+        after a ``/``; or a callable on the leaf path string. It is removed from the hidden
+        layers. Matching no layer, or every layer, raises at ``init``; several layers warn.
       mask: which leaves are layers, as in ``optax.masked`` (pytree of bools or a callable on
-        params). Default: every leaf whose path ends in ``kernel`` with ndim ≥ 2.
-      neuron_axis: axis of neurons in each layer (int, or callable ``(path, leaf) -> int``).
+        params). Default: the ``layout``'s layer leaves.
+      neuron_axis: where the neurons lie, overriding the layout: an int or a tuple of ints (the
+        neuron axes; the others are flattened into each neuron), a
+        :class:`mhe_jax.NeuronAxes`, a callable ``(path, leaf) -> one of those or None`` (None:
+        the layout's default), or a pytree of those structured like params.
+      layout: ``"flax"`` (default: ``kernel`` leaves, neurons on the last axis; attention
+        query/key/value kernels ``(in, heads, head_dim)`` on the last two), ``"equinox"``
+        (``weight``, neurons on axis 0), ``"haiku"`` (``w``, last axis) or ``"torch"`` (names
+        ending in ``weight``, axis 0). See :mod:`mhe_jax._layouts`.
       sample_size: energy of a random subset of this many neurons per hidden layer (Sec. 3.6),
         drawn with keys from ``seed`` and the step count (reproducible).
       seed: seed of those keys.
@@ -228,40 +348,51 @@ def mhe_regularizer(
       max_norm: clip the regularizer's own gradient to this global norm before adding it (the
         ``optax.clip_by_global_norm`` recipe applied to the MHE term alone).
 
-    ``update(updates, state, params, labels=None)`` requires ``params``; with ``labels`` (the
-    batch's integer labels, an optax extra argument) the output layer uses Eq. 8.
+    ``update(updates, state, params, labels=None)`` requires ``params`` (same structure as
+    ``updates``; None leaves of ``updates`` pass through); with ``labels`` (the batch's integer
+    labels, an optax extra argument) the output layers use Eq. 8. ``state.hidden_strength`` and
+    ``state.output_strength`` hold the strengths of the latest update (see
+    :class:`RegularizerState`).
 
-    Under ``optax.inject_hyperparams`` numbers become traced arrays (fine for the strengths,
-    ``s``, ``seed`` and ``max_norm``); list the structural arguments as static:
-    ``optax.inject_hyperparams(mhe_regularizer, static_args=("sample_size", "neuron_axis",
-    "output", "mask"))``.
+    ``optax.inject_hyperparams(mhe_regularizer)(...)`` needs no ``static_args``: the strengths,
+    ``s``, ``eps``, ``min_distance``, ``max_norm`` and ``seed`` may be traced; the other options
+    are not numbers and stay static. An int ``sample_size`` or ``neuron_axis`` would be injected
+    as an array and raises: list it in ``static_args`` (or give ``neuron_axis`` as a tuple).
+
+    Examples:
+      >>> import jax.numpy as jnp, optax, mhe_jax
+      >>> params = {"Dense_0": {"kernel": jnp.eye(3), "bias": jnp.zeros(3)},
+      ...           "head": {"kernel": jnp.ones((3, 2))}}
+      >>> tx = optax.chain(mhe_jax.mhe_regularizer(1.0, 10.0, output="head"), optax.sgd(0.1))
+      >>> state = tx.init(params)
+      >>> grads = {"Dense_0": {"kernel": jnp.zeros((3, 3)), "bias": jnp.zeros(3)},
+      ...          "head": {"kernel": jnp.zeros((3, 2))}}
+      >>> updates, state = tx.update(grads, state, params)
+      >>> float(jnp.abs(updates["Dense_0"]["bias"]).sum())  # biases are not layers
+      0.0
+      >>> float(state[0].output_strength)
+      10.0
     """
-    half = _mhe_options(hidden_strength, output_strength, s, distance, half_space, output, sample_size)
-
-    def penalty(weights, layers, strengths, key, **extra):
-        return _mhe_penalty_of_layers(
-            weights, layers, strengths, key, s=s, distance=distance, half_space=half,
-            sample_size=sample_size, eps=eps, min_distance=min_distance, calibrate=calibrate,
-            projection=projection, **extra,
-        )
-
+    penalty = _mhe(hidden_strength, output_strength, s, distance, half_space, output, sample_size,
+                   eps, min_distance, calibrate, projection)
     return penalty_transformation(
-        penalty, (hidden_strength, output_strength), mask=mask, output=output,
-        neuron_axis=neuron_axis, seed=seed, max_norm=max_norm,
+        penalty, strengths=penalty.strengths, mask=mask, output=output, neuron_axis=neuron_axis,
+        layout=layout, seed=seed, max_norm=max_norm,
     )
 
 
 def mhe_penalty(
     params,
-    hidden_strength,
-    output_strength=None,
+    hidden_strength: ScalarOrSchedule,
+    output_strength: ScalarOrSchedule | None = None,
     *,
     s=2.0,
     distance: str = "euclidean",
     half_space: bool | str = False,
     output=None,
     mask=None,
-    neuron_axis=-1,
+    neuron_axis: _tree.NeuronAxis = None,
+    layout: str = "flax",
     sample_size: int | None = None,
     key=None,
     labels=None,
@@ -269,22 +400,38 @@ def mhe_penalty(
     min_distance=None,
     calibrate: bool = False,
     projection: dict | None = None,
+    step=None,
 ) -> jax.Array:
-    """The scalar ``R(params)`` of :func:`mhe_regularizer`, to add to a loss.
+    r"""The scalar ``R(params)`` of :func:`mhe_regularizer`, to add to a loss.
 
-    ``jax.grad(mhe_penalty)`` equals what :func:`mhe_regularizer` adds to the updates (with the
-    same ``key`` for ``sample_size``; the transformation derives it from ``seed`` and the step).
+    ``R = λ_h Σ_{l∈H} E(W_l) + λ_o Σ_{l∈O} E_out(W_l)``, a float32 scalar (float64 for float64
+    params). The arguments are those of :func:`mhe_regularizer`; ``key`` is required with
+    ``sample_size`` (the transformation derives it from ``seed`` and the step), ``labels``
+    selects Eq. 8 for the output layers, and ``step`` is the step count at which schedule
+    strengths are evaluated (required when a strength is a schedule).
+    ``jax.grad(mhe_penalty)`` equals what :func:`mhe_regularizer` adds to the updates.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, mhe_jax
+      >>> params = {"Dense_0": {"kernel": jnp.eye(3)}}  # 3 orthonormal neurons in R^3
+      >>> round(float(mhe_jax.mhe_penalty(params, 1.0, s=2.0)), 6)  # ‖ŵ_i − ŵ_j‖² = 2
+      0.5
+      >>> eqx_params = {"linear": {"weight": 2.0 * jnp.eye(3)}}  # Equinox (out, in)
+      >>> round(float(mhe_jax.mhe_penalty(eqx_params, 0.1, layout="equinox")), 6)
+      0.05
     """
-    half = _mhe_options(hidden_strength, output_strength, s, distance, half_space, output, sample_size)
+    penalty = _mhe(hidden_strength, output_strength, s, distance, half_space, output, sample_size,
+                   eps, min_distance, calibrate, projection)
     if sample_size is not None and key is None:
         raise ValueError("sample_size requires key=")
-    leaves, _, layers = _tree.select_layers(params, mask=mask, output=output, neuron_axis=neuron_axis)
-    return _mhe_penalty_of_layers(
-        [leaves[layer.index] for layer in layers], layers, (hidden_strength, output_strength),
-        key if key is not None else jax.random.key(0), s=s, distance=distance, half_space=half,
-        sample_size=sample_size, eps=eps, min_distance=min_distance, labels=labels,
-        calibrate=calibrate, projection=projection,
+    if step is None and (callable(hidden_strength) or callable(output_strength)):
+        raise ValueError("a schedule strength needs step= (the step count to evaluate it at)")
+    leaves, _, layers = _tree.select_layers(
+        params, mask=mask, output=output, neuron_axis=neuron_axis, layout=layout
     )
+    matrices = [layer.matrix(leaves[layer.index]) for layer in layers]
+    return penalty(matrices, layers, step, key if key is not None else jax.random.key(0),
+                   labels=labels)
 
 
 def layer_energies(
@@ -295,27 +442,81 @@ def layer_energies(
     half_space: bool | str = False,
     output=None,
     mask=None,
-    neuron_axis=-1,
+    neuron_axis: _tree.NeuronAxis = None,
+    layout: str = "flax",
     eps=None,
     calibrate: bool = False,
-) -> dict[str, _energy.EnergyStats]:
-    """``{path: EnergyStats(energy, min_angle, mean_abs_cosine)}`` for every selected layer.
+    as_floats: bool = False,
+    degrees: bool = False,
+) -> dict[str, Any]:
+    r"""Energy, smallest angle and coherence of every selected layer.
 
-    One Gram matrix per layer (jit it for repeated logging). Hidden layers use ``half_space``;
-    output layers full space. ``min_angle`` is in radians. ``calibrate`` divides each energy by
-    the uniform-random reference (see :func:`mhe_regularizer`).
+    For each layer's ``(d, N)`` neuron matrix: ``energy`` is
+    :func:`mhe_jax.hyperspherical_energy` (half-space for hidden layers when asked, full space
+    for output layers; divided by the uniform-random reference with ``calibrate``),
+    ``min_angle`` the smallest ``arccos(ŵ_iᵀŵ_j)`` over ``i ≠ j`` and ``mean_abs_cosine`` the
+    mean ``|ŵ_iᵀŵ_j|``. Layer selection (``output``, ``mask``, ``neuron_axis``, ``layout``) is
+    that of :func:`mhe_regularizer`. One Gram matrix per layer (jit it for repeated logging).
+
+    Returns ``{path: EnergyStats(energy, min_angle, mean_abs_cosine)}`` (scalar arrays;
+    ``min_angle`` in radians, or degrees with ``degrees=True``); with ``as_floats=True`` plain
+    floats for a JSONL / TensorBoard logger, ``{path: {"energy": float, "min_angle_deg": float,
+    "mean_abs_cosine": float}}`` (``"min_angle"`` in radians when ``degrees=False``), as
+    :func:`energies_as_floats` gives from the arrays (use that one after a jitted call).
+
+    Examples:
+      >>> import jax.numpy as jnp, mhe_jax
+      >>> params = {"Dense_0": {"kernel": jnp.eye(3)}, "head": {"kernel": jnp.eye(2)}}
+      >>> log = mhe_jax.layer_energies(params, output="head", as_floats=True, degrees=True)
+      >>> {path: round(v["min_angle_deg"], 3) for path, v in log.items()}
+      {'Dense_0/kernel': 90.0, 'head/kernel': 90.0}
+      >>> round(log["Dense_0/kernel"]["energy"], 6)
+      0.5
     """
     half = _half_space_for_hidden(half_space)
-    leaves, _, layers = _tree.select_layers(params, mask=mask, output=output, neuron_axis=neuron_axis)
+    _checks.check_distance(distance)
+    _checks.check_nonnegative(s, "s")
+    leaves, _, layers = _tree.select_layers(
+        params, mask=mask, output=output, neuron_axis=neuron_axis, layout=layout
+    )
     out = {}
     for layer in layers:
-        w = leaves[layer.index]
+        W = layer.matrix(leaves[layer.index])
         layer_half = half and not layer.is_output
-        st = _energy.energy_stats(w, s=s, distance=distance, half_space=layer_half,
-                                  neuron_axis=layer.neuron_axis, eps=eps)
+        st = _energy.energy_stats(W, s=s, distance=distance, half_space=layer_half, eps=eps)
         if calibrate:
-            n = w.shape[layer.neuron_axis]
-            st = st._replace(energy=st.energy / _reference(n, w.size // n, s, distance, layer_half))
+            d, n = W.shape
+            st = st._replace(energy=st.energy / _reference(n, d, s, distance, layer_half))
+        if degrees and not as_floats:
+            st = st._replace(min_angle=jnp.degrees(st.min_angle))
         out[layer.path] = st
-    return out
+    return energies_as_floats(out, degrees=degrees) if as_floats else out
 
+
+def energies_as_floats(stats: Mapping[str, Any], *, degrees: bool = True) -> dict[str, dict]:
+    """``{path: {"energy", "min_angle_deg" (or "min_angle" in radians), "mean_abs_cosine"}}``
+    as Python floats, from the (radian) arrays of :func:`layer_energies`.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, mhe_jax
+      >>> stats = jax.jit(mhe_jax.layer_energies)({"Dense_0": {"kernel": jnp.eye(2)}})
+      >>> round(mhe_jax.energies_as_floats(stats)["Dense_0/kernel"]["min_angle_deg"], 3)
+      90.0
+    """
+    out = {}
+    for path, st in stats.items():
+        try:
+            angle = float(st.min_angle)
+        except jax.errors.ConcretizationTypeError as e:
+            raise TypeError(
+                "energies_as_floats / layer_energies(as_floats=True) need concrete values: call "
+                "it outside jit, on the result of a jitted layer_energies"
+            ) from e
+        entry = {"energy": float(st.energy)}
+        if degrees:
+            entry["min_angle_deg"] = math.degrees(angle)
+        else:
+            entry["min_angle"] = angle
+        entry["mean_abs_cosine"] = float(st.mean_abs_cosine)
+        out[path] = entry
+    return out

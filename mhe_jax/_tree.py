@@ -1,26 +1,32 @@
-"""Which leaves of a parameter pytree are layers: paths, neuron axes, the output layer.
+"""Pick the layers of a parameter pytree: paths, neuron axes, the output layers.
 
-Knows nothing about Flax modules, only pytrees and key paths. A leaf's path is its key path
+Knows nothing about model classes, only pytrees and key paths. A leaf's path is its key path
 joined with ``/`` (``{"Dense_0": {"kernel": w}}`` → ``"Dense_0/kernel"``; list entries give
-integers, ``"layers/3/kernel"``); the ``.value`` attribute of Flax NNX variables is dropped, so
-``nnx.State`` and its pure-dict form give the same paths.
+integers, ``"layers/3/kernel"``; Equinox modules their attribute names, ``"layers/0/weight"``);
+the ``.value`` attribute of Flax NNX variables is dropped, so ``nnx.State`` and its pure-dict
+form give the same paths. The layout rules (which leaves, which axes) are in
+:mod:`mhe_jax._layouts`.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
 from jax import tree_util
 
-from mhe_jax import _checks
+from mhe_jax import _layouts
+from mhe_jax._layouts import NeuronAxes
 
-__all__ = ["Layer", "path_str", "select_layers"]
+__all__ = ["Layer", "path_str", "select_layers", "add_to_leaves"]
 
 PathPattern = str | Callable[[str], bool]
-NeuronAxis = int | Callable[[str, Any], int]
+AxesSpec = int | Sequence[int] | NeuronAxes | None
+#: ``neuron_axis=``: one spec for every layer, a callable ``(path, leaf) -> spec``, or a pytree
+#: of specs structured like params (``None``: the layout's default).
+NeuronAxis = AxesSpec | Callable[[str, Any], AxesSpec] | Any
 
 
 def _key_str(key) -> str:
@@ -44,24 +50,16 @@ def path_str(keypath) -> str:
 
 
 class Layer(NamedTuple):
-    """A selected leaf: its position among the flattened leaves, path, role and neuron axis."""
+    """A selected leaf: its position among the flattened leaves, path, role and neuron axes."""
 
     index: int
     path: str
     is_output: bool
-    neuron_axis: int
+    neuron_axes: tuple[int, ...]
 
-
-def _matcher(pattern: PathPattern | None, name: str) -> Callable[[str], bool] | None:
-    if pattern is None or callable(pattern):
-        return pattern
-    if isinstance(pattern, str):
-        try:
-            regex = re.compile(rf"(?:.*/)?(?:{pattern})")
-        except re.error as e:
-            raise ValueError(f"{name}={pattern!r} is not a valid regular expression: {e}") from e
-        return lambda path: regex.fullmatch(path) is not None
-    raise TypeError(f"{name} must be a path pattern (str) or a callable on the path string")
+    def matrix(self, w) -> jax.Array:
+        """The leaf ``w`` as its ``(d, N)`` neuron matrix (:func:`_layouts.neuron_matrix`)."""
+        return _layouts.neuron_matrix(w, self.neuron_axes)
 
 
 def _mask_leaves(mask, params, n_leaves: int) -> list[bool]:
@@ -82,7 +80,57 @@ def _mask_leaves(mask, params, n_leaves: int) -> list[bool]:
 
 def default_is_layer(path: str, leaf) -> bool:
     """Flax Dense/Conv kernels: the path ends in ``kernel`` and the leaf has ndim ≥ 2."""
-    return path.split("/")[-1] == "kernel" and getattr(leaf, "ndim", 0) >= 2
+    return _layouts.is_layer("flax", path, leaf)
+
+
+def _is_single_spec(spec) -> bool:
+    if spec is None or isinstance(spec, (int, NeuronAxes)) or callable(spec):
+        return True
+    return isinstance(spec, (tuple, list)) and all(isinstance(a, int) for a in spec)
+
+
+def _leaf_specs(neuron_axis, params, treedef, paths, leaves) -> list:
+    if _is_single_spec(neuron_axis):
+        return [_layouts.leaf_spec(neuron_axis, p, leaf) for p, leaf in zip(paths, leaves)]
+    try:
+        return treedef.flatten_up_to(neuron_axis)
+    except (ValueError, TypeError) as e:
+        raise ValueError(
+            "neuron_axis must be an int, a sequence of ints, a NeuronAxes, a callable "
+            f"(path, leaf) -> one of those, or a pytree of them structured like params: {e}"
+        ) from e
+
+
+def _output_flags(output, layout, paths, chosen, leaves, warn) -> list[bool]:
+    match = _layouts.output_matcher(output, layout)
+    if match is None:
+        return [False] * len(paths)
+    kinds = [match(p) for p in paths]
+    flags = [k == "leaf" or (k == "module" and c) for k, c in zip(kinds, chosen)]
+    if not any(kinds):
+        raise ValueError(
+            f"output={output!r} matches no leaf or module; paths are: {', '.join(paths) or '(none)'}"
+        )
+    if not any(flags):
+        under = [p for p, k in zip(paths, kinds) if k]
+        raise ValueError(
+            f"output={output!r} matches {', '.join(under)}, none of which is a layer; name the "
+            "classifier's module (e.g. output='head') or its weight leaf"
+        )
+    layers = [p for p, f, c in zip(paths, flags, chosen) if f or c]
+    outputs = [p for p, f in zip(paths, flags) if f]
+    if len(layers) > 1 and len(outputs) == len(layers):
+        raise ValueError(
+            f"output={output!r} matches every layer ({', '.join(outputs)}): none would get hidden "
+            "MHE. Name the classifier only, e.g. its module path output='head' or 'Dense_1'"
+        )
+    if warn and len(outputs) > 1:
+        warnings.warn(
+            f"output={output!r} matches {len(outputs)} layers ({', '.join(outputs)}); each gets "
+            "the output-layer energy. Name one module (e.g. output='head') if that is not meant",
+            UserWarning, stacklevel=4,
+        )
+    return flags
 
 
 def select_layers(
@@ -90,18 +138,26 @@ def select_layers(
     *,
     mask=None,
     output: PathPattern | None = None,
-    neuron_axis: NeuronAxis = -1,
+    neuron_axis: NeuronAxis = None,
+    layout: str = "flax",
+    warn: bool = False,
 ) -> tuple[list, Any, list[Layer]]:
     """Flatten ``params`` and pick its layers.
 
     Layers are the leaves chosen by ``mask`` (a pytree of bools, or a callable on ``params``
-    returning one, as in ``optax.masked``), by default :func:`default_is_layer`, plus the leaves
-    whose path matches ``output`` (a regular expression matched against the whole path or a
-    ``/``-suffix of it, e.g. ``"classifier/kernel"``, or a callable on the path string).
+    returning one, as in ``optax.masked``), by default those of ``layout``
+    (:func:`mhe_jax._layouts.is_layer`), plus the output layers matched by ``output``: a
+    regular expression naming a module (``"head"``, ``"Dense_1"``, ``"encoder/classifier"``:
+    the layers under it) or a leaf (``"head/kernel"``: that leaf), matched against the path or
+    any part of it that starts after a ``/``; or a callable on the leaf path string. Neuron axes
+    come from ``neuron_axis`` where given (see :data:`NeuronAxis`), else from the layout.
 
     Returns ``(leaves, treedef, layers)``. Raises if ``params`` is None, if nothing is
-    selected, if ``output`` matches no leaf, or if a selected leaf has ndim < 2.
+    selected, if ``output`` matches no layer or every layer, if a selected leaf has ndim < 2, or
+    if a 3-D kernel's neuron axes are ambiguous. ``warn``: warn when ``output`` matches several
+    layers.
     """
+    _layouts.check_layout(layout)
     if params is None:
         raise ValueError(
             "params is None: this transformation needs the current parameters, call "
@@ -110,17 +166,14 @@ def select_layers(
     keyed, treedef = tree_util.tree_flatten_with_path(params)
     paths = [path_str(kp) for kp, _ in keyed]
     leaves = [leaf for _, leaf in keyed]
-    is_output = _matcher(output, "output")
     chosen = (
         _mask_leaves(mask, params, len(leaves)) if mask is not None
-        else [default_is_layer(p, leaf) for p, leaf in zip(paths, leaves)]
+        else [_layouts.is_layer(layout, p, leaf) for p, leaf in zip(paths, leaves)]
     )
-    outputs = [bool(is_output(p)) if is_output else False for p in paths]
-    if output is not None and not any(outputs):
-        raise ValueError(
-            f"output={output!r} matches no leaf; paths are: {', '.join(paths) or '(none)'}"
-        )
-    layers = []
+    outputs = _output_flags(output, layout, paths, chosen, leaves, warn)
+    specs = _leaf_specs(neuron_axis, params, treedef, paths, leaves)
+    all_paths = frozenset(paths)
+    layers, ambiguous = [], []
     for i, (path, leaf) in enumerate(zip(paths, leaves)):
         if not (chosen[i] or outputs[i]):
             continue
@@ -130,25 +183,40 @@ def select_layers(
                 f"leaf {path!r} (shape {getattr(leaf, 'shape', ())}) was selected as a layer but has "
                 "ndim < 2: a layer needs neurons along one axis and their vectors along the others"
             )
-        axis = neuron_axis(path, leaf) if callable(neuron_axis) else neuron_axis
-        axis = _checks.check_axis(axis, ndim, f"neuron_axis for {path!r}")
-        layers.append(Layer(i, path, outputs[i], axis))
+        if specs[i] is None:
+            axes = _layouts.default_neuron_axes(layout, path, leaf, all_paths)
+            if isinstance(axes, _layouts.AmbiguousKernel):
+                ambiguous.append(axes)
+                continue
+        else:
+            axes = _layouts.normalize_axes(specs[i], ndim, f"neuron_axis for {path!r}")
+        layers.append(Layer(i, path, outputs[i], axes))
+    if ambiguous:
+        raise _layouts.ambiguity_error(ambiguous)
     if not layers:
+        names = {"flax": "'kernel'", "equinox": "'weight'", "haiku": "'w'", "torch": "'...weight'"}
         raise ValueError(
-            "no parameter was selected as a layer (default: leaves named 'kernel' with ndim >= 2; "
-            f"pass mask= or output=); paths are: {', '.join(paths) or '(none)'}"
+            f"no parameter was selected as a layer (layout={layout!r}: leaves named "
+            f"{names[layout]} with ndim >= 2; pass layout=, mask= or output=); paths are: "
+            f"{', '.join(paths) or '(none)'}"
         )
     return leaves, treedef, layers
 
 
-def add_to_leaves(tree, num_leaves: int, additions: dict[int, jax.Array], name: str = "updates"):
-    """``tree`` (structured like params) with ``additions[i]`` added to its ``i``-th leaf, in that
-    leaf's dtype."""
-    flat, treedef = tree_util.tree_flatten(tree)
-    if len(flat) != num_leaves:
-        raise ValueError(
-            f"{name} has {len(flat)} leaves but params has {num_leaves}: they must share a structure"
+def _is_none(x) -> bool:
+    return x is None
+
+
+def add_to_leaves(tree, treedef, additions: dict[int, jax.Array], name: str = "updates"):
+    """``tree`` (structured like params, whose structure is ``treedef``) with ``additions[i]``
+    added to its ``i``-th leaf, in that leaf's dtype. ``None`` leaves of ``tree`` stay None
+    (optax's convention for parameters without an update)."""
+    flat = [additions.get(i) for i in range(treedef.num_leaves)]
+    add_tree = tree_util.tree_unflatten(treedef, flat)
+    try:
+        return tree_util.tree_map(
+            lambda u, a: u if u is None or a is None else u + a.astype(u.dtype),
+            tree, add_tree, is_leaf=_is_none,
         )
-    for i, a in additions.items():
-        flat[i] = flat[i] + a.astype(flat[i].dtype)
-    return tree_util.tree_unflatten(treedef, flat)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{name} and params must share a structure: {e}") from e
