@@ -24,7 +24,6 @@ import pytest
 
 import mhe_jax.data as D
 
-REAL_JPEG_NPZ = Path(__file__).resolve().parents[2] / "shared/data/cifar10_jpeg.npz"
 DATA_DIR = Path(D.__file__).resolve().parent
 
 
@@ -35,7 +34,7 @@ DATA_DIR = Path(D.__file__).resolve().parent
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch, tmp_path):
     for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy",
-                "ALL_PROXY", "no_proxy", "NO_PROXY", "MHE_JAX_CIFAR10_JPEG"):
+                "ALL_PROXY", "no_proxy", "NO_PROXY"):
         monkeypatch.delenv(var, raising=False)
     # never touch the real ~/.cache/mhe_jax
     monkeypatch.setenv(D.ENV_VAR, str(tmp_path / "env_cache"))
@@ -293,11 +292,12 @@ def test_download_mirrors_in_order_and_errors(tmp_path, server):
     assert _all_files(tmp_path / "dl") == ["file.bin"]
     # a cached file with the wrong content is replaced by a verified download
     dest.write_bytes(b"corrupt")
-    D.download_file(server.url + "/b/file.bin", dest, _md5(blob))
+    with pytest.warns(D.CacheRepairWarning, match="file.bin"):
+        D.download_file(server.url + "/b/file.bin", dest, _md5(blob))
     assert dest.read_bytes() == blob
     # ... and removed even if the new download fails
     dest.write_bytes(b"corrupt")
-    with pytest.raises(D.DownloadError):
+    with pytest.raises(D.DownloadError), pytest.warns(D.CacheRepairWarning):
         D.download_file(server.url + "/gone", dest, _md5(blob))
     assert not dest.exists()
     with pytest.raises(ValueError, match="urls"):
@@ -402,10 +402,10 @@ def test_cifar_pickle_refuses_code(tmp_path):
 def test_corrupt_archive_raises(tmp_path, server):
     blob = b"this is not a tarball"
     server.files["/c10.tgz"] = blob
-    with pytest.raises(D.DownloadError, match="extract"):
+    with pytest.raises(D.CorruptDataError, match="extract") as ei:
         D.load_cifar10(root=tmp_path / "c", urls=server.url + "/c10.tgz", md5=_md5(blob))
-    assert not (tmp_path / "c" / "cifar-10-batches-py").exists()
-    assert not [f for f in _all_files(tmp_path / "c") if ".extract" in f]
+    assert ei.value.path == tmp_path / "c" / "cifar-10-python.tar.gz"
+    assert _all_files(tmp_path / "c") == []  # no archive, no folder, no temporary directory
 
 
 # ---------------------------------------------------------------------------------------------
@@ -506,8 +506,15 @@ def test_mnist_wrong_checksum_and_bad_magic(tmp_path, server):
     for name, blob in files.items():
         (bad / name).write_bytes(blob)
     (bad / "train-images-idx3-ubyte.gz").write_bytes(files["train-labels-idx1-ubyte.gz"])
-    with pytest.raises(ValueError, match="magic"):
+    # the user's .gz files are verified against the official md5s (and kept, not deleted)
+    with pytest.raises(D.CorruptDataError, match="failed verification") as ei:
         D.load_mnist(root=bad, download=False)
+    assert ei.value.path == bad / "train-images-idx3-ubyte.gz" and "md5s=" in str(ei.value)
+    assert sorted(os.listdir(bad)) == sorted(files)
+    with pytest.raises(D.CorruptDataError, match="magic") as ei:  # md5s={}: checks skipped
+        D.load_mnist(root=bad, download=False, md5s={})
+    assert ei.value.path == bad / "train-images-idx3-ubyte.gz"
+    assert sorted(os.listdir(bad)) == sorted(files)
     with pytest.raises(ValueError, match="mirrors"):
         D.load_mnist(root=tmp_path / "none", mirrors=[])
 
@@ -916,9 +923,8 @@ def test_cifar10_jpeg_npz_grayscale_and_errors(tmp_path):
         D.load_cifar10_jpeg_npz(tmp_path / "nokey.npz")
 
 
-@pytest.mark.skipif(not REAL_JPEG_NPZ.is_file(), reason=f"{REAL_JPEG_NPZ} not present")
-def test_real_cifar10_jpeg_npz_first_images():
-    ds = D.load_cifar10_jpeg_npz(REAL_JPEG_NPZ, limit=5)
+def test_real_cifar10_jpeg_npz_first_images(cifar10_jpeg_path):
+    ds = D.load_cifar10_jpeg_npz(cifar10_jpeg_path, limit=5)
     assert ds.x_train.shape == (5, 32, 32, 3) and ds.x_test.shape == (5, 32, 32, 3)
     assert ds.label_names == D.CIFAR10_LABEL_NAMES
     assert ds.y_train.tolist() == [0] * 5  # file is sorted by class: airplanes first
@@ -931,7 +937,7 @@ def test_real_cifar10_jpeg_npz_first_images():
 
 def test_data_package_imports_only_numpy_jax_stdlib():
     allowed_top = {"numpy", "jax", "mhe_jax", "__future__"}
-    lazy = {"PIL", "sklearn"}
+    lazy = {"PIL", "sklearn", "pooch", "requests"}
     for py in sorted(DATA_DIR.glob("*.py")):
         tree = ast.parse(py.read_text())
         for node in tree.body:  # module-level imports
@@ -1020,7 +1026,9 @@ def test_imagenet_config_reads_an_image_folder(tmp_path):
     for split in ("train", "val"):
         for c in ("n01", "n02", "n03"):
             _write_image(tmp_path / split / c / "0.png", _banded(40, 30, 99))
-    cfg = apply_overrides(get_config("table6/resnet18/mhe"), [f"data_dir={tmp_path}", "image_size=32"])
+    cfg = apply_overrides(get_config("table6/resnet18/mhe"),
+                          [f"data_dir={tmp_path}", "image_size=32"])
     ds, counts = load_dataset(cfg)
-    assert counts is None and ds.x_train.shape == (3, 32, 32, 3) and ds.label_names == ("n01", "n02", "n03")
-    assert get_config("table6/resnet34/baseline").image_size == 64
+    assert counts is None and ds.x_train.shape == (3, 32, 32, 3)
+    assert ds.label_names == ("n01", "n02", "n03")
+    assert get_config("table6/resnet34/baseline").data.image_size == 64

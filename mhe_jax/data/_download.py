@@ -1,122 +1,43 @@
-"""Shared pieces of the dataset loaders: the ``Dataset`` container, cache directory, download,
-checksum and extraction helpers.
+"""Cache directory, checksums and verified downloads.
 
 Cache directory resolution: explicit ``root=`` argument > environment variable ``MHE_JAX_DATA``
-> ``~/.cache/mhe_jax``.
+> ``~/.cache/mhe_jax``. The environment variable names a cache directory only; the library
+knows no other location.
 
-Downloads are atomic: bytes go to a hidden temporary file in the destination directory, the md5
-is verified, and only then is the file renamed into place. A failed or corrupt download never
-leaves a file under the final name. Archives are extracted into a temporary directory and the
-expected top-level folder is renamed into place, so an interrupted extraction never looks
-complete either.
+Downloads go through `pooch <https://www.fatiando.org/pooch/>`_ (imported only when a file
+has to be downloaded): the body is streamed to a temporary file in the destination directory,
+a body shorter than its ``Content-Length`` raises, the size (when known) and md5 are checked,
+and only then is the file moved to its final name. A failed, truncated, stalled or wrong
+download therefore never leaves a file under the final name, and the temporary file is removed.
 """
 
 from __future__ import annotations
 
 import hashlib
-import http.client
 import os
-import shutil
-import tarfile
-import tempfile
-import urllib.error
-import urllib.request
+import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
 
-import numpy as np
+from mhe_jax.data._errors import CacheRepairWarning, ChecksumError, DownloadError
 
-__all__ = [
-    "ENV_VAR",
-    "Dataset",
-    "ChecksumError",
-    "DatasetNotFoundError",
-    "DownloadError",
-    "cache_dir",
-    "download_file",
-    "make_dataset",
-    "extract_tar",
-    "md5sum",
-]
+__all__ = ["ENV_VAR", "cache_dir", "download_file", "file_problem", "md5sum"]
 
 ENV_VAR = "MHE_JAX_DATA"
 _USER_AGENT = "mhe_jax-data/0.1 (+https://arxiv.org/abs/1805.09298)"
 _CHUNK = 1 << 20
-
-
-class Dataset(NamedTuple):
-    """An image classification dataset held in host memory.
-
-    Images stay uint8 NHWC (scaling to float happens on-device, see ``augment.normalize``).
-
-    x_train: (n_train, H, W, C) uint8      y_train: (n_train,) int32 in [0, num_classes)
-    x_test:  (n_test, H, W, C) uint8       y_test:  (n_test,) int32
-    num_classes: int; name: str; label_names: tuple of ``num_classes`` str (may be empty).
-    """
-
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    num_classes: int
-    name: str
-    label_names: tuple[str, ...] = ()
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """(H, W, C) of one image."""
-        return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
-
-    def summary(self) -> str:
-        """One line for logs: name, split sizes, image shape, number of classes."""
-        h, w, c = self.image_shape
-        return (f"{self.name}: {len(self.y_train)} train / {len(self.y_test)} test, "
-                f"{h}x{w}x{c} uint8, {self.num_classes} classes")
-
-
-def make_dataset(x_train, y_train, x_test, y_test, num_classes, name, label_names=()) -> Dataset:
-    """Build a ``Dataset`` after validating shapes and dtypes (casts labels to int32)."""
-    arrays = {"x_train": x_train, "x_test": x_test}
-    for arg, x in arrays.items():
-        if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 4:
-            raise ValueError(f"{arg} must be a uint8 (n, H, W, C) array, got "
-                             f"{getattr(x, 'dtype', type(x).__name__)} {getattr(x, 'shape', '')}")
-    if x_train.shape[1:] != x_test.shape[1:]:
-        raise ValueError(f"x_train and x_test image shapes differ: {x_train.shape[1:]} vs "
-                         f"{x_test.shape[1:]}")
-    ys = []
-    for arg, y, x in (("y_train", y_train, x_train), ("y_test", y_test, x_test)):
-        y = np.asarray(y)
-        if y.ndim != 1 or len(y) != len(x) or (y.size and not np.issubdtype(y.dtype, np.integer)):
-            raise ValueError(f"{arg} must be a 1-D integer array of length {len(x)}, got "
-                             f"{y.dtype} {y.shape}")
-        if y.size and (y.min() < 0 or y.max() >= num_classes):
-            raise ValueError(f"{arg} has labels outside [0, {num_classes}): "
-                             f"min {y.min()}, max {y.max()}")
-        ys.append(y.astype(np.int32))
-    label_names = tuple(str(n) for n in label_names)
-    if label_names and len(label_names) != num_classes:
-        raise ValueError(f"label_names has {len(label_names)} entries for {num_classes} classes")
-    return Dataset(x_train, ys[0], x_test, ys[1], int(num_classes), str(name), label_names)
-
-
-class DownloadError(RuntimeError):
-    """Every URL tried for a file failed (network error, HTTP error)."""
-
-
-class ChecksumError(DownloadError):
-    """A downloaded file did not have the expected md5; nothing was written to the cache."""
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """The dataset is not on disk and downloading was disabled (``download=False``)."""
+_MD5_RE = re.compile(r"[0-9a-f]{32}")
 
 
 def cache_dir(root: str | os.PathLike | None = None) -> Path:
     """Directory holding the datasets: ``root`` > ``$MHE_JAX_DATA`` > ``~/.cache/mhe_jax``.
 
-    The directory is not created here (loaders create it only when they download).
+    The directory is not created here (loaders create it only when they write to it).
+
+    Examples:
+        >>> str(cache_dir("/data/sets"))
+        '/data/sets'
     """
     if root is not None:
         if not isinstance(root, (str, os.PathLike)):
@@ -137,10 +58,71 @@ def md5sum(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def _fetch(url: str, fileobj, timeout: float) -> None:
-    req = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 (http/https only)
-        shutil.copyfileobj(resp, fileobj, _CHUNK)
+def file_problem(path: str | os.PathLike, md5: str | None, size: int | None = None) -> str | None:
+    """What is wrong with ``path`` against the expected ``size`` (bytes) and ``md5``, or None if
+    it matches (checks that are None are skipped; the size is checked first, it costs nothing).
+    """
+    path = Path(path)
+    md5 = _check_md5(md5)
+    if not path.is_file():
+        return "missing"
+    if size is not None and (got_size := path.stat().st_size) != size:
+        return f"size {got_size} bytes != expected {size}"
+    if md5 is not None and (got := md5sum(path)) != md5:
+        return f"md5 {got} != expected {md5}"
+    return None
+
+
+def _check_md5(md5: str | None) -> str | None:
+    if md5 is None:
+        return None
+    if not isinstance(md5, str) or not _MD5_RE.fullmatch(md5.lower()):
+        raise ValueError(f"md5 must be None or 32 hex digits, got {md5!r}")
+    return md5.lower()
+
+
+def _check_urls(urls: str | Sequence[str]) -> list[str]:
+    urls = [urls] if isinstance(urls, str) else list(urls)
+    if not urls:
+        raise ValueError("urls must contain at least one URL")
+    for u in urls:
+        if not isinstance(u, str) or not u.lower().startswith(("http://", "https://")):
+            raise ValueError(f"urls must be http(s) URL strings, got {u!r}")
+    return urls
+
+
+class _SizeMismatch(ValueError):
+    """Raised inside pooch's download (before it moves the file) when the size is wrong."""
+
+
+class _SizedDownloader:
+    """pooch downloader: pooch's HTTP downloader, then a check of the number of bytes received.
+
+    Runs on pooch's temporary file, before pooch compares the hash and moves the file into place.
+    """
+
+    def __init__(self, size: int | None, timeout: float) -> None:
+        import pooch  # lazy: needed only to download
+
+        self.size = size
+        self.http = pooch.HTTPDownloader(progressbar=False, timeout=timeout,
+                                         headers={"User-Agent": _USER_AGENT})
+
+    def __call__(self, url: str, output_file: str, pooch_obj) -> None:
+        self.http(url, output_file, pooch_obj)
+        got = os.path.getsize(output_file)
+        if self.size is not None and got != self.size:
+            raise _SizeMismatch(f"received {got} bytes, expected {self.size}")
+
+
+def _import_pooch():
+    try:
+        import pooch
+        import requests
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("downloading datasets needs pooch: pip install 'mhe_jax[models]' "
+                          "(or pip install pooch)") from e
+    return pooch, requests
 
 
 def download_file(
@@ -148,91 +130,65 @@ def download_file(
     dest: str | os.PathLike,
     md5: str | None,
     *,
+    size: int | None = None,
     timeout: float = 60.0,
 ) -> Path:
-    """Download ``dest`` from the first working URL of ``urls`` and verify its md5.
+    """Download ``dest`` from the first working URL of ``urls``, verified by size and md5.
 
-    If ``dest`` already exists with the right md5 (or ``md5`` is None) nothing is downloaded;
-    an existing ``dest`` with the wrong md5 is deleted and downloaded again.
-    URLs are tried in order; a URL serving a file with the wrong checksum counts as failed.
-    Raises ``ChecksumError`` if some URL answered but no answer had the expected md5,
-    ``DownloadError`` if no URL answered. Never leaves a partial or corrupt file at ``dest``.
+    If ``dest`` already exists with the expected ``size`` (bytes) and ``md5`` it is returned
+    without any download. An existing ``dest`` that does not match is deleted (with a
+    ``CacheRepairWarning``) and downloaded again. Checks given as None are skipped; with both
+    None an existing file is trusted as it is.
+
+    URLs are tried in order. A download counts as failed if the HTTP request fails, the
+    connection stalls for ``timeout`` seconds, the body is shorter than its ``Content-Length``,
+    or the received bytes do not have the expected size and md5. Raises ``ChecksumError`` if a
+    URL answered but no answer had the expected size and md5, ``DownloadError`` if none
+    answered. In every failure case nothing is left at ``dest`` or in its directory.
+
+    Examples:
+        >>> path = download_file(  # doctest: +SKIP
+        ...     "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        ...     "/tmp/cifar-10-python.tar.gz", "c58f30108f718f92721af3b95e74349a",
+        ...     size=170498071)
     """
-    if isinstance(urls, str):
-        urls = [urls]
-    urls = list(urls)
-    if not urls:
-        raise ValueError("urls must contain at least one URL")
-    for u in urls:
-        if not isinstance(u, str) or not u.lower().startswith(("http://", "https://")):
-            raise ValueError(f"urls must be http(s) URL strings, got {u!r}")
-    if md5 is not None:
-        md5 = md5.lower()
+    urls = _check_urls(urls)
+    md5 = _check_md5(md5)
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+        raise ValueError(f"size must be None or a non-negative int, got {size!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
     dest = Path(dest)
     if dest.is_file():
-        if md5 is None or md5sum(dest) == md5:
+        problem = file_problem(dest, md5, size)
+        if problem is None:
             return dest
-        dest.unlink()  # corrupt or stale cached copy: never leave it behind
-    dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.unlink()
+        warnings.warn(f"cached file {dest} failed verification ({problem}); deleted it and "
+                      "downloading it again", CacheRepairWarning, stacklevel=2)
 
+    pooch, requests = _import_pooch()
+    downloader = _SizedDownloader(size, float(timeout))
     errors: list[str] = []
     bad_checksum = False
     for url in urls:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-        tmp = Path(tmp_name)
         try:
-            with os.fdopen(fd, "wb") as f:
-                _fetch(url, f, timeout)
-            if md5 is not None:
-                got = md5sum(tmp)
-                if got != md5:
-                    bad_checksum = True
-                    errors.append(f"{url}: md5 {got} != expected {md5}")
-                    continue
-            os.replace(tmp, dest)
+            pooch.retrieve(url, known_hash=None if md5 is None else f"md5:{md5}",
+                           fname=dest.name, path=dest.parent, downloader=downloader)
             return dest
-        # HTTPError is a URLError; http.client errors cover truncated responses
-        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
-            errors.append(f"{url}: {type(e).__name__}: {e}")
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        except (ValueError, requests.RequestException, OSError) as e:
+            # pooch raises ValueError for a hash mismatch; RequestException covers HTTP errors,
+            # timeouts and bodies shorter than their Content-Length (ChunkedEncodingError).
+            # RequestException and some of its subclasses are also OSError / ValueError.
+            if isinstance(e, requests.RequestException):
+                errors.append(f"{url}: {type(e).__name__}: {e}")
+            elif isinstance(e, ValueError):
+                bad_checksum = True
+                errors.append(f"{url}: wrong file: {e}")
+            else:
+                raise  # local I/O error (disk full, permissions): not the URL's fault
     detail = "\n  ".join(errors)
     cls = ChecksumError if bad_checksum else DownloadError
-    raise cls(f"could not download {dest.name} into {dest.parent}:\n  {detail}")
-
-
-def extract_tar(archive: str | os.PathLike, dest_dir: str | os.PathLike, top: str) -> Path:
-    """Extract ``archive`` (tar/tar.gz) and move its top-level folder ``top`` to ``dest_dir/top``.
-
-    Extraction happens in a temporary sibling directory with tarfile's ``"data"`` safety filter
-    (no absolute paths, no ``..``, no device files); the folder appears at its final name only
-    once complete. Returns ``dest_dir/top``.
-    """
-    dest_dir = Path(dest_dir)
-    final = dest_dir / top
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{top}.", suffix=".extract", dir=dest_dir))
-    try:
-        with tarfile.open(archive, "r:*") as tar:
-            if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4
-                tar.extractall(tmp, filter="data")
-            else:  # pragma: no cover - older patch releases
-                for m in tar.getmembers():
-                    target = (tmp / m.name).resolve()
-                    if not (m.isfile() or m.isdir()) or not target.is_relative_to(tmp.resolve()):
-                        raise DownloadError(f"refusing unsafe archive member {m.name!r}")
-                tar.extractall(tmp)
-        src = tmp / top
-        if not src.is_dir():
-            found = sorted(p.name for p in tmp.iterdir())
-            raise DownloadError(
-                f"archive {archive} has no top-level folder {top!r} (found {found})")
-        if final.exists():  # another process finished first
-            return final
-        os.replace(src, final)
-        return final
-    except tarfile.TarError as e:
-        raise DownloadError(f"could not extract {archive}: {e}") from e
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    what = ("check the URL or mirror, or pass the md5 (and size) of the file it serves"
+            if bad_checksum else "check the network connection and the URLs")
+    raise cls(f"could not download {dest.name} into {dest.parent} ({what}):\n  {detail}")

@@ -6,7 +6,7 @@ import functools
 
 import numpy as np
 
-from mhe_jax.data._download import Dataset, make_dataset
+from mhe_jax.data._dataset import Dataset, make_dataset
 
 __all__ = ["load_digits", "resize_nearest", "stratified_split"]
 
@@ -56,11 +56,11 @@ def _digits_uint8() -> tuple[np.ndarray, np.ndarray]:
         from sklearn.datasets import load_digits as _sk_load_digits
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError("load_digits needs scikit-learn: pip install mhe_jax[models]") from e
-    bunch = _sk_load_digits()
-    images = np.asarray(bunch.images, np.float64)  # (1797, 8, 8) in 0..16
+    data, target = _sk_load_digits(return_X_y=True)  # (1797, 64) in 0..16, (1797,)
+    images = np.asarray(data, np.float64).reshape(-1, 8, 8)
     x = np.clip(np.rint(images * (255.0 / 16.0)), 0, 255).astype(np.uint8)[..., None]
     x.flags.writeable = False  # cached: callers get copies through indexing
-    y = np.asarray(bunch.target, np.int32)
+    y = np.asarray(target, np.int32)
     y.flags.writeable = False
     return x, y
 

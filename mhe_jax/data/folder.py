@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mhe_jax.data._download import Dataset, DatasetNotFoundError, make_dataset
+from mhe_jax.data._dataset import Dataset, make_dataset
+from mhe_jax.data._errors import DatasetNotFoundError
 
 __all__ = ["IMAGE_EXTENSIONS", "load_image_folder", "list_image_folder", "load_image"]
 
@@ -48,7 +49,8 @@ def list_image_folder(split_dir, classes=None, max_per_class: int | None = None)
     items = []
     for label, name in enumerate(classes):
         folder = split_dir / name
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS) if folder.is_dir() else []
+        files = (sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+                 if folder.is_dir() else [])
         items += [(p, label) for p in files[:max_per_class]]
     return list(classes), items
 
@@ -62,7 +64,7 @@ def load_image(path, size: int) -> np.ndarray:
         w, h = im.size
         scale = size / min(w, h)
         nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-        im = im.resize((nw, nh), Image.BILINEAR, reducing_gap=None)
+        im = im.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=None)
         left, top = (nw - size) // 2, (nh - size) // 2
         return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
@@ -82,7 +84,8 @@ def _load_split(items, size, workers):
 def load_image_folder(root, *, size: int = 64, train: str = "train", test: str = "val",
                       max_per_class: int | None = None, name: str | None = None,
                       workers: int | None = None) -> Dataset:
-    """``root/{train,test}/<class>/*`` as an in-memory :class:`Dataset` of ``size × size`` RGB images.
+    """``root/{train,test}/<class>/*`` as an in-memory :class:`Dataset` of ``size × size`` RGB
+    images.
 
     Args:
       root: dataset directory (e.g. an ImageNet copy with ``train/`` and ``val/`` class folders).
@@ -94,12 +97,13 @@ def load_image_folder(root, *, size: int = 64, train: str = "train", test: str =
     """
     if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
         raise ValueError(f"size must be a positive int, got {size!r}")
-    if max_per_class is not None and (not isinstance(max_per_class, (int, np.integer)) or max_per_class < 1):
+    if max_per_class is not None and (not isinstance(max_per_class, (int, np.integer))
+                                      or max_per_class < 1):
         raise ValueError(f"max_per_class must be a positive int or None, got {max_per_class!r}")
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise DatasetNotFoundError(f"image folder dataset not found: {root} (expected {train}/ and {test}/ "
-                                   "with one sub-folder per class)")
+        raise DatasetNotFoundError(f"image folder dataset not found: {root} (expected {train}/ "
+                                   f"and {test}/ with one sub-folder per class)")
     classes, train_items = list_image_folder(root / train, max_per_class=max_per_class)
     _, test_items = list_image_folder(root / test, classes, max_per_class=max_per_class)
     workers = workers or os.cpu_count() or 1

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 import numpy as np
 
-from mhe_jax.data._download import Dataset
+from mhe_jax.data._dataset import Dataset
 
 __all__ = [
     "class_counts",
@@ -32,6 +33,7 @@ __all__ = [
     "imbalance_by_count",
     "imbalance_by_ratio",
     "mnist_fig4_imbalance",
+    "per_class_subset",
 ]
 
 
@@ -94,7 +96,7 @@ def _ratio_to_count(c, r, n: int) -> int:
     if isinstance(r, bool) or not isinstance(r, numbers.Real) or not 0.0 <= float(r) <= 1.0:
         raise ValueError(f"ratio for class {c} must be a number in [0, 1], got {r!r}")
     k = int(np.floor(float(r) * n + 0.5))
-    return max(k, 1) if r > 0 and n > 0 else k
+    return max(k, 1) if float(r) > 0 and n > 0 else k
 
 
 def imbalance_by_ratio(x: np.ndarray, y: np.ndarray, ratios: Mapping[int, float], seed: int = 0
@@ -136,11 +138,25 @@ def per_class_subset(dataset: Dataset, per_class: int, seed: int = 0
     """Keep exactly ``per_class`` random training samples of every class (small-data studies).
 
     The draw depends only on ``seed`` (not on the training seed), so every run of a study sees
-    the same subset. Test split unchanged. Returns (dataset, train class counts).
+    the same subset. Test split unchanged. Returns (dataset, train class counts). Raises
+    ValueError naming ``per_class`` if it is not a positive int or exceeds a class's count.
+
+    Examples:
+        >>> import numpy as np
+        >>> from mhe_jax.data import make_dataset
+        >>> x = np.zeros((6, 1, 1, 1), np.uint8)
+        >>> ds = make_dataset(x, [0, 0, 0, 1, 1, 1], x[:2], [0, 1], 2, "toy")
+        >>> per_class_subset(ds, 2)[1]
+        {0: 2, 1: 2}
     """
     _check_dataset(dataset)
     if not _is_int(per_class) or per_class < 1:
         raise ValueError(f"per_class must be a positive int, got {per_class!r}")
+    have = class_counts(dataset.y_train, dataset.num_classes)
+    short = {c: n for c, n in have.items() if n < per_class}
+    if short:
+        raise ValueError(f"per_class = {per_class} is more than the training samples of "
+                         f"class(es) {short} ({{class: count}})")
     counts = {c: int(per_class) for c in range(dataset.num_classes)}
     return _apply(dataset, counts, seed, f"sub{per_class}")
 
@@ -193,7 +209,7 @@ def cifar10_multi_class_imbalance(dataset: Dataset, classes: Sequence[int] = (0,
     if isinstance(ratio, numbers.Real) and not isinstance(ratio, bool):
         ratios = [ratio] * len(classes)
     else:
-        ratios = list(ratio)
+        ratios = list(cast(Sequence[float], ratio))
         if len(ratios) != len(classes):
             raise ValueError(f"ratio must be a float or have one entry per class "
                              f"({len(classes)}), got {len(ratios)}")
