@@ -12,7 +12,6 @@ import itertools
 import os
 import pickle
 import struct
-import tarfile
 import threading
 from functools import partial
 from pathlib import Path
@@ -23,6 +22,10 @@ import numpy as np
 import pytest
 
 import mhe_jax.data as D
+from tests.data_files import expected_nhwc as _expected_nhwc
+from tests.data_files import idx_bytes as _idx
+from tests.data_files import make_cifar10, make_cifar100, make_mnist_files, tar_gz
+from tests.data_files import make_jpeg_npz as _make_jpeg_npz
 
 DATA_DIR = Path(D.__file__).resolve().parent
 
@@ -92,114 +95,6 @@ def _all_files(d: Path) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------
 # CIFAR files in the official python format
-
-
-class _Py2Pickler(pickle._Pickler):
-    """Protocol-2 pickler that writes what Python 2 wrote: str as BINSTRING, numpy globals under
-    their numpy-1 names (``numpy.core.multiarray``)."""
-
-    dispatch = dict(pickle._Pickler.dispatch)
-
-    def save_bytes(self, obj):
-        n = len(obj)
-        if n < 256:
-            self.write(pickle.SHORT_BINSTRING + bytes([n]) + obj)
-        else:
-            self.write(pickle.BINSTRING + struct.pack("<i", n) + obj)
-        self.memoize(obj)
-
-    def save_str(self, obj):
-        self.save_bytes(obj.encode("latin-1"))
-
-    def save_global(self, obj, name=None):
-        module = getattr(obj, "__module__", "")
-        name = name or obj.__qualname__
-        if module == "numpy" or module.startswith("numpy."):
-            module = module.replace("numpy._core", "numpy.core")
-            self.write(pickle.GLOBAL + module.encode() + b"\n" + name.encode() + b"\n")
-            self.memoize(obj)
-            return
-        super().save_global(obj, name)
-
-    dispatch[bytes] = save_bytes
-    dispatch[str] = save_str
-    dispatch[type] = save_global
-
-
-def _dump(obj, path: Path, py2: bool) -> None:
-    if py2:  # bytes keys and values, like the files on the dataset's home page
-        buf = io.BytesIO()
-        _Py2Pickler(buf, protocol=2).dump(obj)
-        path.write_bytes(buf.getvalue())
-    else:  # str keys, as re-written by Python 3 tools (e.g. cifar10_jpeg_to_python.py)
-        def keys_to_str(o):
-            if isinstance(o, dict):
-                return {k.decode(): keys_to_str(v) for k, v in o.items()}
-            if isinstance(o, list):
-                return [v.decode() if isinstance(v, bytes) else v for v in o]
-            return o
-        path.write_bytes(pickle.dumps(keys_to_str(obj), protocol=2))
-
-
-def _cifar_rows(rng, n):
-    return rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
-
-
-def make_cifar10(parent: Path, py2: bool = True, n: int = 3, seed: int = 0) -> dict:
-    """Write parent/cifar-10-batches-py with 5 train batches of n images and a test batch."""
-    rng = np.random.default_rng(seed)
-    d = parent / "cifar-10-batches-py"
-    d.mkdir(parents=True)
-    rows, labels = [], []
-    for b in range(1, 6):
-        r, lab = _cifar_rows(rng, n), rng.integers(0, 10, n).tolist()
-        _dump({b"batch_label": b"training batch %d of 5" % b, b"data": r, b"labels": lab,
-               b"filenames": [b"img_%d.png" % i for i in range(n)]}, d / f"data_batch_{b}", py2)
-        rows.append(r)
-        labels += lab
-    test_rows, test_labels = _cifar_rows(rng, n), rng.integers(0, 10, n).tolist()
-    _dump({b"batch_label": b"testing batch 1 of 1", b"data": test_rows, b"labels": test_labels},
-          d / "test_batch", py2)
-    names = [n.encode() for n in D.CIFAR10_LABEL_NAMES]
-    _dump({b"label_names": names, b"num_cases_per_batch": n, b"num_vis": 3072},
-          d / "batches.meta", py2)
-    return {"train_rows": np.concatenate(rows), "train_labels": np.array(labels),
-            "test_rows": test_rows, "test_labels": np.array(test_labels)}
-
-
-def make_cifar100(parent: Path, py2: bool = True, n: int = 4, seed: int = 1) -> dict:
-    rng = np.random.default_rng(seed)
-    d = parent / "cifar-100-python"
-    d.mkdir(parents=True)
-    out = {}
-    for split in ("train", "test"):
-        fine = rng.integers(0, 100, n)
-        coarse = fine // 5
-        r = _cifar_rows(rng, n)
-        _dump({b"filenames": [b"x.png"] * n, b"batch_label": split.encode(),
-               b"fine_labels": fine.tolist(), b"coarse_labels": coarse.tolist(), b"data": r},
-              d / split, py2)
-        out[split] = (r, fine, coarse)
-    _dump({b"fine_label_names": [b"f%d" % i for i in range(100)],
-           b"coarse_label_names": [b"c%d" % i for i in range(20)]}, d / "meta", py2)
-    return out
-
-
-def tar_gz(parent: Path, folder: str) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        tar.add(parent / folder, arcname=folder)
-    return buf.getvalue()
-
-
-def _expected_nhwc(rows):
-    # independent of the implementation: pixel (r, c) channel ch is rows[ch*1024 + r*32 + c]
-    n = len(rows)
-    out = np.zeros((n, 32, 32, 3), np.uint8)
-    for ch in range(3):
-        for r in range(32):
-            out[:, r, :, ch] = rows[:, ch * 1024 + r * 32: ch * 1024 + r * 32 + 32]
-    return out
 
 
 @pytest.mark.parametrize("py2", [True, False], ids=["py2-bytes-keys", "str-keys"])
@@ -410,28 +305,6 @@ def test_corrupt_archive_raises(tmp_path, server):
 
 # ---------------------------------------------------------------------------------------------
 # MNIST idx
-
-
-def _idx(arr: np.ndarray, magic: int | None = None) -> bytes:
-    arr = np.ascontiguousarray(arr, np.uint8)
-    magic = magic if magic is not None else (0x0800 | arr.ndim)
-    return struct.pack(">I", magic) + b"".join(struct.pack(">I", s) for s in arr.shape) + \
-        arr.tobytes()
-
-
-def make_mnist_files(seed=0, n_train=6, n_test=4) -> tuple[dict[str, bytes], dict]:
-    rng = np.random.default_rng(seed)
-    xtr = rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8)
-    ytr = rng.integers(0, 10, n_train).astype(np.uint8)
-    xte = rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8)
-    yte = rng.integers(0, 10, n_test).astype(np.uint8)
-    files = {
-        "train-images-idx3-ubyte.gz": gzip.compress(_idx(xtr)),
-        "train-labels-idx1-ubyte.gz": gzip.compress(_idx(ytr)),
-        "t10k-images-idx3-ubyte.gz": gzip.compress(_idx(xte)),
-        "t10k-labels-idx1-ubyte.gz": gzip.compress(_idx(yte)),
-    }
-    return files, {"xtr": xtr, "ytr": ytr, "xte": xte, "yte": yte}
 
 
 def test_idx_header_magic(tmp_path):
@@ -685,6 +558,46 @@ def test_named_imbalance_constructions():
         D.cifar10_single_class_imbalance((ds.x_train, ds.y_train))
 
 
+def test_per_class_subset_exact_deterministic_and_seeded_only_by_seed():
+    ds = _toy_dataset(per_class=(500, 300, 40))
+    sub, counts = D.per_class_subset(ds, 25, seed=7)
+    assert counts == {0: 25, 1: 25, 2: 25} == D.class_counts(sub.y_train, 3)
+    assert len(sub.x_train) == len(sub.y_train) == 75 and sub.name == "toy_sub25"
+    ids = _ids(sub.x_train)
+    assert len(set(ids.tolist())) == 75 and np.all(np.diff(ids) > 0)  # distinct, in file order
+    np.testing.assert_array_equal(ds.y_train[ids], sub.y_train)  # images and labels aligned
+    assert sub.x_test is ds.x_test and sub.y_test is ds.y_test  # test split untouched
+    # determinism: same seed, same subset, whatever global RNG state or JAX keys do in between
+    np.random.seed(123)
+    _ = np.random.rand(1000), jax.random.normal(jax.random.key(99), (10,))
+    again, _ = D.per_class_subset(ds, 25, seed=7)
+    np.testing.assert_array_equal(again.x_train, sub.x_train)
+    np.random.seed(456)
+    np.testing.assert_array_equal(D.per_class_subset(ds, 25, seed=7)[0].y_train, sub.y_train)
+    # another seed draws another subset (of every class)
+    other, _ = D.per_class_subset(ds, 25, seed=8)
+    for c in range(3):
+        assert set(_ids(other.x_train)[other.y_train == c]) != set(ids[sub.y_train == c])
+    # class c's draw depends only on (seed, c): the same as reducing class c alone
+    for c in range(3):
+        x_c, y_c, _ = D.imbalance_by_count(ds.x_train, ds.y_train, {c: 25}, seed=7)
+        np.testing.assert_array_equal(_ids(x_c[y_c == c]), ids[sub.y_train == c])
+    # all samples of the smallest class: every one kept
+    full, counts = D.per_class_subset(ds, 40)
+    assert counts[2] == 40 and set(np.flatnonzero(ds.y_train == 2)) <= set(_ids(full.x_train))
+
+
+@pytest.mark.parametrize("per_class", [0, -3, 2.5, True, "10", None, 41])
+def test_per_class_subset_bad_per_class_names_it(per_class):
+    ds = _toy_dataset(per_class=(500, 300, 40))
+    with pytest.raises(ValueError, match="per_class") as ei:
+        D.per_class_subset(ds, per_class)
+    if per_class == 41:
+        assert "{2: 40}" in str(ei.value)  # names the class that is too small
+    with pytest.raises(TypeError, match="dataset"):
+        D.per_class_subset((ds.x_train, ds.y_train), 5)
+
+
 def test_cifar10_imbalance_defaults_on_cifar_sized_labels():
     per = (5000,) * 10
     y = np.repeat(np.arange(10), 5000).astype(np.int32)
@@ -832,34 +745,6 @@ def test_batches_bad_arguments():
 
 # ---------------------------------------------------------------------------------------------
 # CIFAR-10 JPEG npz
-
-
-def _make_jpeg_npz(path: Path, n_train=6, n_test=4, mode="RGB"):
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    out = {}
-    for split, n in (("train", n_train), ("test", n_test)):
-        # distinct flat colours with a gentle ramp: JPEG error stays small, channel order shows
-        ramp = np.broadcast_to(np.linspace(0, 20, 32)[None, :, None], (32, 32, 1))
-        colours = np.array([[(10 + 40 * i) % 200, (200 - 30 * i) % 200, (90 + 25 * i) % 200]
-                            for i in range(n)], float)
-        imgs = np.rint(colours[:, None, None, :] + ramp[None]).astype(np.uint8)
-        labels = np.sort(rng.integers(0, 10, n)).astype(np.uint8)  # sorted by class
-        blobs = []
-        for im in imgs:
-            buf = io.BytesIO()
-            pil = Image.fromarray(im)
-            (pil.convert("L") if mode == "L" else pil).save(buf, format="JPEG", quality=95)
-            blobs.append(np.frombuffer(buf.getvalue(), np.uint8))
-        out[f"{split}_jpeg"] = np.concatenate(blobs)
-        out[f"{split}_offsets"] = np.concatenate([[0], np.cumsum([len(b) for b in blobs])]
-                                                 ).astype(np.int64)
-        out[f"{split}_labels"] = labels
-        out[f"_{split}_images"] = imgs
-    np.savez(path, label_names=np.array(D.CIFAR10_LABEL_NAMES),
-             **{k: v for k, v in out.items() if not k.startswith("_")})
-    return out
 
 
 def test_cifar10_jpeg_npz(tmp_path):
