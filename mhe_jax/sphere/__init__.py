@@ -2,21 +2,39 @@
 
 * :func:`minimize_energy` — minimum Riesz ``s``-energy (``s = 1``: Thomson; ``s = 0``: log
   energy, Whyte's problem) for the euclidean or angular distance, any dimension;
+* :func:`basin_hopping` — putative global minima of the same energies (basin-hopping over the
+  local minima, several chains at once);
+* :func:`fibonacci_points` — the Fibonacci spiral on ``S²`` (a low-discrepancy start);
 * :func:`tammes` — maximise the minimum angle (Tammes problem).
 """
 
+from mhe_jax.sphere._basin import (
+    basin_hopping as basin_hopping,
+)
+from mhe_jax.sphere._basin import (
+    fibonacci_points as fibonacci_points,
+)
 from mhe_jax.sphere._solver import (
     STATUS_NAMES as STATUS_NAMES,
+)
+from mhe_jax.sphere._solver import (
     EnergyResult as EnergyResult,
+)
+from mhe_jax.sphere._solver import (
     minimize_energy as minimize_energy,
+)
+from mhe_jax.sphere._solver import (
     physics_energy as physics_energy,
 )
-from mhe_jax.sphere._tammes import TammesResult as TammesResult, tammes as tammes
+from mhe_jax.sphere._tammes import TammesResult as TammesResult
+from mhe_jax.sphere._tammes import tammes as tammes
 
 __all__ = [
     "EnergyResult",
     "STATUS_NAMES",
     "TammesResult",
+    "basin_hopping",
+    "fibonacci_points",
     "minimize_energy",
     "physics_energy",
     "tammes",

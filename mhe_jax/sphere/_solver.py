@@ -31,8 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+import mhe_jax
 from mhe_jax import _checks
-from mhe_jax._energy import hyperspherical_energy
 
 Array = jax.Array
 
@@ -88,7 +88,7 @@ def physics_energy(x: Array, s=1.0, distance: str = "euclidean", eps=0.0) -> Arr
     :func:`mhe_jax.hyperspherical_energy` (mean over ordered pairs) times ``n(n−1)/2``.
     """
     n = x.shape[0]
-    mean = hyperspherical_energy(x, neuron_axis=0, s=s, distance=distance, eps=eps)
+    mean = mhe_jax.hyperspherical_energy(x, neuron_axis=0, s=s, distance=distance, eps=eps)
     return mean * (n * (n - 1) / 2)
 
 
@@ -374,6 +374,12 @@ class EnergyResult(NamedTuple):
       status: ``(restarts,)`` stop reason, see :data:`STATUS_NAMES` (1: gradient tolerance,
         2/3: round-off limit reached, 4: ``steps`` exhausted).
       best: index of the best restart.
+      hops: :func:`~mhe_jax.sphere.basin_hopping` only: basin-hopping steps run per chain
+        (``None`` for :func:`minimize_energy`).
+      best_hop: :func:`~mhe_jax.sphere.basin_hopping` only: the hop at which the returned
+        minimum was first reached (0: the initial local minimisation).
+      seconds: :func:`~mhe_jax.sphere.basin_hopping` only: wall-clock seconds of the search
+        (compilation included); ``seconds_to_best``: until ``best_hop``.
     """
 
     points: Array
@@ -384,19 +390,33 @@ class EnergyResult(NamedTuple):
     grad_norms: Array
     status: Array
     best: int
+    hops: int | None = None
+    best_hop: int | None = None
+    seconds: float | None = None
+    seconds_to_best: float | None = None
 
 
-def softmin_objective(x: Array, beta) -> Array:
-    r"""``(1/β) log Σ_{i<j} ‖x_i − x_j‖^{−β}`` computed stably (log-sum-exp over pairs).
+def softmin_objective(x: Array, beta, distance: str = "euclidean") -> Array:
+    r"""``(1/β) log Σ_{i<j} dist(x_i, x_j)^{−β}`` computed stably (log-sum-exp over pairs).
 
-    Equal to ``log(E_β)/β`` (same minimisers as the Riesz β-energy) and, as ``β → ∞``, to
-    ``−log min_{i<j} ‖x_i − x_j‖``: the smooth max–min objective of the Tammes problem.
+    Equal to ``log(E_β)/β`` (same minimisers as the Riesz β-energy, finite for every β and
+    configuration with distinct points: no overflow of ``r^{−β}``) and, as ``β → ∞``, to
+    ``−log min_{i<j} dist(x_i, x_j)``: the smooth max–min objective of the Tammes problem.
+    ``dist`` is the chord ``‖x_i − x_j‖`` or the angle ``atan2(‖x_i × x_j‖, x_i·x_j)``; rows of
+    ``x`` must be unit vectors.
     """
     n = x.shape[0]
     eye = jnp.eye(n, dtype=bool)
     c = jnp.matmul(x, x.T, precision=lax.Precision.HIGHEST)
-    z2 = jnp.where(eye, 1.0, jnp.maximum(2.0 - 2.0 * c, jnp.finfo(x.dtype).tiny))
-    v = jnp.where(eye, -jnp.inf, -0.5 * beta * jnp.log(z2))
+    tiny = jnp.finfo(x.dtype).tiny
+    if distance == "euclidean":
+        log_r2 = jnp.log(jnp.where(eye, 1.0, jnp.maximum(2.0 - 2.0 * c, tiny)))
+    else:
+        # ‖x_i × x_j‖² = 1 − c² for unit rows; the guard keeps atan2's derivative finite.
+        sin = jnp.sqrt(jnp.maximum((1.0 - c) * (1.0 + c), 0.0) + tiny)
+        theta = jnp.arctan2(sin, c)
+        log_r2 = 2.0 * jnp.log(jnp.where(eye, 1.0, jnp.maximum(theta, tiny)))
+    v = jnp.where(eye, -jnp.inf, -0.5 * beta * log_r2)
     m = lax.stop_gradient(jnp.max(v))
     # Σ over ordered pairs i ≠ j counts each pair twice: subtract log 2.
     return (m + jnp.log(jnp.sum(jnp.exp(v - m))) - math.log(2.0)) / beta
@@ -407,8 +427,9 @@ class SphereObjective(NamedTuple):
 
     ``params["mode"] == 0``: the Riesz energy ``Σ_{i<j} f_s(dist(x_i, x_j))`` (core code) with
     ``s = params["s"]``; ``mode == 1``: :func:`softmin_objective` with ``β = params["beta"]``
-    (euclidean). ``s``, ``beta`` and ``mode`` are traced, so one compilation per shape serves the
-    Thomson/Riesz problems and every stage of the Tammes continuation.
+    (``log(E_β)/β``, for the same distance). ``s``, ``beta`` and ``mode`` are traced, so one
+    compilation per shape serves the Thomson/Riesz problems and every stage of the Tammes
+    continuation.
     """
 
     distance: str
@@ -419,7 +440,7 @@ class SphereObjective(NamedTuple):
             return physics_energy(x, s=params["s"], distance=self.distance, eps=self.eps)
 
         def soft(x):
-            return softmin_objective(x, params["beta"])
+            return softmin_objective(x, params["beta"], self.distance)
 
         return lax.cond(params["mode"] == 0, riesz, soft, x)
 
@@ -430,6 +451,34 @@ def riesz_params(s) -> dict:
 
 def softmin_params(beta) -> dict:
     return {"s": 1.0, "beta": beta, "mode": 1}
+
+
+# Above this exponent the solver minimises log(E_s)/s instead of E_s (same minimisers).
+LOG_OBJECTIVE_MIN_S = 6.0
+
+
+def energy_params(s: float) -> dict:
+    r"""Solver parameters for the Riesz ``s``-energy: ``E_s`` itself for ``s <
+    LOG_OBJECTIVE_MIN_S``, else the log-energy ``log(E_s)/s`` (:func:`softmin_objective`).
+
+    Both have the same minimisers. For large ``s`` the energy is dominated by the closest pairs:
+    ``E_s`` spans hundreds of orders of magnitude between a random start and the minimum
+    (``0.4^{−50} ≈ 1e20``), overflows float32 (``r^{−s} > 3e38`` for ``r < 0.17`` at ``s = 50``)
+    and is so badly conditioned that L-BFGS stalls far from the minimum; ``log(E_s)/s`` is
+    computed by log-sum-exp (finite for distinct points) and its gradient is the softmax-
+    weighted mean pair force, bounded for any ``s``.
+    """
+    return softmin_params(s) if s >= LOG_OBJECTIVE_MIN_S else riesz_params(s)
+
+
+def objective_to_energy(f, params) -> np.ndarray:
+    """Map solver objective values back to energies ``E_s`` (float64 NumPy): identity for the
+    energy, ``exp(s f)`` for the log-energy."""
+    f = np.asarray(f, np.float64)
+    if int(params["mode"]) == 1:
+        with np.errstate(over="ignore"):
+            return np.exp(float(params["beta"]) * f)
+    return f
 
 
 def solver_options(n: int, dim: int, memory: int = 10) -> _Options:
@@ -493,6 +542,13 @@ def minimize_energy(
     status 3 ("stalled (round-off)") at a converged local minimum. The angular distance is
     computed from cosines, so pairs at (near) antipodes carry ~1e-8 absolute angle errors.
 
+    Large ``s``: for ``s ≥ 6`` (``LOG_OBJECTIVE_MIN_S``) the solver minimises ``log(E_s)/s``
+    (log-sum-exp over pairs; same minimisers) instead of ``E_s``, which overflows float32 and is
+    too badly conditioned for L-BFGS from a random start (``r^{−50}`` spans ~20 orders of
+    magnitude between a random start and the minimum); ``tol`` then applies to that objective,
+    and the returned energies are recomputed exactly from the points
+    (``minimize_energy(6, s=50)`` gives the octahedron in float32 and float64).
+
     Args:
       n: number of points, ``>= 2``.
       dim: ambient dimension, ``>= 2`` (points on ``S^{dim−1}``).
@@ -526,21 +582,47 @@ def minimize_energy(
     x0s = initial_points(n, dim, restarts, key, init, dtype)
 
     fun = SphereObjective(distance, _solver_eps(distance, dtype))
-    params = riesz_params(s)
-    xs, energies, gnorms, iters, status = run_restarts(
+    params = energy_params(s)
+    xs, f, gnorms, iters, status = run_restarts(
         fun, x0s, params, steps=steps, tol=tol, opts=solver_options(n, dim, memory)
     )
-    # The solver's energies are exact: eps = 0 (euclidean), or ε_mach² (angular), which leaves
-    # every value unchanged in floating point.
-    xs, energies, gnorms = np.asarray(xs), np.asarray(energies), np.asarray(gnorms)
+    return energy_result(xs, f, gnorms, iters, status, params, distance)
+
+
+def _batch_energy(xs: Array, s, distance: str) -> Array:
+    return jax.vmap(lambda x: physics_energy(x, s, distance, 0.0))(xs)
+
+
+_batch_energy_jit = jax.jit(_batch_energy, static_argnames=("distance",))
+
+
+def energy_result(xs, f, gnorms, iters, status, params, distance: str, **extra) -> EnergyResult:
+    """:class:`EnergyResult` from the solver's outputs for restarts ``xs`` (objective values
+    ``f``, Riemannian gradient norms of the objective ``gnorms``).
+
+    For the energy objective its values are the energies (exact: ``eps = 0`` for euclidean,
+    ``ε_mach²`` for angular, which leaves every value unchanged in floating point). For the
+    log-energy objective the energies are recomputed by :func:`physics_energy` (``eps = 0``)
+    and the gradient norms converted, ``‖∇E‖ = s E ‖∇ log(E)/s‖``.
+    """
+    xs, f, gnorms = np.asarray(xs), np.asarray(f), np.asarray(gnorms)
+    if int(params["mode"]) == 1:
+        s = float(params["beta"])
+        energies = np.asarray(
+            _batch_energy_jit(jnp.asarray(xs), np.asarray(s, xs.dtype), distance)
+        )
+        gnorms = (s * np.abs(energies.astype(np.float64)) * gnorms).astype(xs.dtype)
+    else:
+        energies = f
     best = int(np.argmin(np.where(np.isnan(energies), np.inf, energies)))
     return EnergyResult(
         points=jnp.asarray(xs[best]),
         energy=jnp.asarray(energies[best]),
         energies=jnp.asarray(energies),
-        iterations=iters,
+        iterations=jnp.asarray(iters),
         grad_norm=jnp.asarray(gnorms[best]),
         grad_norms=jnp.asarray(gnorms),
-        status=status,
+        status=jnp.asarray(status),
         best=best,
+        **extra,
     )

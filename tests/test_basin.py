@@ -1,0 +1,225 @@
+"""mhe_jax.sphere.basin_hopping: hops out of non-global local minima, every s / distance,
+arguments, Fibonacci starts, and the large-s (log-energy) objective of minimize_energy.
+
+CI-short: N ≤ 64 and a few hops. The large-N runs are in benchmarks/thomson.py (and the slow test
+at the end).
+"""
+
+import math
+from pathlib import Path
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from mhe_jax.sphere import (  # noqa: E402
+    EnergyResult,
+    _solver,  # noqa: E402
+    basin_hopping,
+    fibonacci_points,
+    minimize_energy,
+)
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+
+# Best known Thomson energies (Wikipedia "Thomson problem" / Cambridge Cluster Database), the
+# values of shared/reference/thomson_minima_N2-64.tsv (checked against it below when present).
+THOMSON = {6: 9.985281374, 12: 49.165253058, 32: 412.261274651, 64: 1765.802577927}
+# Starts that the local solver takes to a non-global local minimum: restart `index` of
+# minimize_energy(n, restarts=4, key=key) (found by a search over keys; asserted below).
+BAD_STARTS = {32: (2, 0, 412.4683972), 64: (1, 0, 1765.82032129)}
+CHAINS = 4  # the shape minimize_energy(n, restarts=4) compiles is reused by the chains
+
+
+def np_energy(x, s=1.0, distance="euclidean"):
+    """Brute-force Σ_{i<j} f_s(dist(x_i, x_j)) in float64 NumPy."""
+    x = np.asarray(x, np.float64)
+    i, j = np.triu_indices(len(x), 1)
+    if distance == "euclidean":
+        r = np.linalg.norm(x[i] - x[j], axis=1)
+    else:
+        r = np.arccos(np.clip(np.sum(x[i] * x[j], axis=1), -1, 1))
+    return float(np.sum(-np.log(r) if s == 0 else r ** (-s)))
+
+
+def min_angle_deg(x):
+    x = np.asarray(x, np.float64)
+    c = x @ x.T
+    np.fill_diagonal(c, -1.0)
+    return math.degrees(math.acos(min(1.0, c.max())))
+
+
+def test_reference_values_match_shared_table():
+    path = REFERENCE / "thomson_minima_N2-64.tsv"
+    if not path.exists():
+        pytest.skip(f"{path} not available")
+    rows = [line.split("\t") for line in path.read_text().splitlines()[1:] if line.strip()]
+    table = {int(r[0]): float(r[1]) for r in rows}
+    for n, want in THOMSON.items():
+        assert table[n] == want
+
+
+# ---------------------------------------------------------------------------- global search
+
+
+@pytest.mark.parametrize("n", sorted(BAD_STARTS))
+def test_hops_out_of_a_local_minimum(n):
+    key, index, local_energy = BAD_STARTS[n]
+    want = THOMSON[n]
+    x0 = _solver.initial_points(n, 3, CHAINS, key, None, _solver.compute_dtype())[index]
+    # Precondition: the local solver alone stays in the non-global minimum from this start.
+    local = minimize_energy(n, init=np.broadcast_to(np.asarray(x0), (CHAINS, n, 3)))
+    np.testing.assert_allclose(float(local.energy), local_energy, rtol=1e-9)
+    assert float(local.energy) > want * (1 + 1e-6)
+
+    res = basin_hopping(n, key=0, init=x0, chains=CHAINS, hops=40, target=want * (1 + 1e-9))
+    assert isinstance(res, EnergyResult)
+    assert abs(float(res.energy) - want) <= 1e-9 * want, (float(res.energy), want)
+    assert 1 <= res.best_hop <= res.hops <= 40
+    np.testing.assert_allclose(np_energy(res.points), float(res.energy), rtol=1e-12)
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(res.points), axis=1), 1.0, atol=1e-12)
+    assert res.energies.shape == res.grad_norms.shape == res.status.shape == (CHAINS,)
+    assert float(res.energy) == float(np.min(np.asarray(res.energies)))
+    assert res.seconds >= res.seconds_to_best > 0
+
+
+def test_deterministic_for_fixed_key_and_stops():
+    a = basin_hopping(12, key=3, hops=3, chains=2)
+    b = basin_hopping(12, key=3, hops=3, chains=2)
+    np.testing.assert_array_equal(np.asarray(a.points), np.asarray(b.points))
+    assert a.hops == b.hops == 3
+    np.testing.assert_allclose(float(a.energy), THOMSON[12], rtol=1e-9)
+    # patience: the first minimum is already the best, so one hop without improvement stops.
+    c = basin_hopping(12, key=3, hops=50, chains=2, patience=1)
+    assert c.hops == 1 and c.best_hop == 0
+    # target reached by the first local minimisation: no hop at all.
+    d = basin_hopping(12, key=3, chains=2, target=THOMSON[12] * (1 + 1e-9))
+    assert d.hops == 0
+    # time limit already spent: no hop, still a polished local minimum.
+    e = basin_hopping(12, key=3, chains=2, time_limit=1e-9)
+    assert e.hops == 0
+    np.testing.assert_allclose(float(e.energy), THOMSON[12], rtol=1e-9)
+
+
+def test_fibonacci_points_and_init():
+    x = fibonacci_points(100)
+    assert x.shape == (100, 3)
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-14)
+    # Equal-area bands: z is uniform on (−1, 1); the energy is within 1 % of the minimum.
+    np.testing.assert_allclose(np.sort(x[:, 2]), np.linspace(-1 + 1 / 100, 1 - 1 / 100, 100))
+    assert np_energy(x) < 1.01 * 4448.350634331
+    res = basin_hopping(12, key=0, init="fibonacci", hops=2, chains=2)
+    np.testing.assert_allclose(float(res.energy), THOMSON[12], rtol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "s,distance,want",
+    [
+        (0.0, "euclidean", -9 * math.log(2)),  # octahedron, log energy
+        (1.0, "angular", 12 * (math.pi / 2) ** -1 + 3 * math.pi**-1),  # octahedron, angles
+        (50.0, "euclidean", 12 * 2.0**-25 + 3 * 2.0**-50),  # octahedron, s = 50
+    ],
+)
+def test_every_s_and_distance(s, distance, want):
+    res = basin_hopping(6, s=s, distance=distance, key=1, hops=3, chains=2)
+    # The angular distance comes from cosines: antipodal pairs (3 in the octahedron) carry
+    # ~1e-8 angle errors, so the angular minimum is resolved to ~1e-7 only.
+    rtol, atol_deg = (1e-6, 1e-2) if distance == "angular" else (1e-10, 1e-5)
+    np.testing.assert_allclose(float(res.energy), want, rtol=rtol)
+    np.testing.assert_allclose(np_energy(res.points, s, distance), want, rtol=rtol)
+    assert abs(min_angle_deg(res.points) - 90.0) < atol_deg
+
+
+# ------------------------------------------------------------------- large s (minimize_energy)
+
+
+@pytest.mark.parametrize("x64", [True, False])
+def test_large_s_finds_the_octahedron(x64):
+    """s = 50 used to stall at E = 6e17 (25° minimum angle) in float32: the solver now minimises
+    log(E)/s, which neither overflows nor stalls."""
+    want = 12 * 2.0**-25 + 3 * 2.0**-50
+    with jax.enable_x64(x64):
+        res = minimize_energy(6, 3, s=50)
+    rtol, atol_deg = (1e-10, 1e-6) if x64 else (1e-5, 1e-2)
+    assert np.all(np.isfinite(np.asarray(res.energies)))
+    np.testing.assert_allclose(np.asarray(res.energies), want, rtol=rtol)
+    assert abs(min_angle_deg(res.points) - 90.0) < atol_deg
+    assert set(np.asarray(res.status).tolist()) <= {1, 2, 3}
+    assert float(res.grad_norm) <= 1e-3 * want
+
+
+def test_log_objective_matches_energy_gradient_direction():
+    """log(E_s)/s (log-sum-exp) equals log of the core energy and its gradient is ∇E/(sE)."""
+    x = fibonacci_points(20)
+    s = 12.0
+    params = _solver.energy_params(s)
+    assert int(params["mode"]) == 1
+    fun = _solver.SphereObjective("euclidean", 0.0)
+    p = _solver._as_dtype(params, np.float64)
+    f, g = jax.value_and_grad(fun)(x, p)
+    e, ge = jax.value_and_grad(lambda x: _solver.physics_energy(x, s))(x)
+    np.testing.assert_allclose(float(f), math.log(float(e)) / s, rtol=1e-13)
+    np.testing.assert_allclose(
+        np.asarray(g), np.asarray(ge) / (s * float(e)), rtol=1e-10, atol=1e-14
+    )
+    fa = _solver.SphereObjective("angular", 0.0)(x, p)
+    ea = _solver.physics_energy(x, s, "angular")
+    np.testing.assert_allclose(float(fa), math.log(float(ea)) / s, rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------- arguments
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        (dict(n=1), ValueError, "n must be >= 2"),
+        (dict(n=2.5), TypeError, "n must be an int"),
+        (dict(n=4, dim=1), ValueError, "dim must be >= 2"),
+        (dict(n=4, s=-1.0), ValueError, "s must be"),
+        (dict(n=4, distance="cosine"), ValueError, "distance must be one of"),
+        (dict(n=4, key="a"), TypeError, "key must be"),
+        (dict(n=4, key=True), TypeError, "key must be"),
+        (dict(n=4, hops=-1), ValueError, "hops must be >= 0"),
+        (dict(n=4, hops=2.5), TypeError, "hops must be an int"),
+        (dict(n=4, time_limit=0.0), ValueError, "time_limit must be"),
+        (dict(n=4, time_limit="1"), TypeError, "time_limit must be"),
+        (dict(n=4, temperature=-1.0), ValueError, "temperature must be"),
+        (dict(n=4, temperature=float("inf")), ValueError, "temperature must be"),
+        (dict(n=4, step=0.0), ValueError, "step must be"),
+        (dict(n=4, init="sobol"), ValueError, "init must be 'random', 'fibonacci'"),
+        (dict(n=4, dim=4, init="fibonacci"), ValueError, "needs dim=3"),
+        (dict(n=4, init=np.ones((5, 3))), ValueError, "init must have shape"),
+        (dict(n=4, init=np.ones((3, 4, 3)), chains=2), ValueError, "init must have shape"),
+        (dict(n=4, init=np.zeros((4, 3))), ValueError, "init must be finite"),
+        (dict(n=4, init=np.array([["a"] * 3] * 4)), TypeError, "init must be a real array"),
+        (dict(n=4, chains=0), ValueError, "chains must be >= 1"),
+        (dict(n=4, patience=0), ValueError, "patience must be >= 1"),
+        (dict(n=4, target=float("nan")), ValueError, "target must not be NaN"),
+        (dict(n=4, target="x"), TypeError, "target must be"),
+        (dict(n=4, cap=0), ValueError, "cap must be >= 1"),
+    ],
+)
+def test_bad_arguments(kwargs, exc, match):
+    kwargs.setdefault("key", 0)
+    with pytest.raises(exc, match=match):
+        basin_hopping(**kwargs)
+
+
+def test_key_is_required():
+    with pytest.raises(TypeError, match="key"):
+        basin_hopping(4)  # type: ignore[call-arg]
+
+
+# ---------------------------------------------------------------------------- slow
+
+
+@pytest.mark.slow
+def test_n100_defaults():
+    """The defaults reach the best known N = 100 minimum (benchmarks/thomson.py does 72–470)."""
+    want = 4448.350634331
+    res = basin_hopping(100, key=0, target=want * (1 + 1e-9), time_limit=900)
+    assert abs(float(res.energy) - want) <= 1e-9 * want
