@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+METHOD_ORDER = ("baseline", "mhe", "half_mhe", "a_mhe", "half_a_mhe", "orthonormal",
+                "orthogonality")
 OUTPUT_PREFIXES = ("classifier",)  # path components that mark the output layer in old logs
 
 
@@ -351,7 +353,13 @@ def summarize(runs: Sequence[StudyRun], *, methods: Sequence[str] | None = None,
               baseline: str = "baseline", use_checkpoint: bool = True) -> dict:
     """Per-seed rows, mean ± std per method and paired differences against ``baseline``."""
     finished = [r for r in runs if r.finished]
-    order = list(methods) if methods else list(dict.fromkeys(r.method for r in runs))
+    if methods:
+        order = list(methods)
+    else:  # baseline first, then the paper's methods, then the rest as found
+        found = list(dict.fromkeys(r.method for r in finished))
+        known = (baseline, *METHOD_ORDER)
+        order = sorted(found, key=lambda m: (known.index(m) if m in known else len(known),
+                                             found.index(m)))
     rows = [{"seed": r.seed, "method": r.method, "name": r.name, "run_dir": str(r.run_dir),
              **run_metrics(r, use_checkpoint=use_checkpoint)}
             for r in finished if r.method in order]
@@ -435,6 +443,10 @@ def markdown(summary: dict, *, title: str = "Study", command: str | None = None,
         "mean over the hidden layers of each layer's min angle. Energy: the full-space s = 2 "
         "Euclidean energy, mean of 1/‖ŵ_i − ŵ_j‖² over pairs, at the end of training (hidden: mean "
         "over the hidden layers); the same definition for every method, including half-space MHE.",
+        *(["- — in an energy column: a half-space run that logged only its half-space energy "
+           "and has no final checkpoint to recompute the full-space one from."]
+          if any(math.isnan(row[k]) for row in summary["rows"]
+                 for k in ("hidden_energy", "classifier_energy")) else []),
         "- Paired t-test: two-sided, t = mean/(std/√n), n − 1 degrees of freedom. The bootstrap "
         "interval resamples the seeds' differences (10,000 resamples); with 3 seeds it is coarse.",
     ]
@@ -501,33 +513,51 @@ def run_dir_for(out_dir, prefix: str, method: str, seed: int) -> Path:
     return Path(out_dir) / f"seed{seed}" / prefix / method
 
 
-def _plain(value):
-    """A config (dataclass, possibly nested) as the JSON a runner writes, for comparison."""
-    import dataclasses
+def _nested(stored: dict) -> dict:
+    """A ``config.json`` as a nested dict; a flat one (before the config sections) is mapped
+    with :data:`~mhe_jax.experiments.configs.FLAT_KEYS` and its unmapped keys dropped."""
+    from mhe_jax.experiments.configs import FLAT_KEYS
 
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
-    return json.loads(json.dumps(value, default=lambda o: _plain(o) if dataclasses.is_dataclass(o)
-                                 else str(o)))
+    if any(isinstance(v, dict) for k, v in stored.items() if k != "paper"):
+        return stored
+    out: dict = {}
+    for key, value in stored.items():
+        dotted = FLAT_KEYS.get(key, key if key == "name" else None)
+        if dotted is None:
+            continue
+        if "." in dotted:
+            section, name = dotted.split(".", 1)
+            out.setdefault(section, {})[name] = value
+        else:
+            out[dotted] = value
+    reg = out.get("regularizer", {})
+    for group in ("hidden", "output"):  # old: None = the official λ, hidden/output=False = off
+        key = f"{group}_strength"
+        if key in reg:
+            reg[key] = None if stored.get(group) is False else (
+                "official" if reg[key] is None else reg[key])
+    return out
 
 
-def config_differences(stored: dict, config) -> list[str]:
-    """``["steps: 1560 on disk, 6 now", ...]`` for the fields that both have and that differ
-    (``paper`` and derived fields a runner adds are ignored)."""
-    now = _plain(config)
-    diffs = []
+def config_differences(stored: dict, config, *, finished: bool) -> list[str]:
+    """The result-changing fields in which a run folder's ``config.json`` differs from
+    ``config`` (:func:`~mhe_jax.experiments.configs.result_differences`), plus ``optim.steps``
+    for a finished run (an unfinished one may grow its steps on resume). Keys a flat, older
+    ``config.json`` does not have are not compared."""
+    from mhe_jax.experiments.configs import result_differences
 
-    def walk(a, b, prefix=""):
-        for key in sorted(set(a) & set(b)):
-            if key == "paper":
-                continue
-            va, vb = a[key], b[key]
-            if isinstance(va, dict) and isinstance(vb, dict):
-                walk(va, vb, f"{prefix}{key}.")
-            elif va != vb:
-                diffs.append(f"{prefix}{key}: {va!r} on disk, {vb!r} now")
-
-    walk(stored, now)
+    saved = _nested(stored)
+    now = config.to_dict()
+    flat_saved = not any(isinstance(v, dict) for k, v in stored.items() if k != "paper")
+    if flat_saved:  # compare only what the old file recorded
+        now = {sec: ({k: v for k, v in now[sec].items() if k in saved.get(sec, {})}
+                     if isinstance(now.get(sec), dict) else now.get(sec))
+               for sec in saved if sec in now}
+    diffs = result_differences(saved, now)
+    steps_saved = saved.get("optim", {}).get("steps")
+    steps_now = config.to_dict()["optim"]["steps"]
+    if finished and steps_saved is not None and steps_saved != steps_now:
+        diffs.append(f"optim.steps: {steps_saved!r} (saved) != {steps_now!r} (now)")
     return diffs
 
 
@@ -538,9 +568,11 @@ def run_study(prefix: str, methods: Sequence[str], seeds: Sequence[int], out_dir
 
     A run folder with ``results.json`` is skipped; one without is resumed from its latest
     checkpoint (from step 0 if it has none). A folder made with a different config (other
-    than the seed) raises ``ValueError`` naming the fields, before anything trains.
+    than ``name``, logging and the data path) raises ``ConfigError`` naming the fields, before
+    anything trains.
     Returns the report's summary plus ``"trained"`` and ``"skipped"``: ``[(seed, method)]``.
     """
+    from mhe_jax.experiments.configs import ConfigError
     from mhe_jax.experiments.runner import run
 
     if config_for is None:
@@ -554,13 +586,15 @@ def run_study(prefix: str, methods: Sequence[str], seeds: Sequence[int], out_dir
         for method in methods:
             cfg = config_for(f"{prefix}/{method}", [*overrides, f"seed={seed}"])
             d = run_dir_for(out_dir, prefix, method, seed)
+            done = (d / "results.json").exists()
             if (d / "config.json").exists():
-                diffs = config_differences(json.loads((d / "config.json").read_text()), cfg)
+                diffs = config_differences(json.loads((d / "config.json").read_text()), cfg,
+                                           finished=done)
                 if diffs:
-                    raise ValueError(
+                    raise ConfigError(
                         f"{d} holds a run of a different config ({'; '.join(diffs)}): use another "
                         "--out, or delete that folder to train it again")
-            plan.append((seed, method, cfg, d, (d / "results.json").exists()))
+            plan.append((seed, method, cfg, d, done))
     trained, skipped = [], []
     for seed, method, cfg, d, done in plan:
         if done:

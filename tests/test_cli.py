@@ -1,0 +1,206 @@
+"""The command line: one-line errors (exit 2), --debug tracebacks, list, report, resume flags."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from mhe_jax.experiments.__main__ import main as cli
+
+TINY = ["data.image_size=8", "model.widths=4,4,8", "data.batch_size=32", "optim.steps=4",
+        "optim.boundaries=3", "optim.warmup_steps=0", "logging.log_every=1",
+        "logging.energy_every=2", "logging.eval_every=none", "logging.checkpoint_every=none"]
+
+
+def _sets(items):
+    return [a for item in items for a in ("--set", item)]
+
+
+def _user_error(capsys, argv) -> str:
+    """Run the CLI, expect exit 2 and exactly one line on stderr; return that line."""
+    with pytest.raises(SystemExit) as exc:
+        cli(argv)
+    assert exc.value.code == 2
+    out, err = capsys.readouterr()
+    lines = [line for line in err.strip().splitlines() if not line.startswith("Downloading ")]
+    assert len(lines) == 1, err  # (a download's progress note from pooch may precede it)
+    assert lines[0].startswith("error: ") and "Traceback" not in err
+    return lines[0]
+
+
+def test_unknown_config_gets_close_matches(capsys):
+    line = _user_error(capsys, ["run", "quickstart/mhee", "--out", "unused"])
+    assert "'quickstart/mhee'" in line and "quickstart/mhe" in line
+    assert "table1" not in line  # no substring hits from an unrelated table
+    line = _user_error(capsys, ["run", "completely-unrelated-name"])
+    assert "list" in line  # nothing close: points at `list`
+
+
+@pytest.mark.parametrize("override,key", [
+    ("stepz=3", "stepz"),
+    ("steps=abc", "steps"),
+    ("steps=2.5", "steps"),
+    ("steps=0", "steps"),
+    ("steps=-5", "steps"),
+    ("lr=0", "lr"),
+    ("optim.lr=-0.1", "lr"),
+    ("batch_size=0", "batch_size"),
+    ("data.batch_size=-1", "batch_size"),
+    ("regularizer.method=mhf", "method"),
+    ("noequals", "noequals"),
+])
+def test_bad_set_is_one_line_naming_the_key(capsys, tmp_path, override, key):
+    line = _user_error(capsys, ["run", "quickstart/baseline", "--out", str(tmp_path), "--set",
+                                override])
+    assert key in line
+    assert not any(tmp_path.iterdir())  # rejected before anything was written
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    from mhe_jax.experiments.__main__ import UsageError
+
+    with pytest.raises(UsageError, match="quickstart/mhe"):
+        cli(["run", "quickstart/mhee", "--debug"])
+    from mhe_jax.experiments.configs import ConfigError
+
+    with pytest.raises(UsageError, match="optim.steps") as exc:
+        cli(["--debug", "run", "quickstart/baseline", "--set", "steps=abc"])
+    assert isinstance(exc.value.__cause__, ConfigError)  # the config's own error, chained
+
+
+def test_list(capsys):
+    cli(["list", "table5/*"])
+    out = capsys.readouterr().out
+    assert "table5/cifar10/half_mhe" in out and "table1" not in out
+    line = _user_error(capsys, ["list", "nothing*"])
+    assert "no config matches 'nothing*'" in line
+
+
+def test_broken_pipe_exits_quietly():
+    """``list | head``: the reader has gone; the CLI exits 0 without a traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "mhe_jax.experiments", "list"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the first write: EPIPE on flush
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, err
+    assert err == ""
+
+
+def test_missing_data_names_the_data_dir_key(capsys, tmp_path):
+    line = _user_error(capsys, ["run", "repro/cifar10_small/baseline", "--out", str(tmp_path),
+                                "--set", f"data.data_dir={tmp_path / 'missing.npz'}"])
+    assert "missing.npz" in line and "--set data.data_dir=PATH" in line
+    line = _user_error(capsys, ["run", "repro/cifar10_small/baseline", "--out", str(tmp_path)])
+    assert "data.data_dir" in line
+
+
+@pytest.fixture
+def http_404():
+    """A 127.0.0.1 server that answers every request with 404."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_error(404)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_failed_download_names_the_data_dir_key(capsys, tmp_path, monkeypatch, http_404):
+    import mhe_jax.data as D
+
+    load = D.load_cifar10  # the runner's loader, its URL pointed at the local server
+    monkeypatch.setattr(D, "load_cifar10",
+                        lambda root, **kw: load(root, urls=f"{http_404}/cifar.tar.gz", **kw))
+    line = _user_error(capsys, ["run", "table1/cifar10/baseline", "--out", str(tmp_path / "o"),
+                                "--set", f"data.data_dir={tmp_path}"])
+    assert "--set data.data_dir=PATH" in line and "404" in line
+
+
+def test_study_and_report_user_errors(capsys, tmp_path):
+    line = _user_error(capsys, ["study", "--report-only", "--runs", str(tmp_path / "none")])
+    assert "no such folder" in line
+    line = _user_error(capsys, ["study", "--report-only", "--runs", str(tmp_path)])
+    assert "no run folder" in line
+    line = _user_error(capsys, ["study", "--configs", "quickstart", "--methods", "baseline,mhf"])
+    assert "quickstart/mhf" in line and "quickstart/mhe" in line
+    line = _user_error(capsys, ["study", "--configs", "quickstart", "--seeds", "0,x"])
+    assert "--seeds" in line
+    line = _user_error(capsys, ["report", str(tmp_path / "none")])
+    assert "no such file" in line
+    line = _user_error(capsys, ["report", str(tmp_path)])
+    assert "no results.json" in line
+
+
+@pytest.mark.parametrize("flags,expected", [([], "auto"), (["--restart"], "restart"),
+                                             (["--resume-anyway"], "force")])
+def test_run_resume_flags_reach_the_runner(monkeypatch, capsys, tmp_path, flags, expected):
+    from mhe_jax.experiments import runner
+
+    seen = {}
+
+    def fake_run(cfg, out, *, resume, progress, command):
+        seen.update(name=cfg.name, resume=resume, out=out)
+        return {"test_error": 1.0, "paper": {}}
+
+    monkeypatch.setattr(runner, "run", fake_run)
+    cli(["run", "quickstart/mhe", "--out", str(tmp_path), *flags])
+    assert seen == {"name": "quickstart/mhe", "resume": expected, "out": tmp_path / "quickstart/mhe"}
+    assert "test error 1.00 %" in capsys.readouterr().out
+
+
+def test_restart_and_resume_anyway_contradict(capsys):
+    line = _user_error(capsys, ["run", "quickstart/mhe", "--restart", "--resume-anyway"])
+    assert "--restart" in line and "--resume-anyway" in line
+
+
+def test_resume_with_changed_config_is_one_line(capsys, tmp_path):
+    """A checkpoint written by another config: the runner's ResumeError, as one line."""
+    tiny = [*TINY, "logging.checkpoint_every=2"]
+    cli(["run", "quickstart/baseline", "--out", str(tmp_path), "--no-progress", *_sets(tiny)])
+    (tmp_path / "quickstart/baseline/results.json").unlink()
+    line = _user_error(capsys, ["run", "quickstart/baseline", "--out", str(tmp_path),
+                                "--no-progress", *_sets([*tiny, "optim.lr=0.5"])])
+    assert "optim.lr" in line and "--restart" in line
+    # the report of the other (finished) run: energy and min-angle columns, units stated
+    cli(["run", "quickstart/mhe", "--out", str(tmp_path), "--no-progress", *_sets(TINY)])
+    capsys.readouterr()
+    cli(["report", str(tmp_path / "quickstart/mhe"), "--out", str(tmp_path / "t.md")])
+    table = (tmp_path / "t.md").read_text()
+    for col in ("test error (%)", "paper: test error (%)", "worst-class accuracy (%)",
+                "hidden min angle (°)", "hidden energy", "classifier min angle (°)",
+                "classifier energy"):
+        assert col in table
+    row = next(line for line in table.splitlines() if line.startswith("| quickstart/mhe"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    res = json.loads((tmp_path / "quickstart/mhe/results.json").read_text())
+    assert float(cells[2]) == pytest.approx(res["test_error"], abs=0.005)
+    assert all(c != "—" for c in cells[4:])  # angles and energies present
+
+
+def test_quickstart_labels_runs_and_plots(tmp_path):
+    """The quickstart end to end in a subprocess (tiny): labelled bars, table, figure."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "mhe_jax.experiments", "quickstart", "--out", str(tmp_path),
+         "--seeds", "0,1", *_sets([t for t in TINY if "image_size" not in t])],
+        capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("quickstart/baseline", "quickstart/mhe", "quickstart/half_mhe"):
+        assert f"{name} seed 0: loading data" in proc.stderr  # no silent pause
+        assert f"{name} seed 1" in proc.stderr  # the progress bar's label
+    assert "train s" not in proc.stdout and "sec" in proc.stdout
+    assert "test acc. (%)" in proc.stdout
+    png = tmp_path / "quickstart" / "quickstart.png"
+    assert png.stat().st_size > 30_000

@@ -1,0 +1,220 @@
+"""The study's statistics, its report on synthetic run folders, and the grid's resume on digits."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from mhe_jax.experiments import study
+
+PREFIX = "repro/cifar10_small"
+LAYERS = ("classifier/kernel", "fc/conv/kernel", "layers/0/conv/kernel", "layers/1/conv/kernel")
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+@pytest.mark.parametrize("t,dof", [(2.0, 2), (0.3, 1), (5.0, 10), (-1.2, 3), (12.0, 2), (1e-3, 7)])
+def test_t_tail_matches_scipy(t, dof):
+    scipy_stats = pytest.importorskip("scipy.stats")
+    assert study.student_t_sf2(t, dof) == pytest.approx(2 * scipy_stats.t.sf(abs(t), dof),
+                                                         rel=1e-9, abs=1e-12)
+
+
+def test_paired_t_test_matches_scipy():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(1)
+    for n in (2, 3, 5):
+        a, b = rng.normal(30, 1, n), rng.normal(29.5, 1, n)
+        t, p = study.paired_t_test(a - b)
+        ref = scipy_stats.ttest_rel(a, b)
+        assert t == pytest.approx(ref.statistic, rel=1e-9)
+        assert p == pytest.approx(ref.pvalue, rel=1e-9)
+
+
+def test_paired_t_test_degenerate_cases():
+    assert all(math.isnan(v) for v in study.paired_t_test([0.4]))
+    assert study.paired_t_test([0.5, 0.5, 0.5]) == (math.inf, 0.0)  # no spread: a sure shift
+    assert study.paired_t_test([0.0, 0.0]) == (0.0, 1.0)
+    assert study.student_t_sf2(0.0, 4) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="dof"):
+        study.student_t_sf2(1.0, 0)
+
+
+def test_bootstrap_interval():
+    d = [0.3, -0.1, 0.5]
+    lo, hi = study.bootstrap_interval(d)
+    assert min(d) - 1e-12 <= lo < np.mean(d) < hi <= max(d) + 1e-12
+    assert study.bootstrap_interval([0.2, 0.2]) == pytest.approx((0.2, 0.2))
+    assert study.bootstrap_interval(d, seed=3) == study.bootstrap_interval(d, seed=3)
+    wide = study.bootstrap_interval(d, level=0.99)
+    assert wide[0] <= lo and wide[1] >= hi
+    with pytest.raises(ValueError, match="level"):
+        study.bootstrap_interval(d, level=95)
+
+
+def test_mean_std():
+    assert study.mean_std([1.0, 2.0, 4.0]) == pytest.approx((7 / 3, np.std([1, 2, 4], ddof=1)))
+    assert study.mean_std([3.0]) == (3.0, 0.0)
+
+
+# ----------------------------------------------------------------------------- synthetic runs
+
+
+def _layers(angle, energy, half_energy=None):
+    out = {}
+    for i, p in enumerate(LAYERS):
+        st = {"energy": energy + 0.01 * i if half_energy is None or p.startswith("classifier")
+              else half_energy, "min_angle_deg": angle + i, "mean_abs_cosine": 0.1}
+        out[p] = st
+    return out
+
+
+def make_run(root, method, seed, test_error, *, flat=False, finished=True, steps=100,
+             angle=70.0, energy=0.5, half_energy=None, full_in_log=False, per_class=None):
+    """A run folder as the runner writes it (``flat``: the frozen e6c9f28 config.json)."""
+    d = study.run_dir_for(root, PREFIX, method, seed)
+    d.mkdir(parents=True)
+    name = f"{PREFIX}/{method}"
+    if flat:
+        cfg = {"name": name, "method": method, "seed": seed, "steps": steps, "dataset": "cifar10_jpeg"}
+    else:
+        cfg = {"name": name, "seed": seed, "data": {"dataset": "cifar10_jpeg"},
+               "regularizer": {"method": method}, "optim": {"steps": steps}}
+    (d / "config.json").write_text(json.dumps(cfg))
+    log = []
+    for step in range(0, steps + 1, 10):
+        if step:
+            log.append({"step": step, "loss": 2.0 - step / steps, "accuracy": 0.5 + 0.004 * step})
+        if step % 20 == 0 and (step or not flat):  # old logs have no step-0 record
+            layers = _layers(angle + step / 10, energy, half_energy)
+            if full_in_log:
+                for st in layers.values():
+                    st["energy_full"] = energy
+            log.append({"step": step, "layers": layers})
+        if step % 50 == 0 and step:
+            log.append({"step": step, "test_accuracy": 1 - (test_error + 5 * (step < steps)) / 100})
+    (d / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    if finished:
+        per_class = per_class or [1 - test_error / 100] * 9 + [1 - 2 * test_error / 100]
+        (d / "results.json").write_text(json.dumps({
+            "name": name, "method": method, "test_accuracy": 1 - test_error / 100,
+            "test_error": test_error, "per_class_accuracy": per_class, "steps": steps,
+            "train_seconds": 60.0, "machine": {"processor": "x86_64", "platform": "Linux",
+                                               "jax": "0", "devices": ["cpu"]},
+            "command": "python -m mhe_jax.experiments study", "final_layers": None}))
+    return d
+
+
+ERRORS = {"baseline": (30.0, 31.0, 29.5), "mhe": (29.0, 30.5, 29.4), "half_mhe": (28.0, 31.5, 29.0)}
+
+
+@pytest.fixture
+def grid(tmp_path):
+    for seed in range(3):
+        for method, errs in ERRORS.items():
+            make_run(tmp_path, method, seed, errs[seed], angle=70 + 5 * (method != "baseline"))
+    return tmp_path
+
+
+def test_report_numbers(grid, tmp_path):
+    out = tmp_path / "report"
+    s = study.write_report(grid, out, methods=list(ERRORS))
+    assert [(r["seed"], r["method"]) for r in s["rows"]] == [
+        (seed, m) for seed in range(3) for m in ERRORS]
+    for m, errs in ERRORS.items():
+        mean, sd = s["mean_std"][m]["test_error"]
+        assert mean == pytest.approx(np.mean(errs)) and sd == pytest.approx(np.std(errs, ddof=1))
+    for m in ("mhe", "half_mhe"):
+        d = np.subtract(ERRORS[m], ERRORS["baseline"])
+        e = s["paired"][m]["test_error"]
+        assert e["differences"] == pytest.approx(d)
+        assert e["mean"] == pytest.approx(d.mean()) and e["std"] == pytest.approx(d.std(ddof=1))
+        t = d.mean() / (d.std(ddof=1) / math.sqrt(3))
+        assert e["t"] == pytest.approx(t) and e["p"] == pytest.approx(study.student_t_sf2(t, 2))
+        lo, hi = e["bootstrap95"]
+        assert d.min() - 1e-12 <= lo <= d.mean() <= hi <= d.max() + 1e-12
+    row = s["rows"][0]
+    assert row["worst_class_error"] == pytest.approx(2 * ERRORS["baseline"][0])
+    # batch accuracy over the last 10 % of 100 steps: the record at step 100 only
+    assert row["train_accuracy"] == pytest.approx(100 * (0.5 + 0.4))
+    # final layer record (step 100): angle 70 + 10, layers i = 1, 2, 3 hidden; classifier i = 0
+    assert row["classifier_min_angle"] == pytest.approx(80.0)
+    assert row["hidden_min_angle"] == pytest.approx(80.0 + 2.0)
+    assert row["hidden_energy"] == pytest.approx(0.5 + 0.02)
+    text = (out / "study.md").read_text()
+    for needle in ("| 0 | baseline | 30.00 | 60.0 | 90.0 |", f"| mhe | 3 | {np.mean(ERRORS['mhe']):.2f} ± {np.std(ERRORS['mhe'], ddof=1):.2f} |",
+                   "Paired difference against baseline", "bootstrap 95 % interval",
+                   "python -m mhe_jax.experiments study", "Machine: x86_64", "![curves](curves.png)"):
+        assert needle in text, needle
+    assert json.loads((out / "study.json").read_text())["paired"]["mhe"]["seeds"] == [0, 1, 2]
+    for png in ("curves.png", "test_error.png"):
+        assert (out / png).stat().st_size > 10_000
+
+
+def test_report_pairs_only_common_seeds_and_lists_unfinished(tmp_path):
+    make_run(tmp_path, "baseline", 0, 30.0)
+    make_run(tmp_path, "baseline", 1, 31.0)
+    make_run(tmp_path, "mhe", 0, 29.0)
+    make_run(tmp_path, "mhe", 1, 0.0, finished=False)
+    (study.run_dir_for(tmp_path, PREFIX, "mhe", 1) / "log.jsonl").open("a").write('{"step": 1')
+    s = study.write_report(tmp_path, methods=["baseline", "mhe"])
+    assert s["paired"]["mhe"]["seeds"] == [0]
+    assert s["paired"]["mhe"]["test_error"]["mean"] == pytest.approx(-1.0)
+    assert math.isnan(s["paired"]["mhe"]["test_error"]["p"])  # one pair: no test
+    assert [(u["seed"], u["last_step"]) for u in s["unfinished"]] == [(1, 100)]
+    assert "Unfinished runs" in (tmp_path / "study.md").read_text()
+
+
+def test_report_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        study.write_report(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="no run folder"):
+        study.write_report(tmp_path)
+    make_run(tmp_path, "baseline", 0, 30.0, finished=False)
+    with pytest.raises(ValueError, match="none of the 1 runs"):
+        study.write_report(tmp_path)
+    d = study.run_dir_for(tmp_path, PREFIX, "baseline", 0)
+    (d / "log.jsonl").write_text('{"step": 1}\nnot json\n{"step": 2}\n')
+    with pytest.raises(ValueError, match="line 2"):
+        study.load_run(d)
+
+
+def test_energy_never_mixes_half_space(tmp_path):
+    """A half-space run whose log has only its half-space energy gets no hidden energy (—),
+    unless the log has ``energy_full`` or a final checkpoint to recompute it from."""
+    make_run(tmp_path, "baseline", 0, 30.0, flat=True)
+    make_run(tmp_path, "half_mhe", 0, 29.0, flat=True, half_energy=0.01)
+    make_run(tmp_path, "half_mhe", 1, 29.0, half_energy=0.01, full_in_log=True, energy=0.49)
+    s = study.write_report(tmp_path)
+    rows = {(r["seed"], r["method"]): r for r in s["rows"]}
+    assert rows[0, "baseline"]["hidden_energy"] == pytest.approx(0.52)
+    assert math.isnan(rows[0, "half_mhe"]["hidden_energy"])  # half-space only, no checkpoint
+    assert rows[0, "half_mhe"]["classifier_energy"] == pytest.approx(0.5)  # output: full space
+    assert rows[1, "half_mhe"]["hidden_energy"] == pytest.approx(0.49)
+
+
+def test_half_space_energy_recomputed_from_final_checkpoint(tmp_path):
+    ocp = pytest.importorskip("orbax.checkpoint")
+    from tests.helpers import np_energy  # float64 brute force
+
+    d = make_run(tmp_path, "half_mhe", 0, 29.0, flat=True, half_energy=0.01)
+    rng = np.random.default_rng(0)
+    model = {"classifier": {"kernel": rng.normal(size=(8, 10))},
+             "fc": {"conv": {"kernel": rng.normal(size=(2, 2, 4, 8))}},
+             "layers": {0: {"conv": {"kernel": rng.normal(size=(3, 3, 3, 4)),
+                                     "bias": np.zeros(4)}},
+                        1: {"conv": {"kernel": rng.normal(size=(3, 3, 4, 4))}}}}
+    ckpt = ocp.StandardCheckpointer()
+    ckpt.save((d / "checkpoints" / "100" / "state").absolute(), {"model": model})
+    ckpt.wait_until_finished()
+    run = study.load_run(d)
+    stats = study.final_layer_stats(run)
+    for path, kernel in (("fc/conv/kernel", model["fc"]["conv"]["kernel"]),
+                         ("layers/0/conv/kernel", model["layers"][0]["conv"]["kernel"])):
+        w = kernel.reshape(-1, kernel.shape[-1])
+        assert stats[path]["energy"] == pytest.approx(np_energy(kernel, s=2.0), rel=1e-5)
+    assert stats["classifier/kernel"]["energy"] == pytest.approx(0.5)  # from the log (full space)
