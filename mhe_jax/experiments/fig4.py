@@ -37,7 +37,7 @@ def _mean_std(values):
 def run_fig4(prefix: str, seeds, out_dir, *, overrides=(), progress: bool = False, command=None) -> dict:
     from mhe_jax.experiments.configs import apply_overrides, get_config
     from mhe_jax.experiments.runner import load_dataset, run
-    from mhe_jax.models import plot_features_2d
+    from mhe_jax.experiments.plots import plot_features_2d
     from mhe_jax.train import predict_features
 
     out = Path(out_dir)
@@ -45,12 +45,14 @@ def run_fig4(prefix: str, seeds, out_dir, *, overrides=(), progress: bool = Fals
     for seed in seeds:
         for method, label in METHODS:
             cfg = apply_overrides(get_config(f"{prefix}/{method}"), [*overrides, f"seed={seed}"])
-            r = run(cfg, out / f"seed{seed}" / method, progress=progress, resume=False, command=command)
+            r = run(cfg, out / f"seed{seed}" / method, progress=progress, resume="restart",
+                    command=command)
             kernel = np.asarray(r["model"].classifier.kernel[...])
+            rare = cfg.data.imbalance_class
             rows.append({"seed": seed, "method": method, "label": label,
                          "test_accuracy": r["test_accuracy"],
-                         "rare_class_accuracy": r["per_class_accuracy"][cfg.imbalance_class],
-                         "rare_class_angle_deg": angle_to_nearest(kernel, cfg.imbalance_class),
+                         "rare_class_accuracy": r["per_class_accuracy"][rare],
+                         "rare_class_angle_deg": angle_to_nearest(kernel, rare),
                          "train_images_per_class": [r["imbalance_counts"][c] for c in sorted(r["imbalance_counts"])],
                          "train_seconds": r["train_seconds"]})
             models[seed, method] = (r["model"], kernel)
@@ -76,7 +78,7 @@ def run_fig4(prefix: str, seeds, out_dir, *, overrides=(), progress: bool = Fals
 
     # The figure: features of the full (balanced) training set, first seed.
     cfg = apply_overrides(get_config(f"{prefix}/baseline"), list(overrides))
-    ds = load_dataset(cfg.replace(imbalance=None))[0]
+    ds = load_dataset(cfg.replace(data={"imbalance": None}))[0]
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(12, 6))
@@ -86,7 +88,7 @@ def run_fig4(prefix: str, seeds, out_dir, *, overrides=(), progress: bool = Fals
         row = next(r for r in rows if r["seed"] == seeds[0] and r["method"] == method)
         plot_features_2d(predict_features(model, ds.x_train), ds.y_train, kernel, ax=ax, max_points=10000,
                          point_size=3, title=f"{label}: test acc. {row['test_accuracy']:.1%}, "
-                         f"class {cfg.imbalance_class}: {row['rare_class_accuracy']:.1%}")
+                         f"class {cfg.data.imbalance_class}: {row['rare_class_accuracy']:.1%}")
     fig.tight_layout()
     fig.savefig(out / "fig4.png", dpi=90)
     return {"rows": rows, "summary": summary, "table": "\n".join(lines)}

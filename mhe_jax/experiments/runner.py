@@ -1,90 +1,144 @@
-"""Turn an :class:`ExperimentConfig` into data, model, optimizer, and a finished run on disk."""
+"""Turn an :class:`ExperimentConfig` into data, model, optimizer, and a finished run on disk.
+
+:func:`run` builds everything from the config and hands it to :func:`mhe_jax.train.fit`; a run
+directory holds ``config.json`` (:meth:`ExperimentConfig.to_json`), ``log.jsonl``,
+``results.json`` and ``checkpoints/``. Resuming checks the checkpoint's saved config against
+the current one (:func:`mhe_jax.experiments.configs.result_differences`).
+"""
 
 from __future__ import annotations
 
 import json
 import platform
+import shutil
 import time
+import warnings
 from pathlib import Path
+from typing import Literal
 
 import flax.nnx as nnx
 import jax
 import numpy as np
+import optax
 
-from mhe_jax import _baselines, _transform
+import mhe_jax
 from mhe_jax import data as D
 from mhe_jax import models as M
-from mhe_jax.experiments.configs import ExperimentConfig
-from mhe_jax.train import fit, make_optimizer, step_decay_schedule
+from mhe_jax.experiments.configs import (
+    ConfigError,
+    ExperimentConfig,
+    RegularizerConfig,
+    result_differences,
+)
+from mhe_jax.train import (
+    Checkpointer,
+    DataParallel,
+    Every,
+    JsonlLogger,
+    ProgressBar,
+    accuracy_eval,
+    energy_logger,
+    epoch_batches,
+    fit,
+    make_optimizer,
+    make_steps,
+    step_decay_schedule,
+)
+
+__all__ = ["ResumeError", "run", "build", "load_dataset", "build_model", "build_regularizer",
+           "build_optimizer", "machine"]
+
+_NEEDS_DATA_DIR = {"cifar10_jpeg": "the cifar10_jpeg .npz file",
+                   "imagenet": "a folder with train/ and val/ class folders"}
+
+
+class ResumeError(ConfigError):
+    """The checkpoint to resume was written by a run whose config differs (fields named)."""
 
 
 def load_dataset(cfg: ExperimentConfig):
-    """The config's dataset, with its class imbalance applied to the training split."""
-    if cfg.dataset == "digits":
-        ds = D.load_digits(size=cfg.image_size or 8)
-    elif cfg.dataset == "cifar10":
-        ds = D.load_cifar10(cfg.data_dir)
-    elif cfg.dataset == "cifar100":
-        ds = D.load_cifar100(cfg.data_dir)
-    elif cfg.dataset == "cifar10_jpeg":
-        ds = D.load_cifar10_jpeg_npz(cfg.data_dir)
-    elif cfg.dataset == "mnist":
-        ds = D.load_mnist(cfg.data_dir)
-    elif cfg.dataset == "imagenet":  # any ImageFolder layout: <data_dir>/{train,val}/<class>/*
-        root = cfg.data_dir or D.cache_dir() / "imagenet"
-        ds = D.load_image_folder(root, **({} if cfg.image_size is None else {"size": cfg.image_size}))
-    else:
-        raise ValueError(f"unknown dataset {cfg.dataset!r}")
-    if cfg.train_per_class is not None:
-        ds, _ = D.per_class_subset(ds, cfg.train_per_class, seed=cfg.subset_seed)
-    if cfg.imbalance is None:
+    """The config's dataset, with its subset and class imbalance applied to the training split.
+
+    Returns ``(dataset, imbalance_counts or None)``.
+    """
+    d = cfg.data
+    if d.dataset in _NEEDS_DATA_DIR and d.data_dir is None:
+        raise ConfigError(
+            f"data.data_dir is required for dataset {d.dataset!r} ({_NEEDS_DATA_DIR[d.dataset]}): "
+            "--set data.data_dir=PATH")
+    if d.dataset == "digits":
+        ds = D.load_digits(size=d.image_size or 8)
+    elif d.dataset == "cifar10":
+        ds = D.load_cifar10(d.data_dir)
+    elif d.dataset == "cifar100":
+        ds = D.load_cifar100(d.data_dir)
+    elif d.dataset == "cifar10_jpeg":
+        ds = D.load_cifar10_jpeg_npz(d.data_dir)
+    elif d.dataset == "mnist":
+        ds = D.load_mnist(d.data_dir)
+    else:  # imagenet: any ImageFolder layout <data_dir>/{train,val}/<class>/*
+        ds = D.load_image_folder(d.data_dir,
+                                 **({} if d.image_size is None else {"size": d.image_size}))
+    if d.train_per_class is not None:
+        ds, _ = D.per_class_subset(ds, d.train_per_class, seed=d.subset_seed)
+    if d.imbalance is None:
         return ds, None
-    if cfg.imbalance == "fig4":
-        keep = cfg.imbalance_keep
+    if d.imbalance == "fig4":
+        keep = d.imbalance_keep
         kw = {"keep_count": int(keep)} if keep >= 1 else {"keep_fraction": float(keep)}
-        out = D.mnist_fig4_imbalance(ds, cls=cfg.imbalance_class, seed=cfg.seed, **kw)
-    elif cfg.imbalance == "single":
-        out = D.cifar10_single_class_imbalance(ds, cls=cfg.imbalance_class, ratio=cfg.imbalance_keep)
-    elif cfg.imbalance == "multiple":
+        out = D.mnist_fig4_imbalance(ds, cls=d.imbalance_class, seed=cfg.seed, **kw)
+    elif d.imbalance == "single":
+        out = D.cifar10_single_class_imbalance(ds, cls=d.imbalance_class, ratio=d.imbalance_keep)
+    else:  # multiple
         # "The number of images decreases as the class index decreases from 9 to 0" (Sec. 5.1.3):
         # our staircase keeps (c + 1)/10 of class c (class 0: 10 %, …, class 9: all).
         out = D.cifar10_multi_class_imbalance(
             ds, classes=tuple(range(9)), ratio=[(c + 1) / 10 for c in range(9)], seed=cfg.seed)
-    else:
-        raise ValueError(f"unknown imbalance {cfg.imbalance!r}")
     return out if isinstance(out, tuple) else (out, None)
 
 
 def build_model(cfg: ExperimentConfig, num_classes: int, in_channels: int, image_size: int):
+    """The config's network for images of ``image_size`` with ``in_channels`` channels."""
+    m = cfg.model
     rngs = nnx.Rngs(cfg.seed)
-    bn = {} if cfg.bn_momentum is None else {"bn_momentum": cfg.bn_momentum}
-    if cfg.model in ("cnn6", "cnn9", "cnn15"):
-        ctor = {"cnn6": M.cnn6, "cnn9": M.cnn9, "cnn15": M.cnn15}[cfg.model]
-        fc_kernel = 4 if image_size >= 25 else 1
-        return ctor(num_classes, cfg.widths, in_channels=in_channels, fc_kernel_size=fc_kernel, rngs=rngs, **bn)
-    if cfg.model == "resnet32":
-        return M.resnet32(num_classes, cfg.widths, rngs=rngs, in_channels=in_channels, **bn)
-    if cfg.model in ("resnet18", "resnet34"):
-        ctor = M.resnet18 if cfg.model == "resnet18" else M.resnet34
-        return ctor(num_classes, cfg.widths, rngs=rngs, in_channels=in_channels, **bn)
-    if cfg.model == "mnist2d":
-        return M.mnist2d(num_classes, in_channels=in_channels, widths=cfg.widths, rngs=rngs, **bn)
-    raise ValueError(f"unknown model {cfg.model!r}")
+    kw = {"in_channels": in_channels, "rngs": rngs}
+    if m.bn_momentum is not None:
+        kw["bn_momentum"] = m.bn_momentum
+    if m.arch in ("cnn6", "cnn9", "cnn15"):
+        ctor = {"cnn6": M.cnn6, "cnn9": M.cnn9, "cnn15": M.cnn15}[m.arch]
+        return ctor(num_classes, m.widths, fc_kernel_size=4 if image_size >= 25 else 1, **kw)
+    if m.arch == "mnist2d":
+        return M.mnist2d(num_classes, widths=m.widths, **kw)
+    ctor = {"resnet32": M.resnet32, "resnet18": M.resnet18, "resnet34": M.resnet34}[m.arch]
+    return ctor(num_classes, m.widths, **kw)
 
 
-def build_regularizer(cfg: ExperimentConfig, model):
-    """The config's regularizer for ``model`` (None for the baseline)."""
-    if cfg.method == "baseline":
-        return None
-    if cfg.method == "orthonormal":
-        return _baselines.orthonormal_regularizer(cfg.baseline_strength, max_norm=cfg.max_norm)
-    if cfg.method == "orthogonality":
-        return _baselines.orthogonality_regularizer(cfg.baseline_strength, max_norm=cfg.max_norm)
-    lam_h, lam_o = cfg.strengths()
-    return _transform.mhe_regularizer(
-        0.0 if lam_h is None else lam_h, lam_o, s=cfg.s, distance=cfg.distance,
-        half_space=cfg.half_space, output=model.output_path, max_norm=cfg.max_norm,
-    )
+def build_regularizer(reg: RegularizerConfig, output_path: str
+                      ) -> tuple[optax.GradientTransformation | None, dict]:
+    """The regularizer's optax transformation (None for the baseline) and the keyword
+    arguments of :func:`mhe_jax.layer_energies` that log the same energies — built from one
+    set of options, so the two always agree."""
+    options = {"s": reg.s, "distance": reg.distance, "half_space": reg.half_space,
+               "output": output_path}
+    if reg.method == "baseline":
+        return None, options
+    if reg.method in ("orthonormal", "orthogonality"):
+        ctor = (mhe_jax.orthonormal_regularizer if reg.method == "orthonormal"
+                else mhe_jax.orthogonality_regularizer)
+        return ctor(reg.baseline_strength, max_norm=reg.max_norm), options
+    lam_h, lam_o = reg.strengths()
+    tx = mhe_jax.mhe_regularizer(0.0 if lam_h is None else lam_h, lam_o, max_norm=reg.max_norm,
+                                 **options)
+    return tx, options
+
+
+def build_optimizer(cfg: ExperimentConfig, model):
+    """(``nnx.Optimizer`` of ``model`` with the config's recipe and regularizer, lr schedule)."""
+    o = cfg.optim
+    lr = step_decay_schedule(o.lr, o.boundaries, 0.1, o.warmup_steps)
+    tx, _ = build_regularizer(cfg.regularizer, model.output_path)
+    chain = make_optimizer(lr, momentum=o.momentum, weight_decay=o.weight_decay, regularizer=tx)
+    return nnx.Optimizer(model, chain, wrt=nnx.Param), lr
 
 
 def build(cfg: ExperimentConfig):
@@ -96,57 +150,130 @@ def build(cfg: ExperimentConfig):
     return ds, counts, model, optimizer, lr
 
 
-def build_optimizer(cfg: ExperimentConfig, model):
-    """(``nnx.Optimizer`` of ``model`` with the config's recipe and regularizer, lr schedule)."""
-    lr = step_decay_schedule(cfg.lr, cfg.boundaries, 0.1, cfg.warmup_steps)
-    tx = make_optimizer(lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                        regularizer=build_regularizer(cfg, model))
-    return nnx.Optimizer(model, tx, wrt=nnx.Param), lr
-
-
 def machine() -> dict:
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+    """Platform, processor, JAX devices and version (stored in results.json)."""
+    return {"platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
             "devices": [str(d) for d in jax.devices()], "jax": jax.__version__}
 
 
-def run(cfg: ExperimentConfig, out_dir, *, progress: bool = True, resume: bool = True,
+ResumeMode = Literal["auto", "force", "restart"]
+
+
+def run(cfg: ExperimentConfig, out_dir, *, resume: ResumeMode = "auto", progress: bool = True,
         command: str | None = None) -> dict:
-    """Train ``cfg`` and write ``config.json``, ``log.jsonl``, ``results.json`` (and checkpoints)."""
+    """Train ``cfg``; write ``config.json``, ``log.jsonl``, ``results.json`` and checkpoints.
+
+    Args:
+      cfg: the experiment.
+      out_dir: the run directory.
+      resume: ``"auto"`` continues from the newest intact checkpoint in
+        ``out_dir/checkpoints`` if its saved config matches ``cfg`` in every field that
+        changes the result (else :class:`ResumeError` naming the fields; ``optim.steps`` may
+        grow, never drop below the checkpoint's step); ``"force"`` continues despite
+        differences (a warning; listed in results.json ``resume_differences``);
+        ``"restart"`` deletes ``checkpoints/`` and ``log.jsonl`` and starts from scratch.
+      progress: show a tqdm bar.
+      command: the command line, stored in results.json.
+
+    Returns:
+      The results.json dict plus ``"model"`` (the trained model).
+    """
+    if resume not in ("auto", "force", "restart"):
+        raise ValueError(f"resume must be 'auto', 'force' or 'restart', got {resume!r}")
+    if not isinstance(cfg, ExperimentConfig):
+        raise TypeError(f"cfg must be an ExperimentConfig, got {type(cfg).__name__}")
     out = Path(out_dir)
+    ds, counts = load_dataset(cfg)  # first: a missing data path fails before anything is written
     out.mkdir(parents=True, exist_ok=True)
-    ds, counts, model, optimizer, lr = build(cfg)
-    lam_h, lam_o = cfg.strengths()
-    energy_kwargs = {"s": cfg.s if cfg.is_mhe else 2.0, "distance": cfg.distance,
-                     "half_space": cfg.half_space, "output": model.output_path}
-    (out / "config.json").write_text(json.dumps(
-        {**{k: v for k, v in cfg.__dict__.items()}, "strengths": [lam_h, lam_o]}, indent=1, default=str))
+    ckpt_dir = out / "checkpoints"
+    if resume == "restart":
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        (out / "log.jsonl").unlink(missing_ok=True)
+    _, h, _, c = ds.x_train.shape
+    model = build_model(cfg, ds.num_classes, c, h)
+    optimizer, lr = build_optimizer(cfg, model)
+    _, energy_kwargs = build_regularizer(cfg.regularizer, model.output_path)
+    put = DataParallel() if jax.local_device_count() > 1 else None
+    if put is not None:
+        put.replicate(model, optimizer)
+
+    log = cfg.logging
+    checkpointer = None
+    start, differences = 0, []
+    if log.checkpoint_every is not None or ckpt_dir.exists():
+        checkpointer = Checkpointer(ckpt_dir, every=log.checkpoint_every,
+                                    metadata={"config": cfg.to_dict()})
+
+        def check(step: int, meta: dict) -> None:
+            differences[:] = _resume_differences(cfg, step, meta)
+            if differences and resume != "force":
+                raise ResumeError(
+                    f"{ckpt_dir / str(step)} was written by a different config: "
+                    + "; ".join(differences)
+                    + ". Use resume='restart' (CLI --restart) to start over, or "
+                    "resume='force' (CLI --resume-anyway) to continue anyway.")
+
+        restored = checkpointer.restore(model, optimizer, check=check)
+        if restored is not None:
+            start = restored[0]
+            if differences:
+                warnings.warn(f"resuming {ckpt_dir} despite: {'; '.join(differences)}",
+                              RuntimeWarning, stacklevel=2)
+    (out / "config.json").write_text(cfg.to_json() + "\n")
+
+    fns = make_steps(augment=cfg.data.augment, label_smoothing=cfg.optim.label_smoothing,
+                     pass_labels=cfg.regularizer.eq8, seed=cfg.seed, learning_rate=lr)
+    batches = epoch_batches(ds.x_train, ds.y_train, batch_size=cfg.data.batch_size,
+                            seed=cfg.seed, start_step=start, put=put)
+    test = accuracy_eval(fns.eval, ds.x_test, ds.y_test, num_classes=ds.num_classes, put=put)
+    evals = [Every(log.eval_every, test)]
+    if log.energy_every is not None:
+        evals.insert(0, Every(log.energy_every, energy_logger(**energy_kwargs)))
+    loggers = [JsonlLogger(out / "log.jsonl", keep_until=start)]
+    if progress:
+        loggers.append(ProgressBar(cfg.optim.steps, initial=start))
     t0 = time.time()
-    result = fit(
-        model, optimizer, ds, steps=cfg.steps, batch_size=cfg.batch_size, seed=cfg.seed,
-        augment=cfg.augment, label_smoothing=cfg.label_smoothing, pass_labels=cfg.eq8,
-        log_every=cfg.log_every, eval_every=cfg.eval_every or None,
-        energy_every=cfg.energy_every or None, energy_kwargs=energy_kwargs, learning_rate=lr,
-        log_path=out / "log.jsonl",
-        checkpoint_dir=(out / "checkpoints") if cfg.checkpoint_every else None,
-        checkpoint_every=cfg.checkpoint_every or None, resume=resume, progress=progress,
-    )
-    test = result["test"]
+    try:
+        result = fit(model, optimizer, batches, steps=cfg.optim.steps, train_step=fns.train,
+                     log_every=log.log_every, evals=evals, loggers=loggers,
+                     checkpointer=checkpointer)
+    finally:
+        for logger in loggers:
+            logger.close()
+        if checkpointer is not None:
+            checkpointer.close()
+    final = result["final"]
+    lam_h, lam_o = cfg.strengths()
     summary = {
-        "name": cfg.name, "method": cfg.method, "test_accuracy": test["accuracy"],
-        "test_error": 100.0 * (1.0 - test["accuracy"]),
-        "per_class_accuracy": test["per_class_accuracy"], "steps": cfg.steps,
+        "name": cfg.name, "method": cfg.regularizer.method,
+        "test_accuracy": final["test_accuracy"],
+        "test_error": 100.0 * (1.0 - final["test_accuracy"]),
+        "per_class_accuracy": final["test_per_class_accuracy"], "steps": cfg.optim.steps,
         "train_seconds": result["seconds"], "wall_seconds": time.time() - t0,
-        "resumed_from": result["resumed_from"], "imbalance_counts": counts,
-        "paper": cfg.paper, "machine": machine(), "command": command,
-        "final_layers": next((h["layers"] for h in reversed(result["history"]) if "layers" in h), None),
+        "resumed_from": start, "imbalance_counts": counts, "paper": cfg.paper,
+        "machine": machine(), "command": command, "final_layers": final.get("layers"),
+        "strengths": [lam_h, lam_o], "config": cfg.to_dict(),
+        "resume_differences": differences,
     }
     (out / "results.json").write_text(json.dumps(summary, indent=1, default=_json_default))
     return {**summary, "model": model}
 
 
+def _resume_differences(cfg: ExperimentConfig, step: int, meta: dict) -> list[str]:
+    saved = meta.get("config")
+    if saved is None:
+        return ["the checkpoint has no saved config (written by an older mhe_jax)"]
+    diffs = result_differences(saved, cfg)
+    if step > cfg.optim.steps:
+        diffs.append(f"optim.steps: the checkpoint is at step {step}, past optim.steps="
+                     f"{cfg.optim.steps}")
+    return diffs
+
+
 def _json_default(o):
-    if isinstance(o, (np.integer,)):
+    if isinstance(o, np.integer):
         return int(o)
-    if isinstance(o, (np.floating,)):
+    if isinstance(o, np.floating):
         return float(o)
     return str(o)

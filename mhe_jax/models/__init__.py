@@ -1,4 +1,4 @@
-"""Flax NNX models used in the MHE experiments (NHWC, float32).
+"""Flax NNX models used in the MHE experiments (NHWC, float32); losses are in mhe_jax.train.
 
 Every model exposes ``output_path``, the "/"-joined path of its classifier kernel inside
 ``nnx.state(model, nnx.Param)`` (e.g. ``"classifier/kernel"``), to pass as
@@ -10,9 +10,8 @@ from mhe_jax.models.cnn import cnn6 as cnn6
 from mhe_jax.models.cnn import cnn9 as cnn9
 from mhe_jax.models.cnn import cnn15 as cnn15
 from mhe_jax.models.mnist2d import MNIST2D as MNIST2D
-from mhe_jax.models.mnist2d import PReLU as PReLU
+from mhe_jax.models.layers import PReLU as PReLU
 from mhe_jax.models.mnist2d import mnist2d as mnist2d
-from mhe_jax.models.plot import plot_features_2d as plot_features_2d
 from mhe_jax.models.resnet import BasicBlock as BasicBlock
 from mhe_jax.models.resnet import ResNet as ResNet
 from mhe_jax.models.resnet import ResNetCIFAR as ResNetCIFAR
@@ -21,19 +20,11 @@ from mhe_jax.models.resnet import resnet32 as resnet32
 from mhe_jax.models.resnet import resnet34 as resnet34
 from mhe_jax.models.sphereface import SphereFace20 as SphereFace20
 from mhe_jax.models.sphereface import SphereFaceHead as SphereFaceHead
-from mhe_jax.models.sphereface import a_softmax_logits as a_softmax_logits
-from mhe_jax.models.sphereface import a_softmax_loss as a_softmax_loss
-from mhe_jax.models.sphereface import normalized_softmax_loss as normalized_softmax_loss
 from mhe_jax.models.sphereface import sphereface20 as sphereface20
-from mhe_jax.models.sphereface import sphereface_lambda as sphereface_lambda
-from mhe_jax.models.sphereface import sphereface_plus_loss as sphereface_plus_loss
-from mhe_jax.models.sphereface import sphereface_psi as sphereface_psi
 
 __all__ = [
     "CNN", "cnn6", "cnn9", "cnn15",
     "ResNetCIFAR", "ResNet", "BasicBlock", "resnet32", "resnet18", "resnet34",
-    "MNIST2D", "mnist2d", "PReLU", "plot_features_2d",
+    "MNIST2D", "mnist2d", "PReLU",
     "SphereFace20", "SphereFaceHead", "sphereface20",
-    "sphereface_psi", "a_softmax_logits", "a_softmax_loss", "normalized_softmax_loss",
-    "sphereface_lambda", "sphereface_plus_loss",
 ]

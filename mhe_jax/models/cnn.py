@@ -28,10 +28,9 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 from flax import nnx
 
-__all__ = ["CNN", "cnn6", "cnn9", "cnn15", "he_normal"]
+from mhe_jax.models.layers import he_normal
 
-#: N(0, 2/fan_in), untruncated (the official MHE code's conv initialiser).
-he_normal = nnx.initializers.variance_scaling(2.0, "fan_in", "normal")  # "normal" = untruncated in jax
+__all__ = ["CNN", "cnn6", "cnn9", "cnn15", "he_normal"]
 
 
 class ConvBNReLU(nnx.Module):

@@ -21,19 +21,9 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 from flax import nnx
 
-from mhe_jax.models.cnn import he_normal
+from mhe_jax.models.layers import PReLU, he_normal
 
-__all__ = ["PReLU", "MNIST2D", "mnist2d"]
-
-
-class PReLU(nnx.Module):
-    """Channel-wise PReLU: max(x, 0) + alpha · min(x, 0) over the last axis; alpha: (num_features,)."""
-
-    def __init__(self, num_features: int, init: float = 0.25):
-        self.alpha = nnx.Param(jnp.full((num_features,), init, jnp.float32))
-
-    def __call__(self, x):
-        return jnp.where(x >= 0, x, self.alpha[...] * x)
+__all__ = ["MNIST2D", "mnist2d"]
 
 
 class _ConvBNPReLU(nnx.Module):

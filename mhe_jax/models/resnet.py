@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 from flax import nnx
 
-from mhe_jax.models.cnn import he_normal
+from mhe_jax.models.layers import he_normal
 
 __all__ = ["BasicBlock", "ResNetCIFAR", "ResNet", "resnet32", "resnet18", "resnet34"]
 
@@ -77,21 +77,19 @@ def _make_blocks(in_channels, stage_sizes, widths, first_stride, bn_kw, rngs):
     return nnx.List(blocks), c
 
 
-class ResNetCIFAR(nnx.Module):
-    """CIFAR ResNet: (B, H, W, in_channels) → logits (B, num_classes); 6n+2 layers for n blocks/stage.
-
-    Paths: ``stem/kernel``, ``stem_bn/*``, ``blocks/<i>/{conv1,conv2,shortcut}/kernel``,
-    ``classifier/kernel`` (widths[-1], num_classes) and ``classifier/bias``.
-    """
+class _ResNet(nnx.Module):
+    """Stem conv + BN + ReLU (+ optional max-pool), basic-block stages, global average pool,
+    Linear classifier: the part both layouts share (parameter paths ``stem/kernel``,
+    ``stem_bn/*``, ``blocks/<i>/...``, ``classifier/{kernel,bias}``)."""
 
     output_path: str = "classifier/kernel"
 
-    def __init__(self, stage_sizes: Sequence[int] = (5, 5, 5), widths: Sequence[int] = (16, 32, 64),
-                 num_classes: int = 10, *, in_channels: int = 3, bn_momentum: float = 0.9,
-                 bn_epsilon: float = 1e-5, rngs: nnx.Rngs):
+    def __init__(self, stage_sizes, widths, num_classes, *, in_channels, stem_kernel, stem_stride,
+                 stem_pool, bn_momentum, bn_epsilon, rngs):
         bn_kw = dict(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon)
-        self.stem = _conv(in_channels, widths[0], 3, 1, rngs)
+        self.stem = _conv(in_channels, widths[0], stem_kernel, stem_stride, rngs)
         self.stem_bn = _bn(widths[0], bn_momentum, bn_epsilon, rngs)
+        self.stem_pool = stem_pool
         self.blocks, c = _make_blocks(widths[0], stage_sizes, widths, 1, bn_kw, rngs)
         self.classifier = nnx.Linear(c, num_classes, rngs=rngs)
         self.num_classes = num_classes
@@ -99,6 +97,8 @@ class ResNetCIFAR(nnx.Module):
     def features(self, x):
         """Global-average-pooled features (B, widths[-1])."""
         x = nnx.relu(self.stem_bn(self.stem(jnp.asarray(x, jnp.float32))))
+        if self.stem_pool:
+            x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for block in self.blocks:
             x = block(x)
         return jnp.mean(x, axis=(1, 2))
@@ -107,35 +107,35 @@ class ResNetCIFAR(nnx.Module):
         return self.classifier(self.features(x))
 
 
-class ResNet(nnx.Module):
+class ResNetCIFAR(_ResNet):
+    """CIFAR ResNet: (B, H, W, in_channels) → logits (B, num_classes); 6n+2 layers for n blocks/stage.
+
+    Stem conv3x3/1 (no max-pool). Paths: ``stem/kernel``, ``stem_bn/*``,
+    ``blocks/<i>/{conv1,conv2,shortcut}/kernel``, ``classifier/kernel`` (widths[-1], num_classes)
+    and ``classifier/bias``.
+    """
+
+    def __init__(self, stage_sizes: Sequence[int] = (5, 5, 5), widths: Sequence[int] = (16, 32, 64),
+                 num_classes: int = 10, *, in_channels: int = 3, bn_momentum: float = 0.9,
+                 bn_epsilon: float = 1e-5, rngs: nnx.Rngs):
+        super().__init__(stage_sizes, widths, num_classes, in_channels=in_channels, stem_kernel=3,
+                         stem_stride=1, stem_pool=False, bn_momentum=bn_momentum,
+                         bn_epsilon=bn_epsilon, rngs=rngs)
+
+
+class ResNet(_ResNet):
     """ImageNet-layout ResNet with basic blocks: (B, H, W, in_channels) → logits (B, num_classes).
 
     Stem conv7x7/2 + BN + ReLU + max-pool 3x3/2 (H/4), then stages (strides 1, 2, 2, 2; H/32),
     global average pool, Linear classifier ``classifier`` (kernel (widths[-1], num_classes)).
     """
 
-    output_path: str = "classifier/kernel"
-
     def __init__(self, stage_sizes: Sequence[int], widths: Sequence[int] = (64, 128, 256, 512),
                  num_classes: int = 1000, *, in_channels: int = 3, bn_momentum: float = 0.9,
                  bn_epsilon: float = 1e-5, rngs: nnx.Rngs):
-        bn_kw = dict(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon)
-        self.stem = _conv(in_channels, widths[0], 7, 2, rngs)
-        self.stem_bn = _bn(widths[0], bn_momentum, bn_epsilon, rngs)
-        self.blocks, c = _make_blocks(widths[0], stage_sizes, widths, 1, bn_kw, rngs)
-        self.classifier = nnx.Linear(c, num_classes, rngs=rngs)
-        self.num_classes = num_classes
-
-    def features(self, x):
-        """Global-average-pooled features (B, widths[-1])."""
-        x = nnx.relu(self.stem_bn(self.stem(jnp.asarray(x, jnp.float32))))
-        x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-        for block in self.blocks:
-            x = block(x)
-        return jnp.mean(x, axis=(1, 2))
-
-    def __call__(self, x):
-        return self.classifier(self.features(x))
+        super().__init__(stage_sizes, widths, num_classes, in_channels=in_channels, stem_kernel=7,
+                         stem_stride=2, stem_pool=True, bn_momentum=bn_momentum,
+                         bn_epsilon=bn_epsilon, rngs=rngs)
 
 
 def resnet32(num_classes: int = 10, widths: Sequence[int] = (16, 32, 64), *, rngs: nnx.Rngs,

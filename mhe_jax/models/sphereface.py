@@ -1,4 +1,4 @@
-"""SphereFace-20 and the A-Softmax / SphereFace+ losses (Liu et al., CVPR 2017; MHE paper Sec. 5.2).
+"""SphereFace-20 (Liu et al., CVPR 2017; MHE paper Sec. 5.2); its losses are in mhe_jax.train.
 
 SphereFace-20 (the official Caffe ``sphereface_model.prototxt`` / ``sfplus_model.prototxt``):
 
@@ -18,25 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import jax
 import jax.numpy as jnp
-import numpy as np
+import optax
 from flax import nnx
 
-from mhe_jax.models.mnist2d import PReLU
-from mhe_jax._energy import normalize_columns
+from mhe_jax.models.layers import PReLU
 
-__all__ = [
-    "SphereFace20",
-    "SphereFaceHead",
-    "sphereface20",
-    "sphereface_psi",
-    "a_softmax_logits",
-    "a_softmax_loss",
-    "sphereface_lambda",
-    "sphereface_plus_loss",
-    "normalized_softmax_loss",
-]
+__all__ = ["SphereFace20", "SphereFaceHead", "sphereface20"]
 
 #: Caffe "xavier" filler (uniform, variance 1/fan_in).
 xavier = nnx.initializers.variance_scaling(1.0, "fan_in", "uniform")
@@ -81,7 +69,8 @@ class SphereFaceHead(nnx.Module):
         self.kernel = nnx.Param(xavier(rngs.params(), (embedding_dim, num_classes), jnp.float32))
 
     def __call__(self, embeddings):
-        return embeddings @ normalize_columns(self.kernel[...])
+        w = self.kernel[...]
+        return embeddings @ (w / optax.safe_norm(w, jnp.finfo(w.dtype).tiny, axis=0, keepdims=True))
 
 
 class SphereFace20(nnx.Module):
@@ -125,110 +114,3 @@ class SphereFace20(nnx.Module):
 def sphereface20(num_classes: int = 10572, *, rngs: nnx.Rngs, **kwargs) -> SphereFace20:
     """SphereFace-20 (CASIA-WebFace has 10572 identities)."""
     return SphereFace20(num_classes, rngs=rngs, **kwargs)
-
-
-# ---------------------------------------------------------------------------------------------
-# A-Softmax
-# ---------------------------------------------------------------------------------------------
-
-
-def _safe_norm(x, axis, keepdims=False):
-    """‖x‖ with a finite (zero) gradient at x = 0."""
-    sq = jnp.sum(x * x, axis=axis, keepdims=keepdims)
-    pos = sq > 0
-    return jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, 1.0)), 0.0)
-
-
-def _chebyshev_cos_m(c, m):
-    """cos(mθ) as the Chebyshev polynomial T_m(cos θ) (no arccos: smooth at θ = 0 and π)."""
-    if m == 1:
-        return c
-    if m == 2:
-        return 2 * c**2 - 1
-    if m == 3:
-        return (4 * c**2 - 3) * c
-    if m == 4:
-        c2 = c * c
-        return 8 * c2 * (c2 - 1) + 1
-    raise ValueError(f"m must be one of 1, 2, 3, 4, got {m}")
-
-
-def sphereface_psi(cos_theta, m: int = 4):
-    """ψ(θ) = (−1)^k cos(mθ) − 2k for θ ∈ [kπ/m, (k+1)π/m], as a function of cos θ.
-
-    k is found by comparing cos θ with the thresholds cos(jπ/m), j = 1 … m−1 (piecewise constant,
-    so no gradient flows through it); cos(mθ) is the Chebyshev polynomial T_m(cos θ). ψ is
-    continuous and monotonically decreasing in θ, from 1 at θ = 0 to 1 − 2m at θ = π.
-    """
-    m = int(m)
-    c = jnp.clip(cos_theta, -1.0, 1.0)
-    k = jnp.zeros(c.shape, jnp.int32)
-    for j in range(1, m):
-        k = k + (c <= np.cos(j * np.pi / m)).astype(jnp.int32)
-    k = jax.lax.stop_gradient(k).astype(c.dtype)
-    sign = 1.0 - 2.0 * jnp.mod(k, 2.0)  # (−1)^k
-    return sign * _chebyshev_cos_m(c, m) - 2.0 * k
-
-
-def a_softmax_logits(embeddings, classifier_kernel, labels, m: int = 4, lam=0.0, *, eps=1e-12):
-    """A-Softmax logits (B, C): ‖x‖ cos θ_j for j ≠ y, and for the target class
-    f_y = (λ ‖x‖ cos θ_y + ‖x‖ ψ(θ_y)) / (1 + λ), with θ_j the angle between x and column j of
-    ``classifier_kernel`` (shape (d, C), columns normalised here; a zero column gives 0 logits).
-    ``eps`` floors ‖x‖ when dividing by it.
-    """
-    x = jnp.asarray(embeddings)
-    w = normalize_columns(jnp.asarray(classifier_kernel))
-    labels = jnp.asarray(labels)
-    x_norm = _safe_norm(x, axis=-1, keepdims=True)  # (B, 1)
-    wx = x @ w  # ‖x‖ cos θ, (B, C)
-    cos = wx / jnp.maximum(x_norm, eps)
-    onehot = jax.nn.one_hot(labels, w.shape[1], dtype=wx.dtype)
-    cos_y = jnp.sum(cos * onehot, axis=-1, keepdims=True)
-    psi_y = sphereface_psi(cos_y, m)
-    lam = jnp.asarray(lam, wx.dtype)
-    f_y = x_norm * (lam * cos_y + psi_y) / (1.0 + lam)
-    return wx + onehot * (f_y - x_norm * cos_y)
-
-
-def a_softmax_loss(embeddings, classifier_kernel, labels, m: int = 4, lam=0.0, *, eps=1e-12):
-    """Mean A-Softmax loss (SphereFace): softmax cross-entropy of :func:`a_softmax_logits`.
-
-    ``embeddings`` (B, d), ``classifier_kernel`` (d, C), integer ``labels`` (B,); ``m`` ∈ {1,2,3,4}
-    (m = 1 is the normalised-weight softmax); ``lam`` is the annealing weight λ
-    (:func:`sphereface_lambda`), λ = 0 gives the pure A-Softmax.
-    """
-    logits = a_softmax_logits(embeddings, classifier_kernel, labels, m, lam, eps=eps)
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    return -jnp.mean(jnp.take_along_axis(logp, jnp.asarray(labels)[:, None], axis=-1))
-
-
-def normalized_softmax_loss(embeddings, classifier_kernel, labels):
-    """Softmax cross-entropy of the normalised-weight logits ‖x‖ cos θ_j (= A-Softmax with m = 1)."""
-    logits = jnp.asarray(embeddings) @ normalize_columns(jnp.asarray(classifier_kernel))
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    return -jnp.mean(jnp.take_along_axis(logp, jnp.asarray(labels)[:, None], axis=-1))
-
-
-def sphereface_lambda(step, base=1000.0, gamma=0.12, power=1.0, lambda_min=5.0):
-    """λ annealing of SphereFace: max(lambda_min, base · (1 + gamma · step)^(−power)).
-
-    (The Caffe layer increments its iteration counter before computing λ, i.e. uses step + 1.)
-    """
-    step = jnp.asarray(step, jnp.float32)
-    return jnp.maximum(lambda_min, base * (1.0 + gamma * step) ** (-power))
-
-
-def sphereface_plus_loss(embeddings, classifier_kernel, labels, m: int = 4, lam=0.0, *,
-                         mhe_weight=1.0, s=2.0, distance: str = "euclidean", eps=1e-12):
-    """SphereFace+ (Eq. 8): A-Softmax + λ_M · mini-batch output-layer MHE of the classifier neurons.
-
-    = ``a_softmax_loss(...) + mhe_weight · mhe_jax.output_energy(classifier_kernel, labels, s=s,
-    distance=distance)``; ``classifier_kernel`` is (d, C) with neurons as columns. ``mhe_weight``
-    (λ_M) default 1.0 is a placeholder: the paper does not state the value used.
-    """
-    from mhe_jax import output_energy
-
-    sf = a_softmax_loss(embeddings, classifier_kernel, labels, m, lam, eps=eps)
-    mhe = output_energy(classifier_kernel, jnp.asarray(labels), s=s, distance=distance,
-                        neuron_axis=-1)
-    return sf + mhe_weight * mhe

@@ -1,12 +1,33 @@
-"""Training: official loss and optimizer recipe, jitted NNX steps, the loop, checkpoints."""
+"""Training: losses, the optimizer recipe, jitted NNX steps, a small ``fit``, checkpoints."""
 
-from mhe_jax.train.checkpoint import Checkpointer as Checkpointer
-from mhe_jax.train.loop import fit as fit, predict_features as predict_features
-from mhe_jax.train.losses import official_cross_entropy as official_cross_entropy
-from mhe_jax.train.optim import make_optimizer as make_optimizer, step_decay_schedule as step_decay_schedule
+from mhe_jax.train.batches import epoch_batches as epoch_batches
+from mhe_jax.train.checkpoint import (
+    CheckpointError as CheckpointError,
+    Checkpointer as Checkpointer,
+)
+from mhe_jax.train.loggers import (
+    JsonlLogger as JsonlLogger,
+    ProgressBar as ProgressBar,
+    energy_logger as energy_logger,
+)
+from mhe_jax.train.loop import Every as Every, fit as fit, predict_features as predict_features
+from mhe_jax.train.losses import (
+    a_softmax_logits as a_softmax_logits,
+    a_softmax_loss as a_softmax_loss,
+    normalized_softmax_loss as normalized_softmax_loss,
+    official_cross_entropy as official_cross_entropy,
+    sphereface_lambda as sphereface_lambda,
+    sphereface_plus_loss as sphereface_plus_loss,
+    sphereface_psi as sphereface_psi,
+)
+from mhe_jax.train.optim import (
+    make_optimizer as make_optimizer,
+    step_decay_schedule as step_decay_schedule,
+)
 from mhe_jax.train.steps import (
     DataParallel as DataParallel,
     StepFns as StepFns,
+    accuracy_eval as accuracy_eval,
     evaluate as evaluate,
     make_steps as make_steps,
 )

@@ -1,157 +1,109 @@
-"""The training loop: batches, jitted steps, JSONL logs, evaluation, checkpoints and resume."""
+"""The training loop: a small :func:`fit` over any NNX model, optimizer, step and batch stream."""
 
 from __future__ import annotations
 
-import itertools
-import json
-import math
 import time
-from pathlib import Path
+from collections.abc import Callable, Iterable, Sequence
+from typing import NamedTuple
 
 import flax.nnx as nnx
 import jax
 import numpy as np
 
-from mhe_jax._transform import layer_energies
-from mhe_jax.data.augment import batches, steps_per_epoch
-from mhe_jax.train.checkpoint import Checkpointer
-from mhe_jax.train.steps import DataParallel, evaluate, make_steps
+from mhe_jax.data import normalize
+
+__all__ = ["Every", "fit", "predict_features"]
 
 
-def _energy_logger(energy_kwargs):
-    fn = jax.jit(lambda params: layer_energies(params, **energy_kwargs))
+class Every(NamedTuple):
+    """Run ``fn(model) -> dict`` every ``steps`` training steps (and once at the end)."""
 
-    def log(model):
-        stats = fn(nnx.state(model, nnx.Param))
-        return {
-            path: {"energy": float(st.energy), "min_angle_deg": math.degrees(float(st.min_angle)),
-                   "mean_abs_cosine": float(st.mean_abs_cosine)}
-            for path, st in stats.items()
-        }
-
-    return log
+    steps: int | None
+    fn: Callable[[nnx.Module], dict]
 
 
-def fit(
-    model,
-    optimizer,
-    dataset,
-    *,
-    steps: int,
-    batch_size: int = 128,
-    seed: int = 0,
-    augment: bool = True,
-    pad: int = 4,
-    flip: bool = True,
-    label_smoothing: float = 0.01,
-    log_eps: float = 1e-4,
-    pass_labels: bool = False,
-    log_every: int = 100,
-    eval_every: int | None = None,
-    energy_every: int | None = None,
-    energy_kwargs: dict | None = None,
-    learning_rate=None,
-    log_path=None,
-    checkpoint_dir=None,
-    checkpoint_every: int | None = None,
-    resume: bool = True,
-    progress: bool = True,
-    eval_batch_size: int = 500,
-) -> dict:
-    """Train ``model`` with ``optimizer`` (an ``nnx.Optimizer``) for ``steps`` steps.
+def fit(model: nnx.Module, optimizer: nnx.Optimizer, batches: Iterable, *, steps: int,
+        train_step: Callable, log_every: int | None = None, evals: Sequence[Every] = (),
+        loggers: Sequence[Callable[[dict], None]] = (), checkpointer=None) -> dict:
+    """Train ``model`` from ``optimizer.step`` up to ``steps`` steps.
 
-    The data order depends only on ``(seed, epoch)`` and the augmentation key only on
-    ``(seed, step)``, so a run resumed from a checkpoint continues bit-exactly. Batches are
-    sharded over all local devices (data parallel) when there is more than one.
+    Args:
+      model, optimizer: an NNX module and its ``nnx.Optimizer`` (restored from a checkpoint
+        beforehand to resume: training continues at ``optimizer.step``).
+      batches: iterable whose next item is the batch of the next step (of step
+        ``optimizer.step`` when resuming, e.g. :func:`mhe_jax.train.epoch_batches`).
+      steps: total number of steps of the run.
+      train_step: ``train_step(model, optimizer, batch) -> dict`` of scalar metrics (device
+        arrays; they are fetched to the host only every ``log_every`` steps, so nothing
+        synchronises the host with the device between log, eval and checkpoint points).
+      log_every: record ``{"step", **metrics}`` every this many steps (None: never).
+      evals: :class:`Every` items; ``{"step", **fn(model)}`` is recorded every ``n`` steps and,
+        for every item, at the end (``Every(None, fn)``: only at the end).
+      loggers: callables receiving each record (``JsonlLogger``, ``ProgressBar``, ``print``).
+      checkpointer: a :class:`mhe_jax.train.Checkpointer`, saved every ``checkpointer.every``
+        steps and at the end.
 
-    Logs (JSONL at ``log_path``): every ``log_every`` steps the batch loss/accuracy and learning
-    rate; every ``energy_every`` steps each layer's energy, min angle (degrees) and coherence
-    (``layer_energies(**energy_kwargs)``); every ``eval_every`` steps the test accuracy.
-    Returns ``{"test": final evaluation, "history": [records], "steps": steps, "seconds": ...}``.
+    Returns:
+      ``{"history": [records], "final": merged eval results at the end, "start_step",
+      "steps", "seconds" (training time, without the final evaluations)}``.
+
+    Examples:
+        See ``examples`` in the README: an own NNX model, ``optax`` optimizer with
+        ``mhe_jax.mhe_regularizer``, and a plain batch generator.
     """
-    fns = make_steps(augment=augment, pad=pad, flip=flip, label_smoothing=label_smoothing,
-                     log_eps=log_eps, pass_labels=pass_labels)
-    put = DataParallel() if jax.local_device_count() > 1 else None
-    if put is not None:
-        put.replicate(model, optimizer)
-    ckpt = Checkpointer(checkpoint_dir) if checkpoint_dir is not None else None
-    start = 0
-    if ckpt is not None and resume:
-        restored = ckpt.restore(model, optimizer)
-        if restored is not None:
-            start = restored[0]
-    log_file = None
-    if log_path is not None:
-        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-        log_file = open(log_path, "a" if start else "w")
-    energy_log = _energy_logger(energy_kwargs or {}) if energy_every else None
-    history = []
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+        raise ValueError(f"steps must be an int >= 0, got {steps!r}")
+    for name, n in [("log_every", log_every)] + [(f"evals[{i}].steps", e.steps)
+                                                  for i, e in enumerate(evals)]:
+        if n is not None and (not isinstance(n, int) or n < 1):
+            raise ValueError(f"{name} must be an int >= 1 or None, got {n!r}")
+    start = int(optimizer.step[...])
+    if start > steps:
+        raise ValueError(f"the optimizer is at step {start}, past steps={steps}")
+    history: list[dict] = []
 
-    def record(entry):
+    def record(entry: dict) -> None:
         history.append(entry)
-        if log_file is not None:
-            log_file.write(json.dumps(entry) + "\n")
-            log_file.flush()
+        for logger in loggers:
+            logger(entry)
 
-    spe = steps_per_epoch(len(dataset.x_train), batch_size)
-    data = batches(dataset.x_train, dataset.y_train, batch_size, seed, epochs=None,
-                   start_epoch=start // spe)
-    data = itertools.islice(data, start % spe, None)
-    base_key = jax.random.key(seed)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=steps, initial=start, desc="train", dynamic_ncols=True)
+    def run_evals(done: int, final: bool) -> dict:
+        merged: dict = {}
+        for ev in evals:
+            if final or (ev.steps is not None and done % ev.steps == 0):
+                result = ev.fn(model)
+                record({"step": done, **result})
+                merged.update(result)
+        return merged
+
+    save_every = getattr(checkpointer, "every", None)
+    data = iter(batches)
     model.train()
     t0 = time.perf_counter()
     for step in range(start, steps):
-        xb, yb = next(data)
-        if put is not None:
-            xb, yb = put(xb), put(yb)
-        metrics = fns.train(model, optimizer, xb, yb, jax.random.fold_in(base_key, step))
+        metrics = train_step(model, optimizer, next(data))
         done = step + 1
-        if log_every and done % log_every == 0:
-            entry = {"step": done, "loss": float(metrics["loss"]), "accuracy": float(metrics["accuracy"])}
-            if callable(learning_rate):
-                entry["lr"] = float(learning_rate(step))
-            record(entry)
-            if bar is not None:
-                bar.set_postfix(loss=f"{entry['loss']:.3f}", acc=f"{entry['accuracy']:.3f}")
-        if energy_log is not None and done % energy_every == 0:
-            record({"step": done, "layers": energy_log(model)})
-        if eval_every and done % eval_every == 0 and done != steps:
-            ev = evaluate(model, fns.eval, dataset.x_test, dataset.y_test, batch_size=eval_batch_size,
-                          num_classes=dataset.num_classes, put=put)
-            record({"step": done, "test_accuracy": ev["accuracy"]})
-        if ckpt is not None and checkpoint_every and done % checkpoint_every == 0:
-            ckpt.save(done, model, optimizer, {"step": done, "seed": seed})
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
+        if log_every is not None and done % log_every == 0:
+            host = jax.device_get(metrics)
+            record({"step": done, **{k: float(v) for k, v in host.items()}})
+        if done < steps:
+            run_evals(done, final=False)
+            if save_every is not None and done % save_every == 0:
+                checkpointer.save(done, model, optimizer)
+    jax.block_until_ready(nnx.state(model))
     seconds = time.perf_counter() - t0
-    final = evaluate(model, fns.eval, dataset.x_test, dataset.y_test, batch_size=eval_batch_size,
-                     num_classes=dataset.num_classes, put=put)
-    record({"step": steps, "test_accuracy": final["accuracy"],
-            "test_per_class_accuracy": final["per_class_accuracy"]})
-    if energy_log is not None:
-        record({"step": steps, "layers": energy_log(model)})
-    if ckpt is not None:
-        if checkpoint_every and ckpt.latest_step() != steps and start < steps:
-            ckpt.save(steps, model, optimizer, {"step": steps, "seed": seed})
-        ckpt.close()
-    if log_file is not None:
-        log_file.close()
-    return {"test": final, "history": history, "steps": steps, "seconds": seconds,
-            "resumed_from": start}
+    if checkpointer is not None and start < steps:
+        checkpointer.save(steps, model, optimizer)
+    final = run_evals(steps, final=True)
+    return {"history": history, "final": final, "start_step": start, "steps": steps,
+            "seconds": seconds}
 
 
 def predict_features(model, x, *, batch_size: int = 500) -> np.ndarray:
     """``model.features`` on ``x`` (uint8 images) in eval mode, as a NumPy array."""
-    from mhe_jax.data.augment import normalize
-
     fn = nnx.jit(lambda m, xb: m.features(normalize(xb)))
     model.eval()
-    out = np.concatenate([np.asarray(fn(model, x[i:i + batch_size])) for i in range(0, len(x), batch_size)])
+    out = np.concatenate([np.asarray(fn(model, x[i:i + batch_size]))
+                          for i in range(0, len(x), batch_size)])
     model.train()
     return out

@@ -1,20 +1,24 @@
-"""Jitted NNX train and eval steps (augmentation and input scaling on device)."""
+"""Jitted NNX train and eval steps (augmentation and input scaling on device), evaluation."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from mhe_jax.data.augment import augment_batch, normalize
+from mhe_jax.data import augment_batch, normalize
 from mhe_jax.train.losses import official_cross_entropy
+
+__all__ = ["StepFns", "make_steps", "evaluate", "accuracy_eval", "DataParallel"]
 
 
 class StepFns(NamedTuple):
-    train: object  # (model, optimizer, images_uint8, labels, key) -> {"loss", "accuracy"}
-    eval: object  # (model, images_uint8) -> predicted labels (B,)
+    train: Callable  # (model, optimizer, (images_uint8, labels)) -> {"loss", "accuracy"[, "lr"]}
+    eval: Callable  # (model, images_uint8) -> predicted labels (B,)
 
 
 def make_steps(
@@ -25,31 +29,42 @@ def make_steps(
     label_smoothing: float = 0.01,
     log_eps: float = 1e-4,
     pass_labels: bool = False,
+    seed: int = 0,
+    learning_rate: Callable | None = None,
 ) -> StepFns:
-    """Build ``train_step`` / ``eval_step``.
+    """Build ``train_step(model, optimizer, batch)`` / ``eval_step(model, images)``.
 
-    ``train_step`` augments (symmetric pad ``pad``, random crop, random flip) with ``key``, scales
-    to ``(x − 127.5)/128``, takes one optimizer step on the official loss and returns the batch
-    loss and accuracy. With ``pass_labels`` the batch labels reach the optimizer as the extra
-    argument ``labels`` (Eq. 8 output-layer MHE, or SphereFace+).
+    ``train_step`` takes ``batch = (images_uint8, labels)``, augments (symmetric pad ``pad``,
+    random crop, random flip) with the key ``fold_in(key(seed), optimizer.step)`` — so the
+    augmentation depends only on ``(seed, step)`` and a resumed run continues bit-exactly —
+    scales to ``(x − 127.5)/128``, takes one optimizer step on the official loss and returns the
+    batch loss and accuracy as device scalars (and ``lr``, the step's learning rate, when the
+    schedule ``learning_rate`` is given). With ``pass_labels`` the batch labels reach the
+    optimizer as the extra argument ``labels`` (Eq. 8 output-layer MHE, or SphereFace+).
     """
+    base_key = jax.random.key(seed)
 
     @nnx.jit
-    def train_step(model, optimizer, images, labels, key):
-        x = augment_batch(key, images, pad, flip) if augment else images
-        x = normalize(x)
+    def train_step(model, optimizer, batch):
+        images, labels = batch
+        count = optimizer.step[...]
+        if augment:
+            images = augment_batch(jax.random.fold_in(base_key, count), images, pad, flip)
+        x = normalize(images)
 
         def loss_fn(model):
             logits = model(x)
-            return official_cross_entropy(
-                logits, labels, label_smoothing=label_smoothing, log_eps=log_eps
-            ), logits
+            loss = official_cross_entropy(logits, labels, label_smoothing=label_smoothing,
+                                          log_eps=log_eps)
+            return loss, logits
 
         (loss, logits), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
         extra = {"labels": labels} if pass_labels else {}
         optimizer.update(model, grads, **extra)
-        accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
-        return {"loss": loss, "accuracy": accuracy}
+        metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
+        if learning_rate is not None:
+            metrics["lr"] = learning_rate(count)
+        return metrics
 
     @nnx.jit
     def eval_step(model, images):
@@ -60,9 +75,7 @@ def make_steps(
 
 def evaluate(model, eval_step, x, y, *, batch_size: int = 500, num_classes: int | None = None,
              put=None) -> dict:
-    """Accuracy on ``(x, y)`` in eval mode, overall and per class."""
-    import numpy as np
-
+    """Accuracy on ``(x, y)`` in eval mode, overall and per class (NaN for an absent class)."""
     model.eval()
     preds = []
     for i in range(0, len(x), batch_size):
@@ -74,8 +87,22 @@ def evaluate(model, eval_step, x, y, *, batch_size: int = 500, num_classes: int 
     pred = np.concatenate(preds)
     y = np.asarray(y)
     k = num_classes or int(y.max()) + 1
-    per_class = [float(np.mean(pred[y == c] == c)) if np.any(y == c) else float("nan") for c in range(k)]
+    per_class = [float(np.mean(pred[y == c] == c)) if np.any(y == c) else float("nan")
+                 for c in range(k)]
     return {"accuracy": float(np.mean(pred == y)), "per_class_accuracy": per_class}
+
+
+def accuracy_eval(eval_step, x, y, *, num_classes: int | None = None, batch_size: int = 500,
+                  put=None, prefix: str = "test") -> Callable[[nnx.Module], dict]:
+    """``fn(model) -> {"<prefix>_accuracy", "<prefix>_per_class_accuracy"}`` for ``fit(evals=)``."""
+
+    def fn(model):
+        ev = evaluate(model, eval_step, x, y, batch_size=batch_size, num_classes=num_classes,
+                      put=put)
+        return {f"{prefix}_accuracy": ev["accuracy"],
+                f"{prefix}_per_class_accuracy": ev["per_class_accuracy"]}
+
+    return fn
 
 
 class DataParallel:

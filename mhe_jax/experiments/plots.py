@@ -1,4 +1,7 @@
-"""2-D feature plots for the class-imbalance toy (Fig. 4 of the paper)."""
+"""Plots of model internals: 2-D features with the classifier neurons (Fig. 4 of the paper).
+
+Training curves of finished runs are in :mod:`mhe_jax.experiments.report`.
+"""
 
 from __future__ import annotations
 
@@ -24,8 +27,8 @@ def plot_features_2d(features, labels, classifier_kernel, ax=None, title=None, *
     Returns:
       The matplotlib ``Figure``.
     """
-    from matplotlib.figure import Figure  # lazy: matplotlib is an optional dependency
-    import matplotlib as mpl
+    import matplotlib as mpl  # lazy: matplotlib is an optional dependency
+    from matplotlib.figure import Figure
 
     f = np.asarray(features, dtype=np.float64)
     y = np.asarray(labels).astype(int).reshape(-1)
