@@ -11,9 +11,11 @@
 # 98%).
 #
 # Data: full MNIST if a local copy is found (`mhe_jax.data.load_mnist(download=False)`, e.g.
-# under `$MHE_JAX_DATA`), keeping 100 images of digit 0 as in the paper; otherwise
-# scikit-learn's bundled digits (upsampled to 16×16), keeping 10 of 133. Smoke mode:
-# digits and a few steps.
+# under `$MHE_JAX_DATA`), keeping 100 images of digit 0 as in the paper (configs `fig4/*`);
+# otherwise scikit-learn's bundled digits (upsampled to 16×16), keeping 10 of 133 (configs
+# `repro/fig4_digits/*`). Smoke mode: digits, a smaller network and a few steps. The runs go
+# through `mhe_jax.experiments.fig4.run_fig4`, the code behind
+# `python -m mhe_jax.experiments fig4`.
 #
 # On digits a single run is noisy (which test zeros land in the digit-0 sector varies with the
 # initialisation), so full mode trains three seeds of each. We measured (full mode, CPU, seeds
@@ -51,12 +53,11 @@ import time
 from pathlib import Path
 
 import jax
-import matplotlib.pyplot as plt
-import numpy as np
-from flax import nnx
+from IPython.display import Image, Markdown, display
 
 import mhe_jax
-from mhe_jax.experiments.fig4 import angle_to_nearest  # degrees from w_c to its nearest
+from mhe_jax.experiments import apply_overrides, get_config
+from mhe_jax.experiments.fig4 import run_fig4
 
 # MHE_JAX_SMOKE=1: tiny sizes, no network, small or synthetic data (CI runs every notebook so).
 SMOKE = os.environ.get("MHE_JAX_SMOKE", "").strip().lower() not in ("", "0", "false", "no")
@@ -65,39 +66,40 @@ OUT_DIR = Path(os.environ.get("MHE_JAX_NOTEBOOK_OUT")
                or tempfile.mkdtemp(prefix="mhe_jax_03_"))
 OUT_DIR.mkdir(parents=True, exist_ok=True)
 T_START = time.perf_counter()
-
-
-def show(fig, name):
-    """Save ``fig`` as OUT_DIR/<name>.png, then display it inline."""
-    fig.savefig(OUT_DIR / f"{name}.png", dpi=100, bbox_inches="tight")
-    plt.show()
-
-
 print(f"mhe_jax {mhe_jax.__version__}, jax {jax.__version__}, devices {jax.devices()}")
 print(f"smoke mode: {SMOKE}; figures are saved to {OUT_DIR}")
 
 # %%
-ds = None
+DATA_DIR = os.environ.get("MHE_JAX_DATA")  # where a local MNIST copy may be; None: the cache
+have_mnist = False
 if not SMOKE:
     try:
-        ds = mhe_jax.data.load_mnist(download=False)
+        mhe_jax.data.load_mnist(DATA_DIR, download=False)
+        have_mnist = True
     except FileNotFoundError as e:  # DatasetNotFoundError
         print("no local MNIST, using scikit-learn's digits:", str(e).splitlines()[0])
-if ds is None:
-    ds = mhe_jax.data.load_digits(size=16)
-KEEP = 100 if ds.name == "mnist" else 10  # training images of digit 0 that survive
 
-ds_imb, counts = mhe_jax.data.mnist_fig4_imbalance(ds, cls=0, keep_count=KEEP)
-print(ds.summary())
-print("imbalanced training set:", ds_imb.summary())
-print("training images per class:", counts)
+if have_mnist:  # the paper's setting (a GPU helps)
+    PREFIX, SEEDS = "fig4", (0,)
+    OVERRIDES = [f"data.data_dir={DATA_DIR}"] if DATA_DIR else []
+elif SMOKE:  # 2 conv layers instead of 6 (compiles fast), 40 steps
+    PREFIX, SEEDS = "repro/fig4_digits", (0,)
+    OVERRIDES = ["optim.steps=40", "optim.boundaries=26,33", "optim.warmup_steps=1",
+                 "model.widths=8,16", "data.batch_size=32"]
+else:  # digits: ~30 epochs (much longer, and the baseline memorises the 10 zeros too)
+    PREFIX, SEEDS, OVERRIDES = "repro/fig4_digits", (0, 1, 2), []
+
+for method in ("baseline", "mhe_output"):
+    cfg = apply_overrides(get_config(f"{PREFIX}/{method}"), OVERRIDES)
+    lam_h, lam_o = cfg.strengths()
+    print(f"{cfg.name}: {cfg.model}\n  {cfg.regularizer}: (λ_h, λ_o) = ({lam_h}, {lam_o})")
 
 # %% [markdown]
 # The network is `mhe_jax.models.mnist2d` (6 conv layers → 2-D features → bias-free linear
-# classifier with kernel `(2, 10)`). Both runs use the official optimizer recipe
-# (`mhe_jax.train.make_optimizer`: weight decay, then the regulariser, then SGD with momentum)
-# and `mhe_jax.train.fit`; the MHE run adds only output-layer MHE,
-# `mhe_regularizer(0.0, λ_o, s=0.0, output=model.output_path, max_norm=1.0)`.
+# classifier with kernel `(2, 10)`). Both configs use the official optimizer recipe (weight
+# decay, then the regulariser, then SGD with momentum); `mhe_output` adds only output-layer
+# MHE, which amounts to
+# `mhe_regularizer(0.0, λ_o, s=0.0, output=model.output_path, max_norm=1.0)`:
 #
 # - **Log energy (s = 0).** In two dimensions ten neurons are at best 36° apart, and the Riesz
 #   s = 2 energy and its gradient (∝ 1/distance³) grow large whenever two neurons come close,
@@ -108,69 +110,20 @@ print("training images per class:", counts)
 #   so its gradient grows like $1/\lVert w \rVert$, and 2-D classifier neurons start short
 #   ($\lVert w \rVert \approx 0.5$): unclipped, the first steps throw the neurons around and
 #   inflate their norms, and training can diverge (loss stuck near its maximum).
+#
+# `run_fig4` trains both configs for every seed, then tabulates the test accuracy, the accuracy
+# on digit 0 and the angle between digit 0's classifier neuron and its nearest neighbour, and
+# draws the paper's figure: the features of the **full, balanced** training set coloured by
+# digit, with the normalised classifier neurons as arrows (first seed).
 
 # %%
-if ds.name == "mnist":  # the paper's setting (a GPU helps)
-    STEPS, BATCH, WIDTHS, SEEDS = 6000, 128, (32, 32, 64, 64, 128, 128), (0,)
-elif SMOKE:  # 2 conv layers instead of 6: compiles fast
-    STEPS, BATCH, WIDTHS, SEEDS = 40, 32, (8, 16), (0,)
-else:  # digits: ~30 epochs (much longer, and the baseline memorises the 10 zeros too)
-    STEPS, BATCH, WIDTHS, SEEDS = 600, 64, (16, 16, 32, 32, 64, 64), (0, 1, 2)
-LAMBDA_O, MAX_NORM = 20.0, 1.0
-lr = mhe_jax.train.step_decay_schedule(0.05, (2 * STEPS // 3, 5 * STEPS // 6),
-                                       warmup_steps=STEPS // 30)
-METHODS = {"without MHE": False, "with output MHE": True}
-
-
-def run(with_mhe, seed):
-    model = mhe_jax.models.mnist2d(ds.num_classes, in_channels=ds.image_shape[-1], widths=WIDTHS,
-                                   rngs=nnx.Rngs(seed))
-    regularizer = (mhe_jax.mhe_regularizer(0.0, LAMBDA_O, s=0.0, output=model.output_path,
-                                           max_norm=MAX_NORM) if with_mhe else None)
-    optimizer = nnx.Optimizer(model, mhe_jax.train.make_optimizer(lr, regularizer=regularizer),
-                              wrt=nnx.Param)
-    result = mhe_jax.train.fit(model, optimizer, ds_imb, steps=STEPS, batch_size=BATCH, seed=seed,
-                               augment=False, log_every=max(STEPS // 10, 1), learning_rate=lr,
-                               progress=not SMOKE)
-    return model, result
-
-
-runs = {}
-for seed in SEEDS:
-    for name, with_mhe in METHODS.items():
-        model, result = runs[name, seed] = run(with_mhe, seed)
-        test = result["test"]
-        print(f"{name:>16} (seed {seed}): test accuracy {test['accuracy']:.4f}, digit 0: "
-              f"{test['per_class_accuracy'][0]:.4f}, angle w_0 to nearest "
-              f"{angle_to_nearest(np.asarray(model.classifier.kernel[...]), 0):.1f} deg "
-              f"({result['seconds']:.1f} s)")
-
-print(f"\nmean over {len(SEEDS)} seed(s):")
-print(f"{'':>16} | {'test acc.':>9} | {'digit 0 acc.':>12} | {'angle w_0 to nearest':>20}")
-for name in METHODS:
-    acc = np.mean([runs[name, s][1]["test"]["accuracy"] for s in SEEDS])
-    acc0 = np.mean([runs[name, s][1]["test"]["per_class_accuracy"][0] for s in SEEDS])
-    a0 = np.mean([angle_to_nearest(np.asarray(runs[name, s][0].classifier.kernel[...]), 0)
-                  for s in SEEDS])
-    print(f"{name:>16} | {acc:9.4f} | {acc0:12.4f} | {a0:16.1f} deg")
-
-# %% [markdown]
-# Features of the **full, balanced** training set (as in the paper's figure), coloured by
-# digit, with the normalised classifier neurons as red arrows (seed 0).
-
-# %%
-fig, axes = plt.subplots(1, 2, figsize=(12, 6))
-for ax, name in zip(axes, METHODS, strict=True):
-    model, result = runs[name, SEEDS[0]]
-    test = result["test"]
-    mhe_jax.models.plot_features_2d(
-        mhe_jax.train.predict_features(model, ds.x_train), ds.y_train,
-        np.asarray(model.classifier.kernel[...]),  # (2, 10): one column (neuron) per class
-        ax=ax, max_points=10000, point_size=3,
-        title=f"{name}: test acc. {test['accuracy']:.1%}, "
-              f"digit 0: {test['per_class_accuracy'][0]:.1%}")
-fig.tight_layout()
-show(fig, "fig4_features")
+fig4 = run_fig4(PREFIX, SEEDS, OUT_DIR / "fig4", overrides=OVERRIDES, progress=not SMOKE)
+for row in fig4["rows"]:
+    print(f"{row['label']:>16} (seed {row['seed']}): test accuracy {row['test_accuracy']:.4f}, "
+          f"digit 0: {row['rare_class_accuracy']:.4f}, angle w_0 to nearest "
+          f"{row['rare_class_angle_deg']:.1f} deg ({row['train_seconds']:.1f} s)")
+display(Markdown(fig4["table"]))
+display(Image(filename=str(OUT_DIR / "fig4" / "fig4.png")))
 
 # %%
 print(f"notebook finished in {time.perf_counter() - T_START:.1f} s (smoke mode: {SMOKE})")

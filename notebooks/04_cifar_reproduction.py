@@ -13,8 +13,9 @@
 # **On Colab:** *Runtime → Change runtime type →* a GPU or a TPU. `mhe_jax.train.fit` shards
 # every batch over all local devices (data parallel), so a TPU's 8 cores are used without
 # changes (the batch size must divide by the device count). One full run (42.5k steps) takes
-# hours; lower `steps` in `OVERRIDES` for a quicker, rougher comparison. Point `RUN_ROOT` at a
-# mounted Google Drive folder so interrupted runs resume from their checkpoints.
+# hours; lower `optim.steps` in `OVERRIDES` for a quicker, rougher comparison. Point
+# `RUN_ROOT` at a mounted Google Drive folder so interrupted runs resume from their
+# checkpoints.
 #
 # `MHE_JAX_SMOKE=1` (CI) runs two of the configurations through the same code path for 3
 # steps with tiny widths, on scikit-learn's bundled digits (upsampled to 32×32) instead of CIFAR.
@@ -73,26 +74,29 @@ CONFIG_NAMES = [
     "table1/cifar10/baseline", "table1/cifar10/mhe/s2", "table1/cifar10/half_mhe/s2",
     "table2/baseline/w16_32_64", "table2/mhe/w16_32_64", "table2/half_mhe/w16_32_64",
 ]
-OVERRIDES = []  # e.g. ["steps=10000", "boundaries=5000,7500,9000", "eval_every=1000"]
+OVERRIDES = []  # e.g. ["optim.steps=10000", "optim.boundaries=5000,7500,9000"]
 # Run directories; on Colab e.g. /content/drive/MyDrive/mhe_runs (a mounted Drive) to resume.
 RUN_ROOT = Path(os.environ.get("MHE_JAX_RUNS", "runs/notebook04"))
 DATA_DIR = os.environ.get("MHE_JAX_DATA")  # CIFAR location; None: ~/.cache/mhe_jax
 
 if SMOKE:  # the same configs and code path on tiny sizes, with scikit-learn's bundled digits
     CONFIG_NAMES = ["table1/cifar10/mhe/s2", "table2/half_mhe/w16_32_64"]
-    OVERRIDES = ["dataset=digits", "image_size=32", "steps=3", "widths=4,4,8", "batch_size=16",
-                 "eval_every=0", "energy_every=0", "checkpoint_every=0", "log_every=1"]
+    OVERRIDES = ["data.dataset=digits", "data.image_size=32", "data.batch_size=16",
+                 "model.widths=4,4,8", "optim.steps=3", "logging.log_every=1",
+                 "logging.eval_every=none", "logging.energy_every=none",
+                 "logging.checkpoint_every=none"]
     RUN_ROOT = OUT_DIR / "runs"
 elif DATA_DIR:
-    OVERRIDES = [f"data_dir={DATA_DIR}", *OVERRIDES]
+    OVERRIDES = [f"data.data_dir={DATA_DIR}", *OVERRIDES]
 
 configs = {name: apply_overrides(get_config(name), OVERRIDES) for name in CONFIG_NAMES}
 print(f"{'config':>28} | {'data':>8} | {'method':>9} | {'s':>3} | {'widths':>13} | "
       f"{'(λ_h, λ_o)':>12} | {'steps':>6} | paper error")
 for name, cfg in configs.items():
     lam = tuple(None if v is None else round(v, 3) for v in cfg.strengths())
-    print(f"{name:>28} | {cfg.dataset:>8} | {cfg.method:>9} | {cfg.s:3.0f} | "
-          f"{cfg.widths!s:>13} | {lam!s:>12} | {cfg.steps:>6} | {cfg.paper.get('value')}%")
+    print(f"{name:>28} | {cfg.data.dataset:>8} | {cfg.regularizer.method:>9} | "
+          f"{cfg.regularizer.s:3.0f} | {cfg.model.widths!s:>13} | {lam!s:>12} | "
+          f"{cfg.optim.steps:>6} | {cfg.paper.get('value')}%")
 
 # %% [markdown]
 # ## Devices
@@ -108,9 +112,9 @@ n_devices = jax.local_device_count()
 print(f"{n_devices} local device(s), platform {jax.devices()[0].platform}:",
       "data parallel" if n_devices > 1 else "single device")
 for name, cfg in configs.items():
-    if cfg.batch_size % n_devices:
-        raise ValueError(f"{name}: batch_size={cfg.batch_size} does not divide by the "
-                         f"{n_devices} devices; add batch_size=... to OVERRIDES")
+    if cfg.data.batch_size % n_devices:
+        raise ValueError(f"{name}: data.batch_size={cfg.data.batch_size} does not divide by "
+                         f"the {n_devices} devices; add data.batch_size=... to OVERRIDES")
 
 # %% [markdown]
 # ## Data
@@ -119,11 +123,11 @@ for name, cfg in configs.items():
 # `DATA_DIR` or `~/.cache/mhe_jax`; `runner.load_dataset(cfg)` is what every run below loads.
 
 # %%
-for cfg in {cfg.dataset: cfg for cfg in configs.values()}.values():
-    if cfg.dataset == "cifar10":
-        mhe_jax.data.load_cifar10(cfg.data_dir, download=True)
-    elif cfg.dataset == "cifar100":
-        mhe_jax.data.load_cifar100(cfg.data_dir, download=True)
+for cfg in {cfg.data.dataset: cfg for cfg in configs.values()}.values():
+    if cfg.data.dataset == "cifar10":
+        mhe_jax.data.load_cifar10(cfg.data.data_dir, download=True)
+    elif cfg.data.dataset == "cifar100":
+        mhe_jax.data.load_cifar100(cfg.data.data_dir, download=True)
     print(runner.load_dataset(cfg)[0].summary())
 
 # %% [markdown]

@@ -41,13 +41,14 @@ EXPECTED = {
     "02_thomson_and_figure1.ipynb": (["figure1.png", "thomson.png"],
                                      ["half-space MHE", "rel. error", "polyhedron",
                                       "notebook finished"]),
-    "03_class_imbalance.ipynb": (["fig4_features.png"],
-                                 ["with output MHE (seed 0): test accuracy", "digit 0 acc.",
+    "03_class_imbalance.ipynb": (["fig4/fig4.png"],
+                                 ["with output MHE (seed 0): test accuracy", "rare-class acc.",
                                   "notebook finished"]),
     "04_cifar_reproduction.ipynb": (["curves.png"],
                                     ["8 local device(s), platform cpu: data parallel",
                                      "table1/cifar10/mhe/s2: test error",
-                                     "table2/half_mhe/w16_32_64: test error", "paper (%)",
+                                     "table2/half_mhe/w16_32_64: test error",
+                                     "paper: test error (%)",
                                      "notebook finished"]),
 }
 # Extra environment of a notebook's kernel.
