@@ -788,6 +788,14 @@ def test_cifar10_jpeg_npz_grayscale_and_errors(tmp_path):
     np.testing.assert_array_equal(ds.x_train[..., 0], ds.x_train[..., 2])
     with pytest.raises(D.DatasetNotFoundError, match="does not exist"):
         D.load_cifar10_jpeg_npz(tmp_path / "missing.npz")
+    with pytest.raises(D.DatasetNotFoundError, match="not a file"):
+        D.load_cifar10_jpeg_npz(tmp_path)
+    # the path is always an argument: no default location, no environment variable
+    with pytest.raises(TypeError, match="path"):
+        D.load_cifar10_jpeg_npz(None)
+    with pytest.raises(TypeError, match="path"):
+        D.load_cifar10_jpeg_npz()  # type: ignore[call-arg]
+    assert not hasattr(D, "default_cifar10_jpeg_path")
     with pytest.raises(ValueError, match="limit"):
         D.load_cifar10_jpeg_npz(p, limit=-1)
     with np.load(p) as z:
@@ -800,8 +808,12 @@ def test_cifar10_jpeg_npz_grayscale_and_errors(tmp_path):
         arrays = dict(z)
     arrays["test_jpeg"] = np.zeros_like(arrays["test_jpeg"])
     np.savez(tmp_path / "garbage.npz", **arrays)
-    with pytest.raises(ValueError, match="could not be decoded"):
+    with pytest.raises(D.CorruptDataError, match="could not be decoded") as ei:
         D.load_cifar10_jpeg_npz(tmp_path / "garbage.npz")
+    assert ei.value.path == tmp_path / "garbage.npz" and "pass another path" in str(ei.value)
+    (tmp_path / "short.npz").write_bytes((tmp_path / "garbage.npz").read_bytes()[:-100])
+    with pytest.raises(D.CorruptDataError, match="BadZipFile"):  # was a bare BadZipFile
+        D.load_cifar10_jpeg_npz(tmp_path / "short.npz")
     del arrays["test_labels"]
     np.savez(tmp_path / "nokey.npz", **arrays)
     with pytest.raises(ValueError, match="test_labels"):

@@ -14,6 +14,7 @@ download therefore never leaves a file under the final name, and the temporary f
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import warnings
@@ -115,6 +116,13 @@ class _SizedDownloader:
             raise _SizeMismatch(f"received {got} bytes, expected {self.size}")
 
 
+class _DropHashHint(logging.Filter):
+    """Drops pooch's advice to pass a SHA256 ``known_hash`` (this API takes ``md5=``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("SHA256 hash of downloaded file")
+
+
 def _import_pooch():
     try:
         import pooch
@@ -122,6 +130,9 @@ def _import_pooch():
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError("downloading datasets needs pooch: pip install 'mhe_jax[models]' "
                           "(or pip install pooch)") from e
+    logger = pooch.get_logger()
+    if not any(isinstance(f, _DropHashHint) for f in logger.filters):
+        logger.addFilter(_DropHashHint())
     return pooch, requests
 
 
@@ -184,7 +195,7 @@ def download_file(
                 errors.append(f"{url}: {type(e).__name__}: {e}")
             elif isinstance(e, ValueError):
                 bad_checksum = True
-                errors.append(f"{url}: wrong file: {e}")
+                errors.append(f"{url}: size or md5 differs from the expected ({e})")
             else:
                 raise  # local I/O error (disk full, permissions): not the URL's fault
     detail = "\n  ".join(errors)

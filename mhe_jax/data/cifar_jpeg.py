@@ -19,6 +19,7 @@ import io
 import os
 import struct
 import tempfile
+import tokenize
 import warnings
 import zipfile
 import zlib
@@ -40,10 +41,11 @@ _CACHE_KEYS = ("x_train", "y_train", "x_test", "y_test", "label_names", "source_
                "digest")
 # what reading a damaged .npz raises: zip-level (BadZipFile, bad CRC, zlib.error for a flipped
 # compression method, NotImplementedError for an unknown one, RuntimeError for a flipped
-# "encrypted" flag), .npy-level (ValueError for a bad header, EOFError / OSError when short)
+# "encrypted" flag), .npy-level (ValueError for a bad header, EOFError / OSError when short;
+# numpy's fallback header parser lets tokenize.TokenError and IndentationError through)
 _NPZ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError,
                IndexError, TypeError, AttributeError, NotImplementedError, RuntimeError,
-               OverflowError, MemoryError, struct.error)
+               OverflowError, MemoryError, struct.error, SyntaxError, tokenize.TokenError)
 _FIX_SOURCE = ("Download or re-create the JPEG .npz (delete the damaged copy first), or pass "
                "another path=.")
 
