@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mhe_jax import _calibration, _checks, _comhe, _energy, _layouts, _tree
+from mhe_jax import _checks, _energy, _layouts, _tree
+from mhe_jax._spec import EnergySpec
 
 __all__ = [
     "RegularizerState",
@@ -182,64 +183,54 @@ def _is_zero(x) -> bool:
     return _checks.is_concrete_number(x) and float(x) == 0.0
 
 
-def _reference(n, d, s, distance, half):
-    if not _checks.is_concrete_number(s):
-        raise ValueError("calibrate=True needs a concrete s (not a traced hyperparameter)")
-    return _calibration.uniform_reference_energy(n, d, s=float(s), distance=distance, half_space=half)
+_SPEC_DEFAULTS = dict(s=2.0, distance="euclidean", half_space=False, eps=None, min_distance=None,
+                      sample_size=None, projection=None, calibrate=False)
 
 
 @dataclasses.dataclass(frozen=True)
 class _MHEPenalty:
-    """R of the module docstring on the selected layers' ``(d, N)`` neuron matrices."""
+    """R of the module docstring on the selected layers' ``(d, N)`` neuron matrices.
+
+    ``spec`` holds the energy options (its ``half_space`` is that of the hidden layers); the
+    strengths are numbers or schedules, evaluated here at the step count.
+    """
 
     hidden_strength: Any
     output_strength: Any
-    s: Any
-    distance: str
-    half_space: bool
-    sample_size: int | None
-    eps: Any
-    min_distance: Any
-    calibrate: bool
-    projection: dict | None
+    spec: EnergySpec
 
     def strengths(self, count) -> dict:
         lam_o = self.output_strength
         return {"hidden_strength": _value(self.hidden_strength, count),
                 "output_strength": None if lam_o is None else _value(lam_o, count)}
 
+    def output_spec(self) -> EnergySpec:
+        return self.spec.replace(half_space=False, sample_size=None, projection=None)
+
+    def hidden_spec(self, d: int, n: int) -> EnergySpec:
+        """The hidden-layer spec for a ``(d, N)`` layer: CoMHE only above ``projection.dim``
+        inputs (then no sampling), sampling only for ``sample_size < N``."""
+        spec = self.spec
+        if spec.projection is not None and d > spec.projection.dim:
+            return spec.replace(sample_size=None)
+        k = spec.sample_size if spec.sample_size is not None and spec.sample_size < n else None
+        return spec.replace(projection=None, sample_size=k)
+
     def __call__(self, matrices, layers, count, key, labels=None, **unused_extra) -> jax.Array:
         lam_h = _value(self.hidden_strength, count)
         lam_o = None if self.output_strength is None else _value(self.output_strength, count)
-        common = dict(s=self.s, distance=self.distance, eps=self.eps, min_distance=self.min_distance)
         hidden, out = [], []
         for W, layer in zip(matrices, layers):
-            d, n = W.shape
-            layer_key = jax.random.fold_in(key, layer.index)
             if layer.is_output:
                 if lam_o is None:
                     continue
                 if labels is not None:
-                    e = _energy.output_energy(W, labels, **common)
+                    out.append(_energy.output_energy(W, labels, spec=self.output_spec()))
                 else:
-                    e = _energy.hyperspherical_energy(W, **common)
-                half = False
-            else:
-                if _is_zero(lam_h):
-                    continue
-                half = self.half_space
-                proj = self.projection
-                if proj is not None and d > proj.get("dim", 40):
-                    e = _comhe.compressive_energy(W, layer_key, half_space=half, **proj, **common)
-                else:
-                    k = self.sample_size if self.sample_size is not None and self.sample_size < n else None
-                    e = _energy.hyperspherical_energy(
-                        W, half_space=half, sample_size=k,
-                        key=layer_key if k is not None else None, **common,
-                    )
-            if self.calibrate:
-                e = e / _reference(n, d, self.s, self.distance, half)
-            (out if layer.is_output else hidden).append(e)
+                    out.append(_energy.energy_from_spec(W, self.output_spec()))
+            elif not _is_zero(lam_h):
+                hidden.append(_energy.energy_from_spec(
+                    W, self.hidden_spec(*W.shape), key=jax.random.fold_in(key, layer.index)))
         total = jnp.zeros((), jnp.float32)
         if hidden:
             total = total + lam_h * sum(hidden)
@@ -248,39 +239,33 @@ class _MHEPenalty:
         return total
 
 
-def _mhe(hidden_strength, output_strength, s, distance, half_space, output, sample_size, eps,
-         min_distance, calibrate, projection) -> _MHEPenalty:
+def _energy_spec(spec, **given) -> EnergySpec:
+    """The one validated spec of a call: ``spec=`` or the keyword options (not both)."""
+    if spec is not None and given["half_space"] == "hidden":
+        given["half_space"] = True
+    if spec is None:
+        given["half_space"] = _half_space_for_hidden(given["half_space"])
+    return _energy.resolve_spec(spec, _SPEC_DEFAULTS, given)
+
+
+def _mhe(hidden_strength, output_strength, output, spec: EnergySpec) -> _MHEPenalty:
     check_strength(hidden_strength, "hidden_strength")
     check_strength(output_strength, "output_strength", optional=True)
-    _checks.check_distance(distance)
-    _checks.check_nonnegative(s, "s")
-    half = _half_space_for_hidden(half_space)
     if output_strength is not None and output is None:
         raise ValueError(
             "output_strength was given but output=None: name the output (classifier) layer, e.g. "
             "output='head' (its module path) or output='classifier/kernel' (or model.output_path)"
         )
-    _structural(sample_size, "sample_size", "pass a Python int")
-    if sample_size is not None and (
-        not isinstance(sample_size, int) or isinstance(sample_size, bool) or sample_size < 2
-    ):
-        raise ValueError(f"sample_size must be an int >= 2 or None, got {sample_size!r}")
-    for name, value in (("eps", eps), ("min_distance", min_distance)):
-        if value is not None:
-            _checks.check_nonnegative(value, name)
-    if not isinstance(calibrate, bool):
-        raise TypeError(f"calibrate must be a bool, got {calibrate!r}")
-    if projection is not None and not isinstance(projection, Mapping):
-        raise TypeError(f"projection must be a dict of compressive_energy options, got {projection!r}")
-    if half and output is None and not _is_zero(hidden_strength):
+    if spec.kernel != "riesz":
+        raise ValueError("the MHE regularizer uses the Riesz/log kernel: spec.kernel='riesz'")
+    if spec.half_space and output is None and not _is_zero(hidden_strength):
         warnings.warn(
             "half_space=True with output=None: every selected layer is a hidden layer, so the "
             "last (classifier) layer gets half-space MHE too. Name it with output= (e.g. "
             "output='head') to give it full-space MHE, as in the paper (Sec. 3.4)",
             UserWarning, stacklevel=3,
         )
-    return _MHEPenalty(hidden_strength, output_strength, s, distance, half, sample_size, eps,
-                       min_distance, calibrate, None if projection is None else dict(projection))
+    return _MHEPenalty(hidden_strength, output_strength, spec)
 
 
 def mhe_regularizer(
@@ -301,6 +286,7 @@ def mhe_regularizer(
     calibrate: bool = False,
     projection: dict | None = None,
     max_norm=None,
+    spec: EnergySpec | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Add the gradient of the MHE regularizer ``R`` to the updates.
 
@@ -373,8 +359,11 @@ def mhe_regularizer(
       >>> float(state[0].output_strength)
       10.0
     """
-    penalty = _mhe(hidden_strength, output_strength, s, distance, half_space, output, sample_size,
-                   eps, min_distance, calibrate, projection)
+    spec = _energy_spec(spec, s=s, distance=distance, half_space=half_space, eps=eps,
+                        min_distance=min_distance, sample_size=_structural(
+                            sample_size, "sample_size", "pass a Python int"),
+                        projection=projection, calibrate=calibrate)
+    penalty = _mhe(hidden_strength, output_strength, output, spec)
     return penalty_transformation(
         penalty, strengths=penalty.strengths, mask=mask, output=output, neuron_axis=neuron_axis,
         layout=layout, seed=seed, max_norm=max_norm,
@@ -401,6 +390,7 @@ def mhe_penalty(
     calibrate: bool = False,
     projection: dict | None = None,
     step=None,
+    spec: EnergySpec | None = None,
 ) -> jax.Array:
     r"""The scalar ``R(params)`` of :func:`mhe_regularizer`, to add to a loss.
 
@@ -420,10 +410,12 @@ def mhe_penalty(
       >>> round(float(mhe_jax.mhe_penalty(eqx_params, 0.1, layout="equinox")), 6)
       0.05
     """
-    penalty = _mhe(hidden_strength, output_strength, s, distance, half_space, output, sample_size,
-                   eps, min_distance, calibrate, projection)
-    if sample_size is not None and key is None:
-        raise ValueError("sample_size requires key=")
+    spec = _energy_spec(spec, s=s, distance=distance, half_space=half_space, eps=eps,
+                        min_distance=min_distance, sample_size=sample_size,
+                        projection=projection, calibrate=calibrate)
+    penalty = _mhe(hidden_strength, output_strength, output, spec)
+    if (spec.sample_size is not None or spec.projection is not None) and key is None:
+        raise ValueError("sample_size and projection require key=")
     if step is None and (callable(hidden_strength) or callable(output_strength)):
         raise ValueError("a schedule strength needs step= (the step count to evaluate it at)")
     leaves, _, layers = _tree.select_layers(
@@ -448,6 +440,7 @@ def layer_energies(
     calibrate: bool = False,
     as_floats: bool = False,
     degrees: bool = False,
+    spec: EnergySpec | None = None,
 ) -> dict[str, Any]:
     r"""Energy, smallest angle and coherence of every selected layer.
 
@@ -473,20 +466,21 @@ def layer_energies(
       >>> round(log["Dense_0/kernel"]["energy"], 6)
       0.5
     """
-    half = _half_space_for_hidden(half_space)
-    _checks.check_distance(distance)
-    _checks.check_nonnegative(s, "s")
+    spec = _energy_spec(spec, s=s, distance=distance, half_space=half_space, eps=eps,
+                        min_distance=None, sample_size=None, projection=None,
+                        calibrate=calibrate)
     leaves, _, layers = _tree.select_layers(
         params, mask=mask, output=output, neuron_axis=neuron_axis, layout=layout
     )
     out = {}
     for layer in layers:
         W = layer.matrix(leaves[layer.index])
-        layer_half = half and not layer.is_output
-        st = _energy.energy_stats(W, s=s, distance=distance, half_space=layer_half, eps=eps)
-        if calibrate:
+        layer_half = spec.half_space and not layer.is_output
+        st = _energy.energy_stats(W, spec=spec.replace(half_space=layer_half, calibrate=False))
+        if spec.calibrate:
             d, n = W.shape
-            st = st._replace(energy=st.energy / _reference(n, d, s, distance, layer_half))
+            ref = _energy.calibration_reference(spec, n, d, half_space=layer_half)
+            st = st._replace(energy=st.energy / ref)
         if degrees and not as_floats:
             st = st._replace(min_angle=jnp.degrees(st.min_angle))
         out[layer.path] = st

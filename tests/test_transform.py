@@ -299,3 +299,251 @@ def test_baselines():
         assert float(np.abs(upd["conv"]["bias"]).sum()) == 0
     with pytest.raises(ValueError, match="power"):
         mhe_jax.orthogonality_regularizer(1.0, power=3)
+
+
+# ------------------------------------------------------------------------------ issue 12
+
+
+from tests import reference_penalty as ref  # noqa: E402
+
+LAYOUT_ERRORS = {}  # max |update − ∇ float64 reference| per model, printed by the last test
+
+
+def test_linen_mnist_cnn_output_by_module_name():
+    import flax.linen as nn
+
+    class CNN(nn.Module):  # the Flax MNIST example
+        @nn.compact
+        def __call__(self, x):
+            x = nn.avg_pool(nn.relu(nn.Conv(features=32, kernel_size=(3, 3))(x)), (2, 2), (2, 2))
+            x = nn.avg_pool(nn.relu(nn.Conv(features=64, kernel_size=(3, 3))(x)), (2, 2), (2, 2))
+            x = nn.relu(nn.Dense(features=256)(x.reshape((x.shape[0], -1))))
+            return nn.Dense(features=10)(x)
+
+    model = CNN()
+    x = jax.random.normal(jax.random.key(0), (2, 28, 28, 1), jnp.float64)
+    y = jnp.array([3, 7])
+    params = ref.to64(model.init(jax.random.key(1), x))
+
+    def loss(p):
+        return optax.softmax_cross_entropy_with_integer_labels(model.apply(p, x), y).mean()
+
+    tx = optax.chain(mhe_regularizer(1.0, 10.0, output="Dense_1", half_space=True), optax.sgd(0.1))
+    state = tx.init(params)
+
+    def hand(p):
+        q = p["params"]
+        hidden = [q["Conv_0"]["kernel"].reshape(-1, 32), q["Conv_1"]["kernel"].reshape(-1, 64),
+                  q["Dense_0"]["kernel"]]
+        return ref.penalty(hidden, [q["Dense_1"]["kernel"]], 1.0, 10.0, half_space=True)
+
+    worst = 0.0
+    for _ in range(2):
+        g = jax.grad(loss)(params)
+        u, state = tx.update(g, state, params)
+        added = jax.tree.map(lambda a, b: -a / 0.1 - b, u, g)
+        worst = max(worst, ref.max_abs_diff(added, jax.grad(hand)(params)))
+        for k in ("Conv_0", "Conv_1", "Dense_0", "Dense_1"):  # biases: the loss gradient only
+            np.testing.assert_array_equal(added["params"][k]["bias"], 0.0)
+        params = optax.apply_updates(params, u)
+    LAYOUT_ERRORS["flax linen MNIST CNN"] = worst
+    assert worst <= 1e-6
+    assert float(state[0].output_strength) == 10.0
+
+
+class Mixed(nnx.Module):
+    """Conv (1-D, a 3-D kernel), BatchNorm, Embed, MultiHeadAttention, LayerNorm, Linear."""
+
+    def __init__(self, rngs, dtype=jnp.float64):
+        kw = dict(param_dtype=dtype, dtype=dtype, rngs=rngs)
+        self.embed = nnx.Embed(11, 8, **kw)
+        self.conv = nnx.Conv(8, 6, (3,), **kw)
+        self.bn = nnx.BatchNorm(6, **kw)
+        self.attn = nnx.MultiHeadAttention(num_heads=2, in_features=6, qkv_features=8,
+                                           out_features=6, decode=False, **kw)
+        self.ln = nnx.LayerNorm(6, **kw)
+        self.linear = nnx.Linear(6, 5, **kw)
+        self.head = nnx.Linear(5, 3, **kw)
+
+    def __call__(self, tokens):
+        h = self.bn(nnx.relu(self.conv(self.embed(tokens))))
+        h = self.ln(h + self.attn(h))
+        return self.head(nnx.relu(self.linear(h.mean(axis=1))))
+
+
+def test_nnx_attention_model_right_neurons_and_untouched_leaves():
+    model = Mixed(nnx.Rngs(0))
+    tokens = jax.random.randint(jax.random.key(1), (4, 5), 0, 11)
+    y = jnp.array([0, 1, 2, 0])
+    lr = 0.1
+    opt = nnx.Optimizer(model, optax.chain(mhe_regularizer(0.5, 2.0, s=1.0, output="head"),
+                                           optax.sgd(lr)), wrt=nnx.Param)
+
+    def loss(m):
+        return optax.softmax_cross_entropy_with_integer_labels(m(tokens), y).mean()
+
+    def hand(p, qkv_mixed=False):
+        a = p["attn"]
+        # q/k/v (in, heads, head_dim): heads·head_dim = 8 neurons in R^6; out (heads, hd, out)
+        qkv = [a[n]["kernel"].reshape((12, 4) if qkv_mixed else (6, 8)) for n in ("query", "key", "value")]
+        hidden = [p["conv"]["kernel"].reshape(-1, 6), *qkv, a["out"]["kernel"].reshape(8, 6),
+                  p["linear"]["kernel"]]
+        return ref.penalty(hidden, [p["head"]["kernel"]], 0.5, 2.0, s=1.0)
+
+    worst = 0.0
+    for _ in range(2):
+        before = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+        grads = nnx.grad(loss)(model)
+        opt.update(model, grads)
+        after = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+        g = nnx.to_pure_dict(grads)
+        added = jax.tree.map(lambda b, a, gg: (b - a) / lr - gg, before, after, g)
+        want = jax.grad(hand)(before)
+        worst = max(worst, ref.max_abs_diff(added, want))
+        wrong = jax.grad(lambda p: hand(p, qkv_mixed=True))(before)
+        assert ref.max_abs_diff(added["attn"]["query"], wrong["attn"]["query"]) > 1e-3
+        untouched = [added["embed"], added["bn"], added["ln"]] + [
+            added[k]["bias"] for k in ("conv", "linear", "head")] + [
+            added["attn"][k]["bias"] for k in ("query", "key", "value", "out")]
+        assert all(float(jnp.max(jnp.abs(v))) <= 1e-12 for v in jax.tree.leaves(untouched))
+    LAYOUT_ERRORS["flax nnx Conv/BN/Embed/MHA/LN/Linear"] = worst
+    assert worst <= 1e-6
+    stats = mhe_jax.layer_energies(nnx.state(model, nnx.Param), output="head", as_floats=True,
+                                   degrees=True)
+    assert set(stats) == {"conv/kernel", "attn/query/kernel", "attn/key/kernel",
+                          "attn/value/kernel", "attn/out/kernel", "linear/kernel", "head/kernel"}
+
+
+def test_inject_hyperparams_without_static_args_strength_changed_mid_run():
+    params = make_params()
+    zero = jax.tree.map(jnp.zeros_like, params)
+    tx = optax.inject_hyperparams(mhe_regularizer)(1.0, 10.0, output="head", half_space=True)
+    state = tx.init(params)
+    step = jax.jit(tx.update)
+
+    def want(lam_h):
+        return jax.grad(lambda p: mhe_penalty(p, lam_h, 10.0, output="head", half_space=True))(params)
+
+    u, state = step(zero, state, params)
+    chex.assert_trees_all_close(u, want(1.0), rtol=1e-5, atol=1e-7)
+    assert float(state.inner_state.hidden_strength) == 1.0
+    dtype = state.hyperparams["hidden_strength"].dtype
+    state.hyperparams["hidden_strength"] = jnp.asarray(0.25, dtype)  # changed mid-run
+    for _ in range(2):
+        u, state = step(zero, state, params)
+        chex.assert_trees_all_close(u, want(0.25), rtol=1e-5, atol=1e-7)
+    assert float(state.inner_state.hidden_strength) == 0.25
+    assert float(optax.tree_utils.tree_get(state, "output_strength")) == 10.0
+    # a schedule strength, injected
+    tx = optax.inject_hyperparams(mhe_regularizer)(optax.linear_schedule(1.0, 3.0, 2))
+    state = tx.init(params)
+    for lam in (1.0, 2.0, 3.0):
+        u, state = jax.jit(tx.update)(zero, state, params)
+        assert float(state.hyperparams["hidden_strength"]) == pytest.approx(lam)
+    # structural ints would be injected as arrays: a clear error at init, naming them
+    for kwargs, name in [(dict(sample_size=4), "sample_size"), (dict(neuron_axis=0), "neuron_axis")]:
+        with pytest.raises(TypeError, match=f"{name}.*static_args"):
+            optax.inject_hyperparams(mhe_regularizer)(1.0, **kwargs).init(params)
+    tx = optax.inject_hyperparams(mhe_regularizer)(1.0, neuron_axis=(-1,))  # the tuple form works
+    tx.update(zero, tx.init(params), params)
+
+
+def test_none_leaves_pass_through():
+    params = make_params()
+    g = jax.tree.map(jnp.ones_like, params)
+    g["Dense_0"]["kernel"] = None  # a selected layer without an update
+    g["conv"]["bias"] = None
+    tx = mhe_regularizer(1.0, 10.0, output="head")
+    u, _ = tx.update(g, tx.init(params), params)
+    assert u["Dense_0"]["kernel"] is None and u["conv"]["bias"] is None
+    reg = jax.grad(lambda p: mhe_penalty(p, 1.0, 10.0, output="head"))(params)
+    np.testing.assert_allclose(u["head"]["kernel"], 1.0 + reg["head"]["kernel"], rtol=1e-6)
+    np.testing.assert_allclose(u["conv"]["kernel"], 1.0 + reg["conv"]["kernel"], rtol=1e-6)
+    u, _ = optax.chain(tx, optax.add_decayed_weights(1e-4), optax.sgd(0.1)).update(
+        g, optax.chain(tx, optax.add_decayed_weights(1e-4), optax.sgd(0.1)).init(params), params)
+    assert u["Dense_0"]["kernel"] is None
+
+
+@pytest.mark.parametrize("kwargs, exc, name", [
+    (dict(hidden_strength=-1.0), ValueError, "hidden_strength"),
+    (dict(hidden_strength=[1.0]), TypeError, "hidden_strength"),
+    (dict(hidden_strength="1"), TypeError, "hidden_strength"),
+    (dict(hidden_strength=True), TypeError, "hidden_strength"),
+    (dict(hidden_strength=jnp.ones(2)), ValueError, "hidden_strength"),
+    (dict(hidden_strength=float("nan")), ValueError, "hidden_strength"),
+    (dict(hidden_strength=None), ValueError, "hidden_strength"),
+    (dict(hidden_strength=1.0, output_strength=-2.0, output="head"), ValueError, "output_strength"),
+    (dict(hidden_strength=1.0, output_strength=(1.0,), output="head"), TypeError, "output_strength"),
+    (dict(hidden_strength=1.0, seed="a"), TypeError, "seed"),
+    (dict(hidden_strength=1.0, max_norm=-1.0), ValueError, "max_norm"),
+    (dict(hidden_strength=1.0, eps=-1.0), ValueError, "eps"),
+    (dict(hidden_strength=1.0, min_distance=-1.0), ValueError, "min_distance"),
+    (dict(hidden_strength=1.0, calibrate="yes"), TypeError, "calibrate"),
+    (dict(hidden_strength=1.0, projection=3), TypeError, "projection"),
+    (dict(hidden_strength=1.0, layout="pytorch"), ValueError, "layout"),
+    (dict(hidden_strength=1.0, half_space="yes"), TypeError, "half_space"),
+    (dict(hidden_strength=1.0, spec=mhe_jax.EnergySpec(), s=1.0), TypeError, "spec"),
+])
+def test_bad_input_raises_at_construction_naming_the_argument(kwargs, exc, name):
+    with pytest.raises(exc, match=name):
+        mhe_regularizer(**kwargs)
+
+
+def test_selection_is_checked_at_init():
+    params = make_params()
+    for kwargs, match in [(dict(output="classifier"), "matches no leaf"),
+                          (dict(output="kernel"), "matches every layer"),
+                          (dict(layout="haiku"), "no parameter was selected"),
+                          (dict(mask={"conv": True, "Dense_0": False, "bn": False, "head": False}),
+                           "conv/bias")]:
+        tx = mhe_regularizer(1.0, 1.0 if "output" in kwargs else None, **kwargs)
+        with pytest.raises(ValueError, match=match):
+            tx.init(params)
+    with pytest.raises(ValueError, match="step="):
+        mhe_penalty(params, optax.constant_schedule(1.0))
+    np.testing.assert_allclose(mhe_penalty(params, optax.linear_schedule(0.0, 2.0, 4), step=2),
+                               mhe_penalty(params, 1.0), rtol=1e-6)
+
+
+def test_state_exposes_current_strengths():
+    params = make_params()
+    zero = jax.tree.map(jnp.zeros_like, params)
+    tx = mhe_regularizer(optax.linear_schedule(1.0, 3.0, 2), 5.0, output="head")
+    state = tx.init(params)
+    assert float(state.hidden_strength) == 1.0 and float(state.output_strength) == 5.0
+    seen = []
+    for _ in range(3):
+        _, state = tx.update(zero, state, params)
+        seen.append(float(state.hidden_strength))
+    assert seen == [1.0, 2.0, 3.0]  # the strength used by each update
+    assert mhe_regularizer(1.0).init(params).output_strength is None
+    with pytest.raises(AttributeError):
+        state.no_such_strength  # noqa: B018
+
+
+def test_layer_energies_as_floats_in_degrees():
+    params = jax.tree.map(lambda a: np.asarray(a, np.float64), make_params())
+    arrays = mhe_jax.layer_energies(params, s=0.0, half_space=True, output="head")
+    floats = mhe_jax.layer_energies(params, s=0.0, half_space=True, output="head", as_floats=True,
+                                    degrees=True)
+    assert set(floats) == {"conv/kernel", "Dense_0/kernel", "head/kernel"}
+    for path, entry in floats.items():
+        assert set(entry) == {"energy", "min_angle_deg", "mean_abs_cosine"}
+        assert all(type(v) is float for v in entry.values())
+        assert entry["min_angle_deg"] == pytest.approx(np.degrees(float(arrays[path].min_angle)))
+        assert entry["energy"] == pytest.approx(float(arrays[path].energy))
+    np.testing.assert_allclose(floats["head/kernel"]["energy"],
+                               helpers.np_energy(params["head"]["kernel"], 0.0), rtol=1e-9)
+    U = helpers.unit(params["Dense_0"]["kernel"])
+    c = (U.T @ U)[~np.eye(8, dtype=bool)]
+    assert floats["Dense_0/kernel"]["min_angle_deg"] == pytest.approx(np.degrees(np.arccos(c.max())))
+    jitted = jax.jit(lambda p: mhe_jax.layer_energies(p, output="head"))(params)
+    assert mhe_jax.energies_as_floats(jitted)["head/kernel"] == pytest.approx(
+        mhe_jax.layer_energies(params, output="head", as_floats=True, degrees=True)["head/kernel"])
+    with pytest.raises(TypeError, match="concrete"):
+        jax.jit(lambda p: mhe_jax.layer_energies(p, as_floats=True))(params)
+
+
+def test_zz_report_layout_errors():
+    print("\nmax |update - grad(float64 reference)|:",
+          {k: f"{v:.2e}" for k, v in LAYOUT_ERRORS.items()})
