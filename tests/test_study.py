@@ -218,3 +218,72 @@ def test_half_space_energy_recomputed_from_final_checkpoint(tmp_path):
         w = kernel.reshape(-1, kernel.shape[-1])
         assert stats[path]["energy"] == pytest.approx(np_energy(kernel, s=2.0), rel=1e-5)
     assert stats["classifier/kernel"]["energy"] == pytest.approx(0.5)  # from the log (full space)
+
+
+# ----------------------------------------------------------------------------- the grid, for real
+
+TINY = ["data.image_size=8", "model.widths=4,4,8", "data.batch_size=32", "optim.steps=4",
+        "optim.boundaries=3", "optim.warmup_steps=0", "logging.log_every=1",
+        "logging.energy_every=2", "logging.eval_every=2", "logging.checkpoint_every=2"]
+
+
+class Killed(Exception):
+    """Stands for the process being killed right after a checkpoint was written."""
+
+
+def test_study_grid_resumes_a_half_finished_grid(tmp_path, monkeypatch, capsys):
+    from mhe_jax.experiments.__main__ import main as cli
+    from mhe_jax.experiments.configs import ConfigError
+    from mhe_jax.train import Checkpointer
+
+    out = tmp_path / "study"
+    # 1. one finished run
+    first = study.run_study("quickstart", ["baseline"], [0], out, overrides=TINY, progress=False)
+    assert first["trained"] == [(0, "baseline")] and first["skipped"] == []
+    done = study.run_dir_for(out, "quickstart", "baseline", 0) / "results.json"
+    finished_bytes = done.read_bytes()
+    # 2. one run killed right after its step-2 checkpoint
+    save = Checkpointer.save
+
+    def save_then_die(self, step, *args, **kwargs):
+        save(self, step, *args, **kwargs)
+        if step == 2:
+            raise Killed
+
+    with monkeypatch.context() as m:
+        m.setattr(Checkpointer, "save", save_then_die)
+        with pytest.raises(Killed):
+            study.run_study("quickstart", ["mhe"], [0], out, overrides=TINY, progress=False)
+    half = study.run_dir_for(out, "quickstart", "mhe", 0)
+    assert not (half / "results.json").exists() and (half / "checkpoints").is_dir()
+    capsys.readouterr()
+    # 3. the whole 2 x 2 grid from the command line: only the three missing runs train
+    cli(["study", "--configs", "quickstart", "--methods", "baseline,mhe", "--seeds", "0,1",
+         "--out", str(out), "--no-progress", *[a for t in TINY for a in ("--set", t)]])
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("seed ")]
+    assert printed[0].startswith("seed 0 baseline: finished, skipped")
+    assert [line.split(":")[0] for line in printed] == [
+        "seed 0 baseline", "seed 0 mhe", "seed 1 baseline", "seed 1 mhe"]  # seed-major
+    assert all("training" in line for line in printed[1:])
+    assert done.read_bytes() == finished_bytes  # not retrained
+    assert json.loads((half / "results.json").read_text())["resumed_from"] == 2
+    for seed, method in ((1, "baseline"), (1, "mhe")):
+        res = json.loads((study.run_dir_for(out, "quickstart", method, seed) / "results.json")
+                         .read_text())
+        assert res["resumed_from"] == 0 and res["steps"] == 4
+    summary = json.loads((out / "study.json").read_text())
+    assert [(r["seed"], r["method"]) for r in summary["rows"]] == [
+        (0, "baseline"), (0, "mhe"), (1, "baseline"), (1, "mhe")]
+    assert summary["paired"]["mhe"]["seeds"] == [0, 1]
+    text = (out / "study.md").read_text()
+    assert "| 1 | mhe |" in text and "Paired difference against baseline" in text
+    # 4. a changed config is refused before anything trains, naming the field
+    with pytest.raises(ConfigError, match="optim.lr"):
+        study.run_study("quickstart", ["baseline", "mhe"], [0, 1], out,
+                        overrides=[*TINY, "optim.lr=0.5"], progress=False)
+    # 5. report only, into another folder
+    cli(["study", "--report-only", "--runs", str(out), "--methods", "baseline,mhe",
+         "--report-out", str(tmp_path / "report")])
+    report_md = (tmp_path / "report" / "study.md").read_text()
+    assert "| 1 | mhe |" in report_md and "| mhe | 2 |" in report_md  # per seed; mean of 2
+    assert (tmp_path / "report" / "curves.png").stat().st_size > 10_000
