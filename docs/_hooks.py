@@ -8,8 +8,8 @@ attribute that does not start with ``_`` and is not a module (the explicit ``x a
 """
 
 from __future__ import annotations
-
 import __future__
+
 import importlib
 import re
 import types

@@ -4,17 +4,16 @@ import types as _types
 import typing as _typing
 
 from mhe_jax import _optional
-
-from mhe_jax._spec import EnergySpec as EnergySpec
-from mhe_jax._energy import (
-    gaussian_energy as gaussian_energy,
-    hyperspherical_energy as hyperspherical_energy,
-    output_energy as output_energy,
-    uniformity_loss as uniformity_loss,
+from mhe_jax._baselines import (
+    orthogonality_penalty as orthogonality_penalty,
+    orthogonality_regularizer as orthogonality_regularizer,
+    orthonormal_penalty as orthonormal_penalty,
+    orthonormal_regularizer as orthonormal_regularizer,
 )
-from mhe_jax._official import (
-    OFFICIAL_STRENGTHS as OFFICIAL_STRENGTHS,
-    official_energy as official_energy,
+from mhe_jax._calibration import uniform_reference_energy as uniform_reference_energy
+from mhe_jax._comhe import (
+    compressive_energy as compressive_energy,
+    random_projections as random_projections,
 )
 from mhe_jax._diagnostics import (
     EnergyStats as EnergyStats,
@@ -22,16 +21,19 @@ from mhe_jax._diagnostics import (
     mean_abs_cosine as mean_abs_cosine,
     min_angle as min_angle,
 )
-from mhe_jax._calibration import uniform_reference_energy as uniform_reference_energy
-from mhe_jax._comhe import compressive_energy as compressive_energy, random_projections as random_projections
-from mhe_jax._baselines import (
-    orthogonality_penalty as orthogonality_penalty,
-    orthogonality_regularizer as orthogonality_regularizer,
-    orthonormal_penalty as orthonormal_penalty,
-    orthonormal_regularizer as orthonormal_regularizer,
+from mhe_jax._energy import (
+    gaussian_energy as gaussian_energy,
+    hyperspherical_energy as hyperspherical_energy,
+    output_energy as output_energy,
+    uniformity_loss as uniformity_loss,
+)
+from mhe_jax._layouts import LAYOUTS as LAYOUTS, NeuronAxes as NeuronAxes
+from mhe_jax._official import (
+    OFFICIAL_STRENGTHS as OFFICIAL_STRENGTHS,
+    official_energy as official_energy,
 )
 from mhe_jax._sharded import sharded_hyperspherical_energy as sharded_hyperspherical_energy
-from mhe_jax._layouts import LAYOUTS as LAYOUTS, NeuronAxes as NeuronAxes
+from mhe_jax._spec import EnergySpec as EnergySpec
 from mhe_jax._transform import (
     RegularizerState as RegularizerState,
     energies_as_floats as energies_as_floats,
@@ -41,7 +43,6 @@ from mhe_jax._transform import (
     penalty_transformation as penalty_transformation,
 )
 from mhe_jax._tree import path_str as path_str
-
 from mhe_jax._version import __version__ as __version__
 
 # Subpackages load on first attribute access (`mhe_jax.models.cnn9`), so `import mhe_jax` stays
