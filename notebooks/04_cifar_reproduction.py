@@ -10,9 +10,9 @@
 # (loss, learning rate, per-layer energies, test accuracy), `results.json` and resumable orbax
 # checkpoints, and the report puts our test error next to the paper's.
 #
-# **On Colab:** *Runtime → Change runtime type →* a GPU or a TPU. `mhe_jax.train.fit` shards
-# every batch over all local devices (data parallel), so a TPU's 8 cores are used without
-# changes (the batch size must divide by the device count). One full run (42.5k steps) takes
+# **On Colab:** *Runtime → Change runtime type →* a GPU or a TPU. `runner.run` shards every
+# batch over all local devices (data parallel), so a TPU's 8 cores are used without changes
+# (the batch size must divide by the device count). One full run (42.5k steps) takes
 # hours; lower `optim.steps` in `OVERRIDES` for a quicker, rougher comparison. Point
 # `RUN_ROOT` at a mounted Google Drive folder so interrupted runs resume from their
 # checkpoints.
@@ -101,9 +101,10 @@ for name, cfg in configs.items():
 # %% [markdown]
 # ## Devices
 #
-# `mhe_jax.train.fit` (which `runner.run` calls) shards every batch over all local devices
-# when there is more than one (`mhe_jax.train.DataParallel`): a Colab TPU's 8 cores, or several
-# GPUs. This is the path that `tests/test_notebooks.py` runs, on 8 CPU devices
+# `runner.run` shards every batch over all local devices when there is more than one
+# (`mhe_jax.train.DataParallel`: model and optimizer state replicated, the batch split along
+# its first axis): a Colab TPU's 8 cores, or several GPUs. This is the path that
+# `tests/test_notebooks.py` runs, on 8 CPU devices
 # (`XLA_FLAGS=--xla_force_host_platform_device_count=8`). The global batch must divide by the
 # number of devices.
 
@@ -134,7 +135,8 @@ for cfg in {cfg.data.dataset: cfg for cfg in configs.values()}.values():
 # ## Runs
 #
 # `runner.run(cfg, out_dir)` builds data, model and optimizer from the config, trains with
-# `mhe_jax.train.fit` and writes the run directory. A finished run (with `results.json`) is
+# `mhe_jax.train.fit` and writes the run directory (`python -m mhe_jax.experiments run NAME`
+# does the same). A finished run (with `results.json`) is
 # skipped; an interrupted one resumes from its last checkpoint.
 
 # %%
