@@ -394,19 +394,20 @@ def test_cifar_download_false_extracts_a_cached_archive(tmp_path, cifar):
     _assert_same(D.load_cifar10(root=cache, download=False, md5=_md5(blob)), ref)
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate", "delete", "manifest"])
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete", "delete_marker", "manifest"])
 def test_cifar_damaged_folder_is_extracted_again_offline(tmp_path, cifar, damage):
     _, blob, ref = cifar
     cache = _cifar_cache(tmp_path, blob)
     before = _listing(cache)
-    target = cache / C10_DIR / ("data_batch_2" if damage != "manifest" else MANIFEST)
+    name = {"manifest": MANIFEST, "delete_marker": "test_batch"}.get(damage, "data_batch_2")
+    target = cache / C10_DIR / name
     data = bytearray(target.read_bytes())
     if damage == "flip":
         data[len(data) // 3] ^= 0x10  # inside the pixels: the pickle still loads
         target.write_bytes(bytes(data))
     elif damage == "truncate":
         target.write_bytes(bytes(data[:100]))
-    elif damage == "delete":
+    elif damage.startswith("delete"):
         target.unlink()
     else:
         target.write_bytes(bytes(data[:-7]))  # the manifest no longer parses
@@ -449,6 +450,20 @@ def test_cifar_user_folder_is_read_as_is_and_never_deleted(tmp_path, cifar):
             D.load_cifar10(root=root, download=False)
         assert ei.value.path == target and "Delete it" in str(ei.value)
         assert _listing(user) == before
+
+
+def test_cifar_foreign_folder_in_the_cache_is_not_replaced(tmp_path, cifar):
+    """A folder under the dataset's name that mhe_jax did not extract (no manifest) and that is
+    incomplete: an error, and neither it nor the archive is touched."""
+    src, blob, _ = cifar
+    cache = tmp_path / "cache"
+    shutil.copytree(src, cache)
+    (cache / C10_DIR / "test_batch").unlink()
+    (cache / C10_TAR).write_bytes(blob)
+    before = _listing(cache)
+    with pytest.raises(D.DatasetError, match="not extracted by mhe_jax"):
+        D.load_cifar10(root=cache, download=False, md5=_md5(blob))
+    assert _listing(cache) == before
 
 
 def test_cifar_archive_without_the_folder(tmp_path, server):

@@ -20,7 +20,7 @@ import zlib
 from pathlib import Path
 
 from mhe_jax.data._download import md5sum
-from mhe_jax.data._errors import CorruptDataError
+from mhe_jax.data._errors import CorruptDataError, DatasetError
 
 __all__ = ["MANIFEST_NAME", "extract_tar", "has_manifest", "verify_extracted"]
 
@@ -60,8 +60,9 @@ def extract_tar(archive: str | os.PathLike, dest_dir: str | os.PathLike, top: st
     """Extract ``archive`` (tar, tar.gz, tar.bz2, tar.xz) and move its top-level folder ``top``
     to ``dest_dir/top``, with a manifest of the extracted files' sizes and md5s.
 
-    Returns ``dest_dir/top``. If that folder already exists (another process finished first) it
-    is returned as it is. Raises ``CorruptDataError`` naming the archive if it cannot be read
+    Returns ``dest_dir/top``. If that folder already exists with a manifest (another process
+    finished first) it is returned as it is; without one it is not ours, and ``DatasetError``
+    is raised. Raises ``CorruptDataError`` naming the archive if it cannot be read
     to the end (truncated, corrupt gzip, bad tar header, unsafe member) or has no folder
     ``top``; nothing is left in ``dest_dir`` then. The archive itself is never deleted here.
 
@@ -87,8 +88,12 @@ def extract_tar(archive: str | os.PathLike, dest_dir: str | os.PathLike, top: st
             raise CorruptDataError(archive, f"archive has no top-level folder {top!r} "
                                    f"(found {found})", fix)
         _write_manifest(src, archive)
-        if final.exists():  # another process finished first
-            return final
+        if final.exists():
+            if has_manifest(final):  # another process finished first
+                return final
+            raise DatasetError(f"{final} already exists but was not extracted by mhe_jax (it "
+                               f"has no {MANIFEST_NAME}); move it away, or pass it as root= "
+                               "to read it as it is")
         os.replace(src, final)
         return final
     finally:

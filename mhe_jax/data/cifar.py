@@ -145,7 +145,8 @@ def rows_to_nhwc(rows: np.ndarray, height: int = 32, width: int = 32) -> np.ndar
     return np.ascontiguousarray(rows.reshape(-1, 3, height, width).transpose(0, 2, 3, 1))
 
 
-def _read_split(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
+def _read_split(path: Path, label_key: str, num_classes: int
+                ) -> tuple[np.ndarray, np.ndarray]:
     d = read_cifar_pickle(path)
     missing = [k for k in ("data", label_key) if k not in d]
     if missing:
@@ -158,6 +159,9 @@ def _read_split(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
     if y.shape != (len(x),):
         raise CorruptDataError(path, f"{len(x)} images but {label_key} has shape {y.shape}",
                                _FIX_FILE)
+    if y.size and (y.min() < 0 or y.max() >= num_classes):
+        raise CorruptDataError(path, f"{label_key} outside [0, {num_classes}): min {y.min()}, "
+                               f"max {y.max()}", _FIX_FILE)
     return x, y.astype(np.int32)
 
 
@@ -189,8 +193,8 @@ def _read_cifar10(d: Path) -> Dataset:
     missing = [n for n in (*_CIFAR10_TRAIN, "test_batch") if not (d / n).is_file()]
     if missing:
         raise DatasetNotFoundError(f"CIFAR-10 directory {d} is incomplete, missing {missing}")
-    parts = [_read_split(d / n, "labels") for n in _CIFAR10_TRAIN]
-    x_test, y_test = _read_split(d / "test_batch", "labels")
+    parts = [_read_split(d / n, "labels", 10) for n in _CIFAR10_TRAIN]
+    x_test, y_test = _read_split(d / "test_batch", "labels", 10)
     names = _label_names(d / "batches.meta", "label_names", 10) or CIFAR10_LABEL_NAMES
     return _make(d, np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
                  x_test, y_test, 10, "cifar10", names)
@@ -200,9 +204,9 @@ def _read_cifar100(d: Path, label_mode: str) -> Dataset:
     if not (d / "train").is_file():
         raise DatasetNotFoundError(f"CIFAR-100 directory {d} is incomplete, missing 'train'")
     key = f"{label_mode}_labels"
-    x_train, y_train = _read_split(d / "train", key)
-    x_test, y_test = _read_split(d / "test", key)
     num_classes = 100 if label_mode == "fine" else 20
+    x_train, y_train = _read_split(d / "train", key, num_classes)
+    x_test, y_test = _read_split(d / "test", key, num_classes)
     names = _label_names(d / "meta", f"{label_mode}_label_names", num_classes) or ()
     name = "cifar100" if label_mode == "fine" else "cifar100_coarse"
     return _make(d, x_train, y_train, x_test, y_test, num_classes, name, names)
@@ -227,6 +231,8 @@ _CIFAR100 = _Official("CIFAR-100", "cifar-100-python", "test", "cifar-100-python
 def _locate(root, spec: _Official) -> tuple[Path, Path | None]:
     """(base cache dir, dataset folder if present). ``root`` may also be the folder itself."""
     base = cache_dir(root)
+    if has_manifest(base / spec.folder):  # ours, even with files missing (verified next)
+        return base, base / spec.folder
     for cand in (base / spec.folder, base):
         if (cand / spec.marker).is_file():
             return base, cand
