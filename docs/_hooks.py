@@ -5,6 +5,9 @@ the marker line at the end of the page becomes one ``::: <package>.<name>`` dire
 other public name of the package, so a name added to a package's ``__init__`` is documented
 without editing the docs. Public names: ``__all__`` where the package defines it, otherwise every
 attribute that does not start with ``_`` and is not a module (the explicit ``x as x`` re-exports).
+
+The docstrings cross-reference with Sphinx roles (``:func:`min_angle```), which mkdocstrings
+shows verbatim; ``on_page_content`` drops the role and keeps the code span.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 
 MARKER = re.compile(r"^<!-- public-api: ([\w.]+) -->$", re.MULTILINE)
 DIRECTIVE = re.compile(r"^::: ([\w.]+)\s*$", re.MULTILINE)
+SPHINX_ROLE = re.compile(r":(?:py:)?(?:mod|func|class|meth|attr|data|obj|exc|const):(?=<code>)")
 
 
 def public_names(package: str) -> list[str]:
@@ -46,5 +50,14 @@ def expand(markdown: str) -> str:
     return MARKER.sub(directives, markdown)
 
 
+def strip_sphinx_roles(html: str) -> str:
+    """``:func:`x``` in a docstring renders as ``:func:<code>x</code>``: keep only the code."""
+    return SPHINX_ROLE.sub("", html)
+
+
 def on_page_markdown(markdown: str, **kwargs: Any) -> str:
     return expand(markdown)
+
+
+def on_page_content(html: str, **kwargs: Any) -> str:
+    return strip_sphinx_roles(html)

@@ -171,3 +171,10 @@ def test_public_api_is_fully_annotated():
             if missing:
                 gaps.append(f"{where}({', '.join(missing)})")
     assert not gaps, f"{len(gaps)} public functions lack type hints: " + "; ".join(gaps)
+
+
+def test_hook_strips_sphinx_roles_from_rendered_docstrings():
+    html = "see :func:<code>mhe_jax.min_angle</code> and :mod:<code>x</code>; a:b <code>c</code>"
+    assert HOOKS.strip_sphinx_roles(html) == (
+        "see <code>mhe_jax.min_angle</code> and <code>x</code>; a:b <code>c</code>"
+    )
