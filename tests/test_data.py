@@ -912,6 +912,11 @@ def test_image_folder_errors(tmp_path):
         D.load_image_folder(tmp_path)
     with pytest.raises(ValueError, match="size"):
         D.load_image_folder(tmp_path, size=0)
+    bad = tmp_path / "train/a/1.png"
+    bad.write_bytes((tmp_path / "train/a/0.png").read_bytes()[:40])  # truncated PNG
+    with pytest.raises(D.CorruptDataError, match="cannot be decoded") as ei:
+        D.load_image(bad, 8)
+    assert ei.value.path == bad and bad.is_file()  # the user's file: named, never deleted
     with pytest.raises(ValueError, match="max_per_class"):
         D.load_image_folder(tmp_path, max_per_class=0)
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from mhe_jax.data._dataset import Dataset, make_dataset
-from mhe_jax.data._errors import DatasetNotFoundError
+from mhe_jax.data._errors import CorruptDataError, DatasetNotFoundError
 
 __all__ = ["IMAGE_EXTENSIONS", "load_image_folder", "list_image_folder", "load_image"]
 
@@ -55,18 +55,26 @@ def list_image_folder(split_dir, classes=None, max_per_class: int | None = None)
     return list(classes), items
 
 
-def load_image(path, size: int) -> np.ndarray:
-    """One image as (size, size, 3) uint8: RGB, shorter side resized to ``size``, centre crop."""
+def load_image(path: str | os.PathLike, size: int) -> np.ndarray:
+    """One image as (size, size, 3) uint8: RGB, shorter side resized to ``size``, centre crop.
+
+    A file Pillow cannot decode (truncated, not an image) raises ``CorruptDataError`` naming it.
+    """
     from PIL import Image  # lazy: Pillow is only needed for image folders and the JPEG CIFAR copy
 
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        w, h = im.size
-        scale = size / min(w, h)
-        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-        im = im.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=None)
-        left, top = (nw - size) // 2, (nh - size) // 2
-        return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            w, h = im.size
+            scale = size / min(w, h)
+            nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+            im = im.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=None)
+            left, top = (nw - size) // 2, (nh - size) // 2
+            return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        # UnidentifiedImageError and "image file is truncated" are OSErrors
+        raise CorruptDataError(path, f"cannot be decoded as an image ({type(e).__name__}: {e})",
+                               "Delete or replace it, or pass another root=.") from e
 
 
 def _load_split(items, size, workers):
