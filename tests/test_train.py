@@ -16,15 +16,34 @@ import pytest
 from mhe_jax.experiments import CONFIGS, apply_overrides, get_config
 from mhe_jax.experiments.__main__ import main as cli
 from mhe_jax.experiments.runner import build
-from mhe_jax.train import Checkpointer, fit, official_cross_entropy, step_decay_schedule
+from mhe_jax.train import (
+    Checkpointer,
+    Every,
+    JsonlLogger,
+    energy_logger,
+    epoch_batches,
+    fit,
+    make_steps,
+    official_cross_entropy,
+    step_decay_schedule,
+)
 
-TINY = ["dataset=digits", "image_size=8", "widths=4,4,8", "batch_size=32", "steps=6", "lr=0.05",
-        "boundaries=4", "warmup_steps=0", "log_every=1", "eval_every=0", "energy_every=3",
-        "checkpoint_every=0", "augment=true"]
+TINY = ["data.dataset=digits", "data.image_size=8", "model.widths=4,4,8", "data.batch_size=32",
+        "optim.steps=6", "optim.lr=0.05", "optim.boundaries=4", "optim.warmup_steps=0",
+        "logging.log_every=1", "logging.eval_every=none", "logging.energy_every=3",
+        "logging.checkpoint_every=none", "data.augment=true"]
 
 
 def tiny(method="half_mhe", *extra):
     return apply_overrides(get_config(f"quickstart/{method}"), TINY + list(extra))
+
+
+def _fit(cfg, ds, model, opt, lr, *, steps, start=0, **kw):
+    """fit() with the runner's step and batch stream (seeded by cfg.seed)."""
+    fns = make_steps(augment=cfg.data.augment, seed=cfg.seed, learning_rate=lr)
+    data = epoch_batches(ds.x_train, ds.y_train, batch_size=cfg.data.batch_size, seed=cfg.seed,
+                         start_step=start)
+    return fit(model, opt, data, steps=steps, train_step=fns.train, **kw)
 
 
 def test_official_cross_entropy():
@@ -46,17 +65,52 @@ def test_schedule():
 
 
 def test_training_lowers_loss_and_logs_energies(tmp_path):
-    cfg = tiny("half_mhe", "steps=30", "augment=false", "lr=0.02", "warmup_steps=0")
+    cfg = tiny("half_mhe", "optim.steps=30", "data.augment=false", "optim.lr=0.02")
     ds, _, model, opt, lr = build(cfg)
-    out = fit(model, opt, ds, steps=30, batch_size=32, seed=0, augment=False, log_every=1,
-              energy_every=10, energy_kwargs={"half_space": True, "output": model.output_path},
-              log_path=tmp_path / "log.jsonl", progress=False)
+    energies = energy_logger(half_space=True, output=model.output_path)
+    log = JsonlLogger(tmp_path / "log.jsonl")
+    out = _fit(cfg, ds, model, opt, lr, steps=30, log_every=1, evals=[Every(10, energies)],
+               loggers=[log])
+    log.close()
     losses = [e["loss"] for e in out["history"] if "loss" in e]
-    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    assert len(losses) == 30 and np.mean(losses[-5:]) < np.mean(losses[:5])
+    assert [e["lr"] for e in out["history"] if "lr" in e][:2] == pytest.approx([0.02, 0.02])
     layers = [e["layers"] for e in out["history"] if "layers" in e]
+    assert [e["step"] for e in out["history"] if "layers" in e] == [10, 20, 30]
     assert "classifier/kernel" in layers[0] and "layers/0/conv/kernel" in layers[0]
     assert all(np.isfinite(v["energy"]) for v in layers[-1].values())
+    assert out["final"]["layers"] == layers[-1] and out["start_step"] == 0
     assert len((tmp_path / "log.jsonl").read_text().splitlines()) == len(out["history"])
+    with pytest.raises(ValueError, match="past steps=3"):
+        _fit(cfg, ds, model, opt, lr, steps=3)
+    with pytest.raises(ValueError, match="log_every"):
+        _fit(cfg, ds, model, opt, lr, steps=40, log_every=0)
+
+
+def test_fit_syncs_with_the_host_only_at_log_points():
+    """Between log points the metrics are never fetched: fit only keeps device arrays."""
+    cfg = tiny("baseline")
+    ds, _, model, opt, lr = build(cfg)
+    fns = make_steps(augment=False, seed=0)
+    fetched = []
+
+    class Metric:  # a metric that records every host conversion
+        def __init__(self, v):
+            self.v = v
+
+        def __array__(self, dtype=None, copy=None):
+            fetched.append(int(opt.step[...]))
+            return np.asarray(self.v, dtype)
+
+        def __float__(self):
+            return float(self.__array__())
+
+    def step(m, o, batch):
+        return {"loss": Metric(fns.train(m, o, batch)["loss"])}
+
+    data = epoch_batches(ds.x_train, ds.y_train, batch_size=32, seed=0)
+    fit(model, opt, data, steps=12, train_step=step, log_every=4)
+    assert fetched and set(fetched) == {4, 8, 12}
 
 
 def _params(model):
@@ -64,26 +118,27 @@ def _params(model):
 
 
 def test_resume_is_bit_exact(tmp_path):
-    cfg = tiny("half_mhe")
-    ds, _, model_a, opt_a, _ = build(cfg)
-    fit(model_a, opt_a, ds, steps=6, batch_size=32, seed=3, progress=False, log_every=0)
+    cfg = tiny("half_mhe", "seed=3")
+    ds, _, model_a, opt_a, lr = build(cfg)
+    _fit(cfg, ds, model_a, opt_a, lr, steps=6)
 
-    ds, _, model_b, opt_b, _ = build(cfg)
-    fit(model_b, opt_b, ds, steps=3, batch_size=32, seed=3, progress=False, log_every=0,
-        checkpoint_dir=tmp_path / "ck", checkpoint_every=3)
-    ds, _, model_c, opt_c, _ = build(cfg.replace(seed=99))  # different init: must be overwritten
-    out = fit(model_c, opt_c, ds, steps=6, batch_size=32, seed=3, progress=False, log_every=0,
-              checkpoint_dir=tmp_path / "ck", checkpoint_every=3)
-    assert out["resumed_from"] == 3
+    ds, _, model_b, opt_b, lr = build(cfg)
+    _fit(cfg, ds, model_b, opt_b, lr, steps=3, checkpointer=Checkpointer(tmp_path / "ck", every=3))
+    ds, _, model_c, opt_c, lr = build(cfg.replace(seed=99))  # different init: must be overwritten
+    step, meta = Checkpointer(tmp_path / "ck").restore(model_c, opt_c)
+    assert step == 3 and meta["step"] == 3 and int(opt_c.step[...]) == 3
+    out = _fit(cfg, ds, model_c, opt_c, lr, steps=6, start=3)
+    assert out["start_step"] == 3
     jax.tree.map(np.testing.assert_array_equal, _params(model_a), _params(model_c))
-    jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(nnx.state(opt_a)), nnx.to_pure_dict(nnx.state(opt_c)))
+    jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(nnx.state(opt_a)),
+                 nnx.to_pure_dict(nnx.state(opt_c)))
 
 
 def test_interrupted_save_keeps_previous_checkpoint(tmp_path):
     cfg = tiny("mhe")
     ds, _, model, opt, _ = build(cfg)
     ck = Checkpointer(tmp_path / "ck")
-    ck.save(3, model, opt, {"step": 3})
+    ck.save(3, model, opt)
     before = _params(model)
     # a save of step 6 that died half-way: orbax's temporary directory, never renamed
     tmp = tmp_path / "ck" / "6.orbax-checkpoint-tmp-1234567"
@@ -111,25 +166,9 @@ def test_every_paper_row_has_a_config():
     assert counts["table6"] == 10
     assert counts["table7"] == 12
     assert counts["fig4"] == 2
-    c = CONFIGS["table1/cifar100/half_a_mhe/s1"]
-    assert (c.distance, c.half_space, c.s) == ("angular", True, 1.0)
-    assert c.strengths() == pytest.approx((0.1 * np.pi, 1.0 * np.pi))
-    assert CONFIGS["table1/cifar10/mhe/s0"].strengths() == (2.0, 20.0)  # official "0" = 2 E_0
-    assert CONFIGS["table4/mhe/H"].strengths() == (1.0, None)
-    assert CONFIGS["table2/mhe/w16_32_64"].widths == (16, 32, 64)
+    assert CONFIGS["table2/mhe/w16_32_64"].model.widths == (16, 32, 64)
     assert CONFIGS["fig3/half_mhe_H/lam1e-2"].strengths() == (0.01, None)
     assert all(CONFIGS[n].paper for n in CONFIGS if n.startswith("table"))
-
-
-def test_overrides_are_typed_and_checked():
-    c = apply_overrides(get_config("table1/cifar10/mhe/s2"), ["steps=10", "widths=16,32,64", "output=false", "s=1"])
-    assert (c.steps, c.widths, c.output, c.s) == (10, (16, 32, 64), False, 1.0)
-    with pytest.raises(ValueError, match="unknown config field"):
-        apply_overrides(c, ["stepz=1"])
-    with pytest.raises(ValueError, match="method"):
-        apply_overrides(c, ["method=foo"])
-    with pytest.raises(KeyError, match="unknown config"):
-        get_config("table9/x")
 
 
 def test_cli_run_and_report(tmp_path, capsys):
@@ -149,12 +188,16 @@ def test_data_parallel_on_4_host_devices(tmp_path):
         jax.config.update("jax_enable_x64", True)  # as in this pytest process (conftest)
         from mhe_jax.experiments import apply_overrides, get_config
         from mhe_jax.experiments.runner import build
-        from mhe_jax.train import fit
+        from mhe_jax.train import DataParallel, epoch_batches, fit, make_steps
         from tests.test_train import TINY
         assert jax.local_device_count() == 4
         cfg = apply_overrides(get_config("quickstart/half_mhe"), TINY)
-        ds, _, model, opt, _ = build(cfg)
-        out = fit(model, opt, ds, steps=4, batch_size=32, seed=0, progress=False, log_every=1)
+        ds, _, model, opt, lr = build(cfg)
+        put = DataParallel()
+        put.replicate(model, opt)
+        fns = make_steps(augment=True, seed=0, learning_rate=lr)
+        data = epoch_batches(ds.x_train, ds.y_train, batch_size=32, seed=0, put=put)
+        out = fit(model, opt, data, steps=4, train_step=fns.train, log_every=1)
         w = model.classifier.kernel[...]
         assert len(w.sharding.device_set) == 4  # replicated over the mesh
         np.save("%s", np.asarray(w))
@@ -165,16 +208,16 @@ def test_data_parallel_on_4_host_devices(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], env=env, cwd=root, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     cfg = tiny("half_mhe")
-    ds, _, model, opt, _ = build(cfg)
-    fit(model, opt, ds, steps=4, batch_size=32, seed=0, progress=False, log_every=1)
+    ds, _, model, opt, lr = build(cfg)
+    _fit(cfg, ds, model, opt, lr, steps=4)
     np.testing.assert_allclose(np.load(tmp_path / "w4.npy"), np.asarray(model.classifier.kernel[...]), rtol=1e-4, atol=1e-5)
 
 
 def test_bn_momentum_override_reaches_the_model():
-    cfg = tiny("baseline", "bn_momentum=0.5")
+    cfg = tiny("baseline", "model.bn_momentum=0.5")
     _, _, model, _, _ = build(cfg)
     assert model.layers[0].bn.momentum == 0.5
-    _, _, model, _, _ = build(tiny("baseline", "bn_momentum=none"))
+    _, _, model, _, _ = build(tiny("baseline", "model.bn_momentum=none"))
     assert model.layers[0].bn.momentum == 0.999  # the official CNN default
 
 
@@ -189,7 +232,8 @@ def test_angle_to_nearest():
 
 
 def test_cli_fig4(tmp_path, capsys):
-    tiny_fig4 = ["steps=4", "widths=4,8", "batch_size=16", "energy_every=2", "log_every=2"]
+    tiny_fig4 = ["optim.steps=4", "model.widths=4,8", "data.batch_size=16",
+                 "logging.energy_every=2", "logging.log_every=2"]
     cli(["fig4", "--seeds", "0,1", "--out", str(tmp_path), "--no-progress",
          *sum([["--set", t] for t in tiny_fig4], [])])
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -199,7 +243,9 @@ def test_cli_fig4(tmp_path, capsys):
         assert 0 <= r["test_accuracy"] <= 1 and 0 <= r["rare_class_angle_deg"] <= 180
         assert r["train_images_per_class"][0] == 10  # digit 0 keeps 10 training images
     cfg = json.loads((tmp_path / "seed1/mhe_output/config.json").read_text())
-    assert cfg["seed"] == 1 and cfg["max_norm"] == 1.0 and cfg["strengths"] == [None, 20.0]
+    assert cfg["seed"] == 1 and cfg["regularizer"]["max_norm"] == 1.0
+    res = json.loads((tmp_path / "seed1/mhe_output/results.json").read_text())
+    assert res["strengths"] == [None, 20.0] and res["config"] == cfg
     assert (tmp_path / "fig4.png").stat().st_size > 10000
     assert "with output MHE, mean ± std" in (tmp_path / "summary.md").read_text()
     assert "mean ± std" in capsys.readouterr().out
