@@ -14,7 +14,8 @@ For half-space MHE the ``2N`` points are not independent (``(x, −x)`` pairs), 
 ``(2(N − 1) I(d) + f(2)) / (2N − 1)`` (``f(π)`` for angular). A calibrated layer energy
 ``E / E_ref`` is ≈ 1 for random (e.g. freshly initialised) neurons in any layer and < 1 for
 configurations more uniform than random. For ``s ≥ d − 1`` the uniform expectation diverges
-(e.g. s = 2 in R²) and calibration raises.
+(e.g. s = 2 in R²) and calibration raises. The kernel ``f_s`` is :func:`mhe_jax._kernels.riesz`
+(the one definition, evaluated in float64 NumPy here); the closed forms are its expectations.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from mhe_jax._kernels import riesz
 
 __all__ = ["uniform_reference_energy"]
 
@@ -36,10 +39,6 @@ def _digamma(x: float) -> float:
     return result + math.log(x) - 0.5 * inv - inv2 * (1 / 12 - inv2 * (1 / 120 - inv2 * (1 / 252 - inv2 / 240)))
 
 
-def _f(r: float, s: float) -> float:
-    return -math.log(r) if s == 0 else r ** (-s)
-
-
 def _angular_mean(d: int, s: float) -> float:
     # θ = π u^a puts nodes densely near the integrable singularity at θ = 0.
     a = max(1.0, 3.0 / max(d - 1 - s, 1e-3))
@@ -49,7 +48,7 @@ def _angular_mean(d: int, s: float) -> float:
     theta = math.pi * u ** a
     jac = math.pi * a * u ** (a - 1.0)
     dens = np.sin(theta) ** (d - 2) * jac
-    f = -np.log(theta) if s == 0 else theta ** (-s)
+    f = riesz(theta, s)  # the kernel of _kernels, in float64 NumPy
     return float(np.sum(wts * f * dens) / np.sum(wts * dens))
 
 
@@ -75,10 +74,10 @@ def uniform_reference_energy(n: int, d: int, *, s: float = 2.0, distance: str = 
             log_ref = ((d - 2 - s) * math.log(2.0) + math.lgamma(d / 2) + math.lgamma((d - 1 - s) / 2)
                        - 0.5 * math.log(math.pi) - math.lgamma(d - 1 - s / 2))
             ref = math.exp(log_ref)
-        antipodal = _f(2.0, s)
+        antipodal = riesz(2.0, s)
     elif distance == "angular":
         ref = _angular_mean(d, s)
-        antipodal = _f(math.pi, s)
+        antipodal = riesz(math.pi, s)
     else:
         raise ValueError(f"distance must be 'euclidean' or 'angular', got {distance!r}")
     if half_space:

@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 
 from mhe_jax import _energy
+from mhe_jax._neurons import normalize_columns, scale_free
+from mhe_jax._spec import EnergySpec, ProjectionSpec
 
 __all__ = ["compressive_energy", "random_projections"]
 
@@ -56,16 +58,59 @@ def compressive_energy(
     neuron_axis: int = -1,
     eps=None,
     min_distance=None,
+    spec: EnergySpec | None = None,
 ):
-    """CoMHE energy of ``w`` (module docstring): mean over ``projections`` random projections."""
-    W = _energy.as_neuron_matrix(w, neuron_axis)
-    Wn = _energy.normalize_columns(W)
-    A = random_projections(key, W.shape[0], projections=projections, dim=dim, kind=kind, dtype=W.dtype)
+    r"""CoMHE energy of ``w`` (module docstring): mean over ``projections`` random projections.
+
+    ``E = (1/P) Σ_p E(A_p Ŵ)`` with ``A_p`` of shape ``(dim, d)`` drawn from ``key``.
+
+    Args:
+      w: array with ``N`` neurons along ``neuron_axis`` (other axes flattened, size ``d``).
+      key: PRNG key of the projections.
+      projections, dim, kind: ``P``, ``k`` and ``"gaussian"`` / ``"orthogonal"``.
+      s, distance, half_space, eps, min_distance: as in :func:`mhe_jax.hyperspherical_energy`.
+      spec: a prebuilt :class:`mhe_jax.EnergySpec` instead of the options (its ``projection``
+        field, a :class:`~mhe_jax._spec.ProjectionSpec`, gives ``projections``/``dim``/``kind``).
+
+    Returns:
+      A scalar. Scale-invariant per neuron, with a tangent gradient.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> import mhe_jax
+      >>> w = jax.random.normal(jax.random.key(0), (64, 8))
+      >>> key = jax.random.key(1)
+      >>> e = mhe_jax.compressive_energy(w, key, projections=4, dim=64, kind="orthogonal")
+      >>> bool(jnp.allclose(e, mhe_jax.hyperspherical_energy(w), rtol=1e-4))  # k = d: exact
+      True
+    """
+    given = dict(s=s, distance=distance, half_space=half_space, eps=eps,
+                 min_distance=min_distance)
+    defaults = dict(s=2.0, distance="euclidean", half_space=False, eps=None, min_distance=None)
+    if spec is None:
+        spec = EnergySpec(**given, projection=ProjectionSpec(projections, dim, kind))
+    else:
+        layout = dict(projections=projections, dim=dim, kind=kind)
+        if any(v != d for v, d in zip(layout.values(), (20, 40, "gaussian"))):
+            raise TypeError("pass the projection options either as keywords or in spec=, not both")
+        spec = _energy.resolve_spec(spec, defaults, given)
+        if spec.projection is None:
+            spec = spec.replace(projection=ProjectionSpec())
+    return compressive_from_spec(_energy.as_neuron_matrix(w, neuron_axis), key, spec)
+
+
+def compressive_from_spec(W, key, spec: EnergySpec):
+    """CoMHE energy of the neuron matrix ``W`` (d, N) with ``spec.projection``."""
+    proj = spec.projection
+    if spec.sample_size is not None:
+        raise ValueError("spec.sample_size and spec.projection cannot be combined")
+    W = scale_free(W)
+    Wn = normalize_columns(W)
+    A = random_projections(key, W.shape[0], projections=proj.projections, dim=proj.dim,
+                           kind=proj.kind, dtype=W.dtype)
+    inner = spec.replace(projection=None, calibrate=False)
 
     def one(a):
-        return _energy.hyperspherical_energy(
-            jnp.matmul(a, Wn, precision=jax.lax.Precision.HIGHEST), s=s, distance=distance,
-            half_space=half_space, eps=eps, min_distance=min_distance,
-        )
+        return _energy.energy_from_spec(jnp.matmul(a, Wn, precision=spec.lax_precision), inner)
 
     return jnp.mean(jax.vmap(one)(A))

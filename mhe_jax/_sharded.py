@@ -31,6 +31,10 @@ from jax.custom_derivatives import SymbolicZero
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mhe_jax import _energy, _tiled
+from mhe_jax._kernels import kernel_from_spec, pair_function
+from mhe_jax._neurons import as_neuron_matrix, normalize_columns, sample_columns, scale_free
+from mhe_jax._pairsum import mean_from_sum
+from mhe_jax._spec import PRECISIONS, EnergySpec
 
 Array = jax.Array
 
@@ -60,30 +64,45 @@ def sharded_hyperspherical_energy(
     :func:`~mhe_jax.hyperspherical_energy` with the same options (up to the order of
     summation); the result is a replicated scalar. ``N`` need not be divisible by ``P`` (zero
     padding, masked). Works eagerly and under ``jax.jit``; ``w`` may be sharded already.
-    Other keyword options of :func:`~mhe_jax.hyperspherical_energy` (e.g. a force bound) are
-    passed to its kernel; ``block_size`` is accepted and ignored (each device computes one
-    ``N/P × N/P`` tile per step).
+    Other keyword options: ``min_distance`` (force bound), ``precision`` (of the tile products)
+    and ``spec=`` (a prebuilt :class:`mhe_jax.EnergySpec`, without projection/calibration);
+    ``block_size`` is accepted and has no effect on the result (each device computes one
+    ``N/P × N/P`` tile per step). The gradient is tangent per neuron and the value
+    scale-invariant, as for :func:`~mhe_jax.hyperspherical_energy`.
     """
     if not isinstance(mesh, Mesh):
         raise TypeError(f"mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}")
     if axis_name not in mesh.shape:
         raise ValueError(f"axis_name {axis_name!r} is not an axis of the mesh {dict(mesh.shape)}")
-    kernel_options.pop("block_size", None)
-    W = _energy.as_neuron_matrix(w, neuron_axis)
+    spec = kernel_options.pop("spec", None)
+    block_size = kernel_options.pop("block_size", None)
+    unknown = set(kernel_options) - {"min_distance", "precision"}
+    if unknown:
+        raise TypeError(f"sharded_hyperspherical_energy got unexpected options {sorted(unknown)}")
+    given = dict(s=s, distance=distance, half_space=half_space, eps=eps, sample_size=sample_size,
+                 min_distance=kernel_options.get("min_distance"), block_size=block_size)
+    if spec is None:
+        spec = EnergySpec(**given, precision=kernel_options.get("precision", "highest"))
+    else:
+        defaults = dict(s=2.0, distance="euclidean", half_space=False, eps=None, sample_size=None,
+                        min_distance=None, block_size=None)
+        spec = _energy.resolve_spec(spec, defaults, given, kernel="riesz")
+    if spec.projection is not None or spec.calibrate:
+        raise ValueError("sharded_hyperspherical_energy: spec.projection / spec.calibrate are "
+                         "not supported (use hyperspherical_energy)")
+    W = scale_free(as_neuron_matrix(w, neuron_axis))
     n_total = W.shape[1]
-    kernel, params = _energy.make_kernel(
-        "riesz", distance, half_space, s, eps, W.dtype, **kernel_options
-    )
-    W = _energy.sample_columns(W, sample_size, key)
+    kernel, params = kernel_from_spec(spec, W.dtype)
+    W = sample_columns(W, spec.sample_size, key)
     n = W.shape[1]
     devices = mesh.shape[axis_name]
     npad = -(-n // devices) * devices
     if npad > n:
         W = jnp.pad(W, ((0, 0), (0, npad - n)))
     W = lax.with_sharding_constraint(W, NamedSharding(mesh, PartitionSpec(None, axis_name)))
-    Wn = _energy.normalize_columns(W)  # zero padding stays zero
+    Wn = normalize_columns(W)  # zero padding stays zero
     total = ring_pair_sum(kernel, mesh, axis_name, n, Wn, params) if n > 1 else jnp.zeros((), W.dtype)
-    return _energy.mean_from_sum(kernel, params, total, n, n_total)
+    return mean_from_sum(kernel, params, total, n, n_total)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2, 3))
@@ -113,8 +132,9 @@ def _ring(k, mesh, axis_name, n, Wn, params, with_force):
     out_specs = (PartitionSpec(), spec) if with_force else PartitionSpec()
 
     def body(Wl, params):
-        h = _energy.pair_function(k, params)
-        value, force = _ring_local(h, Wl, axis_name, devices, n, with_force)
+        h = pair_function(k, params)
+        value, force = _ring_local(h, Wl, axis_name, devices, n, with_force,
+                                   PRECISIONS[k.precision])
         value = lax.psum(value, axis_name)
         return (value, force) if with_force else value
 
@@ -125,7 +145,7 @@ def _ring(k, mesh, axis_name, n, Wn, params, with_force):
     return out if with_force else (out, None)
 
 
-def _ring_local(h, Wl, axis_name, devices, n, with_force):
+def _ring_local(h, Wl, axis_name, devices, n, with_force, precision=lax.Precision.HIGHEST):
     """Per-device part: value of the tiles of this device and the force on its neurons."""
     d, m = Wl.shape
     dtype = Wl.dtype
@@ -147,9 +167,9 @@ def _ring_local(h, Wl, axis_name, devices, n, with_force):
     keep = a_idx != b_idx
     if padded:
         keep = keep & keep_for(me)
-    hv, dh = _tiled.tile_terms(h, Rl, Rl, keep, with_force)
+    hv, dh = _tiled.tile_terms(h, Rl, Rl, keep, with_force, precision)
     value = jnp.sum(hv)
-    force = _tiled._dot(Wl, dh, (1, 0)) if with_force else None  # (d, m), dh symmetric
+    force = _tiled._dot(Wl, dh, (1, 0), precision) if with_force else None  # (d, m), dh symmetric
     if half == 0:
         return value, force
 
@@ -166,13 +186,13 @@ def _ring_local(h, Wl, axis_name, devices, n, with_force):
         keep = keep_for((me + t) % devices)
         if keep is None:
             keep = jnp.ones((m, m), bool)
-        hv, dh = _tiled.tile_terms(h, Rl, V.T, keep, with_force)
+        hv, dh = _tiled.tile_terms(h, Rl, V.T, keep, with_force, precision)
         part = jnp.sum(hv)
         value = value + (part + part if columns else part)
         if with_force:
-            force = force + _tiled._dot(V, dh, (1, 1))  # (d, m): Σ_j h'_ij ŵ_j, own i
+            force = force + _tiled._dot(V, dh, (1, 1), precision)  # (d, m): Σ_j h'_ij ŵ_j, own i
             if columns:
-                G = G + _tiled._dot(Wl, dh, (1, 0))  # (d, m): Σ_i h'_ij ŵ_i, visiting j
+                G = G + _tiled._dot(Wl, dh, (1, 0), precision)  # (d, m): Σ_i h'_ij ŵ_i, visiting j
         return (value, force, V, G)
 
     carry = (value, force if with_force else zeros, Wl, zeros)

@@ -1,7 +1,7 @@
 r"""Pair sums over the Gram matrix, computed in row tiles with its symmetry.
 
-This module only *schedules* the work of :func:`mhe_jax._energy.pairwise_sum`: it receives the
-pair function ``h`` (the kernel of ``_energy``, never a copy of it) and returns
+This module only *schedules* the work of :func:`mhe_jax._pairsum.pairwise_sum`: it receives the
+pair function ``h`` (the kernel of :mod:`mhe_jax._kernels`, never a copy of it) and returns
 
     value = Σ_{i≠j} h(c_ij)          force = Σ_{j≠i} h'(c_ij) ŵ_j   (one column per neuron)
 
@@ -66,18 +66,19 @@ def plan(n: int, block_size: int | None) -> tuple[int, int]:
     return k, b
 
 
-def _dot(a: Array, b: Array, contract: tuple[int, int]) -> Array:
-    return lax.dot_general(a, b, (((contract[0],), (contract[1],)), ((), ())), precision=_HIGHEST)
+def _dot(a: Array, b: Array, contract: tuple[int, int], precision=_HIGHEST) -> Array:
+    return lax.dot_general(a, b, (((contract[0],), (contract[1],)), ((), ())), precision=precision)
 
 
-def tile_terms(h: Callable[[Array], Array], rows: Array, cols: Array, keep, with_force: bool):
+def tile_terms(h: Callable[[Array], Array], rows: Array, cols: Array, keep, with_force: bool,
+               precision=_HIGHEST):
     """``h`` and ``h'`` of the cosines of one tile, zero where ``keep`` is False.
 
     ``rows`` (b, d) and ``cols`` (w, d) are neurons in row layout; the result is (b, w). Both come
     from one ``jax.jvp`` of ``h`` (one elementwise pass); masked entries (the diagonal, padding)
     are removed with ``select``, so a huge or infinite ``h(1)`` never reaches a sum.
     """
-    c = _dot(rows, cols, (1, 1))
+    c = _dot(rows, cols, (1, 1), precision)
     zero = jnp.zeros((), c.dtype)
     if not with_force:
         return jnp.where(keep, h(c), zero), None
@@ -91,17 +92,21 @@ def is_dense(n: int, block_size: int | None) -> bool:
 
 
 def pair_sum(
-    h: Callable[[Array], Array], Wn: Array, block_size: int | None = None, with_force: bool = True
+    h: Callable[[Array], Array], Wn: Array, block_size: int | None = None, with_force: bool = True,
+    precision=_HIGHEST,
 ):
-    """``(Σ_{i≠j} h(c_ij), force (d, N) or None)``; see the module docstring."""
+    """``(Σ_{i≠j} h(c_ij), force (d, N) or None)``; see the module docstring.
+
+    ``precision``: of the Gram tiles (the force products use it too).
+    """
     d, n = Wn.shape
     k, b = plan(n, block_size)
     if k == 1:
-        return _dense(h, Wn, with_force)
-    return _tiled(h, Wn, k, b, with_force)
+        return _dense(h, Wn, with_force, precision)
+    return _tiled(h, Wn, k, b, with_force, precision)
 
 
-def dense_normalized(h: Callable[[Array], Array], W: Array, inv: Array):
+def dense_normalized(h: Callable[[Array], Array], W: Array, inv: Array, precision=_HIGHEST):
     """Value and gradient w.r.t. the *raw* columns ``W`` (d, N) of ``Σ_{i≠j} h(c_ij)``.
 
     ``inv`` (1, N) holds the inverse norms ``r_i`` (``ŵ_i = r_i w_i``, ``r_i = 0`` for a zero
@@ -116,7 +121,7 @@ def dense_normalized(h: Callable[[Array], Array], W: Array, inv: Array):
     n = W.shape[1]
     r = inv.reshape(n)
     rr = r[:, None] * r[None, :]
-    c = _dot(W, W, (0, 0)) * rr
+    c = _dot(W, W, (0, 0), precision) * rr
     off = lax.broadcasted_iota(jnp.int32, (n, n), 0) != lax.broadcasted_iota(jnp.int32, (n, n), 1)
     zero = jnp.zeros((), c.dtype)
     hv, dh = jax.jvp(h, (c,), (jnp.ones_like(c),))
@@ -124,21 +129,21 @@ def dense_normalized(h: Callable[[Array], Array], W: Array, inv: Array):
     value = jnp.sum(jnp.where(off, hv, zero))
     radial = r * r * jnp.sum(dh * c, axis=1)
     q = jnp.where(off, dh * rr, -radial[:, None])
-    return value, 2.0 * _dot(W, q, (1, 0))
+    return value, 2.0 * _dot(W, q, (1, 0), precision)
 
 
-def _dense(h, Wn, with_force):
+def _dense(h, Wn, with_force, precision=_HIGHEST):
     n = Wn.shape[1]
     R = Wn.T  # (N, d): row layout, the Gram and force products contract the minor dimension
     off = lax.broadcasted_iota(jnp.int32, (n, n), 0) != lax.broadcasted_iota(jnp.int32, (n, n), 1)
-    hv, dh = tile_terms(h, R, R, off, with_force)
+    hv, dh = tile_terms(h, R, R, off, with_force, precision)
     value = jnp.sum(hv)
     if not with_force:
         return value, None
-    return value, _dot(Wn, dh, (1, 0))  # (d, N) = Ŵ h'(C), h'(C) symmetric
+    return value, _dot(Wn, dh, (1, 0), precision)  # (d, N) = Ŵ h'(C), h'(C) symmetric
 
 
-def _tiled(h, Wn, k, b, with_force):
+def _tiled(h, Wn, k, b, with_force, precision=_HIGHEST):
     d, n = Wn.shape
     dtype = Wn.dtype
     npad = k * b
@@ -164,7 +169,7 @@ def _tiled(h, Wn, k, b, with_force):
             col = start + j_idx
             col = jnp.where(col >= npad, col - npad, col)
             keep = keep & (start + a_idx < n) & (col < n)
-        hv, dh = tile_terms(h, rows, window, keep, with_force)
+        hv, dh = tile_terms(h, rows, window, keep, with_force, precision)
         return start, window, jnp.sum(jnp.where(twice, hv + hv, hv)), dh
 
     if not with_force:
@@ -178,10 +183,10 @@ def _tiled(h, Wn, k, b, with_force):
     def body(carry, i):
         total, colf = carry
         start, window, part, dh = tile(i, True)
-        row_force = _dot(dh, window, (1, 0))  # (b, d)
+        row_force = _dot(dh, window, (1, 0), precision)  # (b, d)
         if once:
             cols = lax.dynamic_slice_in_dim(Wn, start, b, 1)  # (d, b)
-            col_force = _dot(cols, dh[:, b : (1 + once) * b], (1, 0))  # (d, once·b)
+            col_force = _dot(cols, dh[:, b : (1 + once) * b], (1, 0), precision)  # (d, once·b)
             pos = start + b
             old = lax.dynamic_slice_in_dim(colf, pos, once * b, 1)
             colf = lax.dynamic_update_slice_in_dim(colf, old + col_force, pos, 1)
