@@ -14,7 +14,9 @@ import os
 import shlex
 import sys
 from pathlib import Path
+from typing import Literal
 
+ResumeMode = Literal["auto", "force", "restart"]
 EXIT_USAGE = 2
 DATA_DIR_KEY = "data.data_dir"  # the --set key of the data location
 
@@ -70,7 +72,7 @@ def _data_error(e: BaseException) -> UsageError:
     return UsageError(f"{msg} — fix: point the run at the data with --set {DATA_DIR_KEY}=PATH")
 
 
-def _run(name, overrides, out_dir, progress, resume="auto"):
+def _run(name, overrides, out_dir, progress, resume: ResumeMode = "auto"):
     from mhe_jax.experiments.runner import run
 
     cfg = config_for(name, overrides)
@@ -109,7 +111,10 @@ def cmd_quickstart(args):
     from mhe_jax.experiments.study import load_run, run_metrics
 
     seeds = _parse_ints(args.seeds, "--seeds")
-    overrides = list(args.set) + ([f"steps={args.steps}"] if args.steps else [])
+    steps = args.steps or config_for("quickstart/baseline").optim.steps
+    # ~20 energy records per run, so the figure shows how the angles move (the user's --set wins)
+    overrides = [f"logging.energy_every={max(1, steps // 20)}", *args.set,
+                 *([f"optim.steps={args.steps}"] if args.steps else [])]
     names = [f"quickstart/{m}" for m in ("baseline", "mhe", "half_mhe")]
     cfgs = {(n, s): config_for(n, [*overrides, f"seed={s}"]) for s in seeds for n in names}
     from mhe_jax.experiments.runner import run
@@ -206,7 +211,8 @@ def cmd_run(args):
         config_for(name, args.set)
     if args.restart and args.resume_anyway:
         raise UsageError("--restart and --resume-anyway contradict each other: give one")
-    resume = "restart" if args.restart else ("force" if args.resume_anyway else "auto")
+    resume: ResumeMode = ("restart" if args.restart else
+                          "force" if args.resume_anyway else "auto")
     for name in names:
         r, out = _run(name, args.set, Path(args.out) / name, not args.no_progress, resume=resume)
         paper = (r.get("paper") or {}).get("value")

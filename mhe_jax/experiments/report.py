@@ -270,7 +270,9 @@ def plot_quickstart(runs: Sequence, out_png, *, layer_shapes: dict[str, tuple[in
                      + (" ± std" if n_seeds > 1 else ""), fontsize=9)
     acc_ax.grid(alpha=0.3, axis="y")
     handles, labels = angle_axes[0].get_legend_handles_labels()
-    handles.append(plt.Line2D([], [], color="k", ls="--", lw=1))
+    from matplotlib.lines import Line2D
+
+    handles.append(Line2D([], [], color="k", ls="--", lw=1))
     labels.append("optimum (simplex)")
     fig.legend(handles, labels, loc="upper center", ncol=len(labels), frameon=False, fontsize=10,
                bbox_to_anchor=(0.5, 1.0))
@@ -305,13 +307,20 @@ def _per_method_curves(ax, runs, methods, series_fn):
 
 
 def plot_study_curves(runs: Sequence, out_png, *, methods: Sequence[str] | None = None):
-    """Test error (%), hidden layers' mean min angle (°) and the classifier's min angle (°)
-    against step: thin lines per seed, thick the mean over seeds; unfinished runs included."""
+    """Test error (%), training loss, hidden layers' mean min angle (°) and the classifier's
+    min angle (°) against step: thin lines per seed, thick the mean over seeds; unfinished runs
+    included."""
     from mhe_jax.experiments.study import is_output_layer, layer_records
 
     plt = _pyplot()
     methods = list(methods or dict.fromkeys(r.method for r in runs))
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
+    fig, grid = plt.subplots(2, 2, figsize=(13, 8.5))
+    axes = [grid[0, 0], grid[1, 0], grid[1, 1], grid[0, 1]]
+
+    def train_loss(r):  # batch loss, mean over a window of 5 records (the noise is large)
+        pts = [(e["step"], e["loss"]) for e in r.log if "loss" in e]
+        return [(s, float(np.mean([v for _, v in pts[max(0, i - 4):i + 1]])))
+                for i, (s, _) in enumerate(pts)]
 
     def test_error(r):
         return [(e["step"], 100 * (1 - e["test_accuracy"])) for e in r.log if "test_accuracy" in e]
@@ -330,13 +339,14 @@ def plot_study_curves(runs: Sequence, out_png, *, methods: Sequence[str] | None 
     _per_method_curves(axes[0], runs, methods, test_error)
     _per_method_curves(axes[1], runs, methods, angle(False))
     _per_method_curves(axes[2], runs, methods, angle(True))
+    _per_method_curves(axes[3], runs, methods, train_loss)
     classes = next((len(r.results["per_class_accuracy"]) for r in runs
                     if r.results and r.results.get("per_class_accuracy")), None)
     if classes and classes >= 2:
         axes[2].axhline(simplex_angle_deg(classes), color="k", ls="--", lw=1,
                         label=f"simplex optimum ({simplex_angle_deg(classes):.1f}°)")
     titles = ("test error (%)", "hidden layers: min angle (°), mean over layers",
-              "classifier: min angle (°)")
+              "classifier: min angle (°)", "training loss (batch, running mean of 5 logs)")
     for ax, t in zip(axes, titles):
         ax.set_title(t)
         ax.set_xlabel("step")

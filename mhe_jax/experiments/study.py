@@ -28,6 +28,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -169,7 +170,7 @@ class StudyRun:
 
     @property
     def steps(self) -> int:
-        return int(_lookup(self.config, "steps", 0))
+        return int(_lookup(self.config, "steps", 0) or 0)
 
     @property
     def last_step(self) -> int:
@@ -179,15 +180,15 @@ class StudyRun:
 def load_run(run_dir) -> StudyRun:
     """Read ``config.json``, ``log.jsonl`` and (if present) ``results.json`` of one run folder."""
     d = Path(run_dir)
-    cfg_path = d / "config.json"
-    if not cfg_path.exists():
-        raise FileNotFoundError(f"{d} is not a run folder (no config.json)")
-    config = json.loads(cfg_path.read_text())
-    res_path = d / "results.json"
+    cfg_path, res_path = d / "config.json", d / "results.json"
+    if not cfg_path.exists() and not res_path.exists():
+        raise FileNotFoundError(f"{d} is not a run folder (no config.json or results.json)")
     results = json.loads(res_path.read_text()) if res_path.exists() else None
+    config = (json.loads(cfg_path.read_text()) if cfg_path.exists()
+              else dict((results or {}).get("config") or {"name": (results or {}).get("name")}))
     name = str(config.get("name") or d.name)
     method = name.rsplit("/", 1)[-1] if "/" in name else str(_lookup(config, "method", name))
-    seed = int(_lookup(config, "seed", 0))
+    seed = int(_lookup(config, "seed", 0) or 0)
     return StudyRun(d, name, method, seed, config, read_jsonl(d / "log.jsonl"), results)
 
 
@@ -376,7 +377,7 @@ def summarize(runs: Sequence[StudyRun], *, methods: Sequence[str] | None = None,
         if m == baseline:
             continue
         pairs = [(row, base[row["seed"]]) for row in rows if row["method"] == m and row["seed"] in base]
-        entry = {"seeds": [a["seed"] for a, _ in pairs]}
+        entry: dict[str, Any] = {"seeds": [a["seed"] for a, _ in pairs]}
         for key in ("test_error", "worst_class_error"):
             d = [a[key] - b[key] for a, b in pairs]
             mean, sd = mean_std(d)
@@ -392,11 +393,14 @@ def summarize(runs: Sequence[StudyRun], *, methods: Sequence[str] | None = None,
 
 def markdown(summary: dict, *, title: str = "Study", command: str | None = None,
              machine: str | None = None, wall_seconds: float | None = None,
-             figures: Sequence[str] = ()) -> str:
+             figures: Sequence[str] = (), run_commands: Sequence[str] = ()) -> str:
     """``study.md``: command, machine, the three tables, figure links and the definitions."""
     lines = [f"# {title}", ""]
     if command:
         lines += ["Reproduce with:", "", "```", command, "```", ""]
+    elif run_commands:
+        lines += ["The runs were made with (from their results.json):", "", "```",
+                  *run_commands, "```", ""]
     if machine:
         lines += [f"Machine: {machine}.", ""]
     if wall_seconds is not None:
@@ -481,11 +485,11 @@ def write_report(runs_dir, out_dir=None, *, methods: Sequence[str] | None = None
     finished = [r for r in runs if r.finished]
     machine = _machine_line(finished[0].results or {})
     wall = sum(float((r.results or {}).get("train_seconds") or 0.0) for r in finished)
-    if command is None:
-        command = (finished[0].results or {}).get("command")
+    run_commands = list(dict.fromkeys(str((r.results or {})["command"]) for r in finished
+                                      if (r.results or {}).get("command")))
     title = title or f"Study: {Path(runs_dir).name}"
     text = markdown(summary, title=title, command=command, machine=machine, wall_seconds=wall,
-                    figures=[str(curves), str(bars)])
+                    figures=[str(curves), str(bars)], run_commands=run_commands)
     (out / "study.md").write_text(text)
     (out / "study.json").write_text(json.dumps({**summary, "command": command}, indent=1,
                                                default=float))
@@ -578,8 +582,10 @@ def run_study(prefix: str, methods: Sequence[str], seeds: Sequence[int], out_dir
     if config_for is None:
         from mhe_jax.experiments.configs import apply_overrides, get_config
 
-        def config_for(name, items):
+        def default_config_for(name, items):
             return apply_overrides(get_config(name), list(items))
+
+        config_for = default_config_for
 
     plan = []
     for seed in seeds:
