@@ -22,10 +22,15 @@ import numpy as np
 import pytest
 
 import mhe_jax.data as D
-from tests.data_files import expected_nhwc as _expected_nhwc
-from tests.data_files import idx_bytes as _idx
-from tests.data_files import make_cifar10, make_cifar100, make_mnist_files, tar_gz
-from tests.data_files import make_jpeg_npz as _make_jpeg_npz
+from tests.data_files import (
+    expected_nhwc as _expected_nhwc,
+    idx_bytes as _idx,
+    make_cifar10,
+    make_cifar100,
+    make_jpeg_npz as _make_jpeg_npz,
+    make_mnist_files,
+    tar_gz,
+)
 
 DATA_DIR = Path(D.__file__).resolve().parent
 

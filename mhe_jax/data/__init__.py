@@ -14,151 +14,70 @@ bad cached file is deleted and fetched or rebuilt again, with a ``CacheRepairWar
 """
 
 from mhe_jax.data._archive import extract_tar as extract_tar
-from mhe_jax.data._dataset import Dataset as Dataset
-from mhe_jax.data._dataset import make_dataset as make_dataset
+from mhe_jax.data._dataset import Dataset as Dataset, make_dataset as make_dataset
 from mhe_jax.data._download import (
     ENV_VAR as ENV_VAR,
-)
-from mhe_jax.data._download import (
     cache_dir as cache_dir,
-)
-from mhe_jax.data._download import (
     download_file as download_file,
-)
-from mhe_jax.data._download import (
     md5sum as md5sum,
 )
 from mhe_jax.data._errors import (
     CacheRepairWarning as CacheRepairWarning,
-)
-from mhe_jax.data._errors import (
     ChecksumError as ChecksumError,
-)
-from mhe_jax.data._errors import (
     CorruptDataError as CorruptDataError,
-)
-from mhe_jax.data._errors import (
     DatasetError as DatasetError,
-)
-from mhe_jax.data._errors import (
     DatasetNotFoundError as DatasetNotFoundError,
-)
-from mhe_jax.data._errors import (
     DownloadError as DownloadError,
 )
 from mhe_jax.data.augment import (
     augment_batch as augment_batch,
-)
-from mhe_jax.data.augment import (
     batches as batches,
-)
-from mhe_jax.data.augment import (
     normalize as normalize,
-)
-from mhe_jax.data.augment import (
     random_crop as random_crop,
-)
-from mhe_jax.data.augment import (
     random_flip as random_flip,
-)
-from mhe_jax.data.augment import (
     steps_per_epoch as steps_per_epoch,
 )
 from mhe_jax.data.cifar import (
     CIFAR10_LABEL_NAMES as CIFAR10_LABEL_NAMES,
-)
-from mhe_jax.data.cifar import (
     CIFAR10_MD5 as CIFAR10_MD5,
-)
-from mhe_jax.data.cifar import (
     CIFAR10_SIZE as CIFAR10_SIZE,
-)
-from mhe_jax.data.cifar import (
     CIFAR10_URL as CIFAR10_URL,
-)
-from mhe_jax.data.cifar import (
     CIFAR100_MD5 as CIFAR100_MD5,
-)
-from mhe_jax.data.cifar import (
     CIFAR100_SIZE as CIFAR100_SIZE,
-)
-from mhe_jax.data.cifar import (
     CIFAR100_URL as CIFAR100_URL,
-)
-from mhe_jax.data.cifar import (
     load_cifar10 as load_cifar10,
-)
-from mhe_jax.data.cifar import (
     load_cifar100 as load_cifar100,
-)
-from mhe_jax.data.cifar import (
     read_cifar_pickle as read_cifar_pickle,
-)
-from mhe_jax.data.cifar import (
     rows_to_nhwc as rows_to_nhwc,
 )
 from mhe_jax.data.cifar_jpeg import load_cifar10_jpeg_npz as load_cifar10_jpeg_npz
 from mhe_jax.data.digits import (
     load_digits as load_digits,
-)
-from mhe_jax.data.digits import (
     resize_nearest as resize_nearest,
-)
-from mhe_jax.data.digits import (
     stratified_split as stratified_split,
 )
 from mhe_jax.data.folder import (
     IMAGE_EXTENSIONS as IMAGE_EXTENSIONS,
-)
-from mhe_jax.data.folder import (
     list_image_folder as list_image_folder,
-)
-from mhe_jax.data.folder import (
     load_image as load_image,
-)
-from mhe_jax.data.folder import (
     load_image_folder as load_image_folder,
 )
 from mhe_jax.data.imbalance import (
     cifar10_multi_class_imbalance as cifar10_multi_class_imbalance,
-)
-from mhe_jax.data.imbalance import (
     cifar10_single_class_imbalance as cifar10_single_class_imbalance,
-)
-from mhe_jax.data.imbalance import (
     class_counts as class_counts,
-)
-from mhe_jax.data.imbalance import (
     imbalance_by_count as imbalance_by_count,
-)
-from mhe_jax.data.imbalance import (
     imbalance_by_ratio as imbalance_by_ratio,
-)
-from mhe_jax.data.imbalance import (
     mnist_fig4_imbalance as mnist_fig4_imbalance,
-)
-from mhe_jax.data.imbalance import (
     per_class_subset as per_class_subset,
 )
 from mhe_jax.data.mnist import (
     MNIST_FILES as MNIST_FILES,
-)
-from mhe_jax.data.mnist import (
     MNIST_MIRRORS as MNIST_MIRRORS,
-)
-from mhe_jax.data.mnist import (
     MNIST_SIZES as MNIST_SIZES,
-)
-from mhe_jax.data.mnist import (
     load_mnist as load_mnist,
-)
-from mhe_jax.data.mnist import (
     read_idx as read_idx,
-)
-from mhe_jax.data.mnist import (
     read_idx_images as read_idx_images,
-)
-from mhe_jax.data.mnist import (
     read_idx_labels as read_idx_labels,
 )
 
