@@ -234,3 +234,26 @@ def test_other_import_errors_propagate_unchanged():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["ModuleNotFoundError", "mhe_jax.sphere._tammes"]
+
+
+def test_require_models_extra_for_direct_subpackage_imports():
+    result = _run_python(
+        "import sys\n"
+        "sys.modules['flax'] = None\n"
+        "from mhe_jax._optional import require_models_extra\n"
+        "require_models_extra('models', ('sklearn',))\n"
+        "try:\n"
+        "    require_models_extra('models')\n"
+        "except ImportError as error:\n"
+        "    print(error.name, '|', error)\n"
+        "try:\n"
+        "    require_models_extra('models', ('jax',))\n"
+        "except ValueError as error:\n"
+        "    print(error)\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "flax | mhe_jax.models needs flax, which is not installed: install mhe_jax[models] "
+        "(pip install 'mhe_jax[models]')",
+        "'jax' is not a package of the [models] extra",
+    ]
