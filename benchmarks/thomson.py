@@ -4,8 +4,12 @@
 call; the compile time measured separately by ahead-of-time ``lower().compile()``), median of
 ``--runs`` timed calls.
 
+``lbfgs``: ``optax.lbfgs`` on the unconstrained points against the Riemannian L-BFGS of
+``minimize_energy``: time per batch of local minimisations, iterations, and accuracy.
+
 ``global``: for each N and key, the wall time until a method first reaches the best known energy
-(relative gap ≤ 1e-9), within a wall-clock ``--budget`` per run (compilation included):
+(relative gap ≤ 1e-9), within a wall-clock ``--budget`` per run. Each method is warmed up
+once per N (its compilation, reported as ``warmup_s``, is not part of the budgets):
 
 * ``bh``: ``mhe_jax.sphere.basin_hopping(N, key=k, target=E*(1+1e-9), time_limit=budget)``
   with its defaults;
@@ -18,6 +22,7 @@ call; the compile time measured separately by ahead-of-time ``lower().compile()`
   ``bh``) until the budget is spent.
 
     python benchmarks/thomson.py local                          # N = 100, 200, 470, 16 restarts
+    python benchmarks/thomson.py lbfgs --sizes 100 200          # optax.lbfgs vs Riemannian
     python benchmarks/thomson.py global --sizes 72 100 --keys 5 --budget 120
     nice -n 10 python benchmarks/thomson.py global --sizes 282 470 --keys 5 --budget 1800 \\
         --methods bh                                            # the long runs
@@ -146,6 +151,109 @@ def bench_local(n: int, restarts: int, runs: int, key: int) -> dict:
     }
 
 
+# ----------------------------------------------------------------------------------- lbfgs
+
+
+def optax_lbfgs_batch(n: int, memory: int = 10):
+    """``optax.lbfgs`` (zoom line search) on the unconstrained points, the energy of the
+    normalised rows (scale-invariant), vmapped over restarts; the same stopping rules as the
+    Riemannian solver (relative Riemannian gradient ``≤ tol``, 10 iterations without decrease,
+    ``steps``). Returns a jitted ``(x0s, tol, steps) -> (x, E, ‖grad‖, iterations)``."""
+    import jax.numpy as jnp
+    import optax
+    from jax import lax
+
+    def f(x):
+        return _solver.physics_energy(x, 1.0)
+
+    opt = optax.lbfgs(memory_size=memory)
+    value_and_grad = optax.value_and_grad_from_state(f)
+
+    def one(x0, tol, steps):
+        def cond(c):
+            _, _, k, stall, fprev, gnorm = c
+            return (k < steps) & ((k == 0) | ((gnorm > tol * jnp.abs(fprev)) & (stall < 10)))
+
+        def body(c):
+            x, st, k, stall, fprev, _ = c
+            v, g = value_and_grad(x, state=st)
+            u, st = opt.update(g, st, x, value=v, grad=g, value_fn=f)
+            x = optax.apply_updates(x, u)
+            v_new = optax.tree_utils.tree_get(st, "value")
+            g_new = optax.tree_utils.tree_get(st, "grad")
+            norms = jnp.linalg.norm(x, axis=-1, keepdims=True)
+            riemannian = _solver.project(x / norms, g_new * norms)
+            stall = jnp.where(v_new >= fprev - 4e-16 * jnp.abs(fprev), stall + 1, 0)
+            return x, st, k + 1, stall, v_new, jnp.linalg.norm(riemannian)
+
+        init = (x0, opt.init(x0), 0, 0, jnp.asarray(jnp.inf), jnp.asarray(jnp.inf))
+        x, _, k, _, v, gnorm = lax.while_loop(cond, body, init)
+        return _solver.normalize_rows(x), v, gnorm, k
+
+    return jax.jit(jax.vmap(one, in_axes=(0, None, None)))
+
+
+def bench_lbfgs(n: int, restarts: int, reps: int, key: int) -> dict:
+    """Time and accuracy per local minimisation: optax.lbfgs vs the Riemannian L-BFGS, the same
+    random starts, alternating timed calls after a warm-up; the accuracy is the relative energy
+    difference to the same point polished by the Riemannian solver."""
+    import jax.numpy as jnp
+
+    x0s = _solver.initial_points(n, 3, restarts, key, None, jnp.float64)
+    tol, steps = 1e-11, _solver.default_steps(n)
+    fun = _solver.SphereObjective("euclidean", 0.0)
+    opts = _solver.solver_options(n, 3)
+    params = _solver.energy_params(1.0)
+    optax_run = optax_lbfgs_batch(n)
+
+    def riemannian(x):
+        return _solver.run_restarts(fun, x, params, steps=steps, tol=tol, opts=opts)
+
+    jax.block_until_ready(optax_run(x0s, tol, 1))
+    jax.block_until_ready(riemannian(x0s))
+    t_optax, t_riem = [], []
+    for _ in range(reps):
+        t = time.perf_counter()
+        xo, eo, _, ko = jax.block_until_ready(optax_run(x0s, tol, steps))
+        t_optax.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        xr, er, _, kr, _ = jax.block_until_ready(riemannian(x0s))
+        t_riem.append(time.perf_counter() - t)
+    eo_polished = np.asarray(riemannian(xo)[1])
+    er_polished = np.asarray(riemannian(xr)[1])
+    return {
+        "n": n,
+        "restarts": restarts,
+        "optax_seconds": t_optax,
+        "riemannian_seconds": t_riem,
+        "optax_iterations": np.asarray(ko).tolist(),
+        "riemannian_iterations": np.asarray(kr).tolist(),
+        "optax_rel_error": (np.abs(np.asarray(eo) - eo_polished) / eo_polished).tolist(),
+        "riemannian_rel_error": (np.abs(np.asarray(er) - er_polished) / er_polished).tolist(),
+        "optax_energies": np.asarray(eo).tolist(),
+        "riemannian_energies": np.asarray(er).tolist(),
+        "load_average": load_average(),
+    }
+
+
+def main_lbfgs(args) -> None:
+    data = _load(args.out)
+    rows = {row["n"]: row for row in data.get("lbfgs", [])}
+    for n in args.sizes:
+        row = bench_lbfgs(n, args.restarts, args.reps, args.key)
+        rows[n] = row
+        print(
+            f"N={n}: optax {min(row['optax_seconds']):.2f} s, Riemannian "
+            f"{min(row['riemannian_seconds']):.2f} s (best of {args.reps}); iterations (median) "
+            f"{np.median(row['optax_iterations']):.0f} / "
+            f"{np.median(row['riemannian_iterations']):.0f}; max rel. error "
+            f"{max(row['optax_rel_error']):.1e} / {max(row['riemannian_rel_error']):.1e}",
+            flush=True,
+        )
+        data["lbfgs"] = [rows[k] for k in sorted(rows)]
+        _save(args.out, data)
+
+
 # ----------------------------------------------------------------------------------- global
 
 
@@ -166,13 +274,24 @@ def run_bh(n: int, key: int, budget: float, target: float) -> dict:
     }
 
 
+_SCIPY_VALUE_AND_GRAD: dict = {}
+
+
+def scipy_value_and_grad(n: int):
+    """Jitted value and gradient of the energy of ``3n`` unconstrained coordinates (cached per
+    ``n``, so the warm-up call compiles it once)."""
+    if n not in _SCIPY_VALUE_AND_GRAD:
+        _SCIPY_VALUE_AND_GRAD[n] = jax.jit(
+            jax.value_and_grad(lambda z: _solver.physics_energy(z.reshape(n, 3), 1.0))
+        )
+    return _SCIPY_VALUE_AND_GRAD[n]
+
+
 def run_scipy(n: int, key: int, budget: float, target: float) -> dict:
     from scipy.optimize import basinhopping
 
     t0 = time.perf_counter()
-    value_and_grad = jax.jit(
-        jax.value_and_grad(lambda z: _solver.physics_energy(z.reshape(n, 3), 1.0))
-    )
+    value_and_grad = scipy_value_and_grad(n)
 
     def fun(z):
         v, g = value_and_grad(z)
@@ -246,6 +365,16 @@ def run_multistart(n: int, key: int, budget: float, target: float, restarts: int
 
 
 METHODS = {"bh": run_bh, "scipy": run_scipy, "multistart": run_multistart}
+
+
+def warm_up(n: int, method: str) -> float:
+    """Compile what ``method`` runs for ``n`` (excluded from the timed budgets); seconds."""
+    t = time.perf_counter()
+    if method == "scipy":
+        jax.block_until_ready(scipy_value_and_grad(n)(np.ones(3 * n)))
+    else:  # basin_hopping's chains and minimize_energy(restarts=4) share one compiled solver
+        basin_hopping(n, key=0, hops=0, chains=4)
+    return time.perf_counter() - t
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -323,6 +452,8 @@ def main_global(args) -> None:
         target = known * (1 + HIT_RTOL)
         budget = budget_for.get(n, args.budget)
         for method in args.methods:
+            warmup_s = warm_up(n, method)
+            print(f"{n:>5} {method:>10} warm-up (compilation) {warmup_s:.1f} s", flush=True)
             runs = []
             for key in range(args.first_key, args.first_key + args.keys):
                 row = METHODS[method](n, key, budget, target)
@@ -345,7 +476,7 @@ def main_global(args) -> None:
                     flush=True,
                 )
                 entry = table.setdefault(str(n), {})
-                entry[method] = {"runs": runs, "summary": summarise(runs)}
+                entry[method] = {"runs": runs, "summary": summarise(runs), "warmup_s": warmup_s}
                 _save(args.out, data)
     print(f"wrote {args.out}")
 
@@ -359,6 +490,11 @@ def main(argv=None) -> None:
     local.add_argument("--restarts-for", nargs="*", default=[], metavar="N=R")
     local.add_argument("--runs", type=int, default=3, help="timed runs after the warm-up")
     local.add_argument("--key", type=int, default=0)
+    lbfgs = sub.add_parser("lbfgs", help="optax.lbfgs vs the Riemannian L-BFGS")
+    lbfgs.add_argument("--sizes", type=int, nargs="+", default=[100, 200, 470])
+    lbfgs.add_argument("--restarts", type=int, default=8)
+    lbfgs.add_argument("--reps", type=int, default=3)
+    lbfgs.add_argument("--key", type=int, default=1)
     glob = sub.add_parser("global", help="time to the best known minimum, 3 methods")
     glob.add_argument("--sizes", type=int, nargs="+", default=sorted(KNOWN), choices=sorted(KNOWN))
     glob.add_argument("--keys", type=int, default=5)
@@ -366,10 +502,10 @@ def main(argv=None) -> None:
     glob.add_argument("--budget", type=float, default=600.0, help="seconds per run")
     glob.add_argument("--budget-for", nargs="*", default=[], metavar="N=S")
     glob.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    for p in (local, glob):
+    for p in (local, lbfgs, glob):
         p.add_argument("--out", type=Path, default=Path(__file__).with_name("thomson.json"))
     args = parser.parse_args(argv)
-    (main_local if args.mode == "local" else main_global)(args)
+    {"local": main_local, "lbfgs": main_lbfgs, "global": main_global}[args.mode](args)
 
 
 if __name__ == "__main__":
