@@ -71,7 +71,7 @@ DOCTESTS = _doctests()
 
 @pytest.fixture
 def float32_defaults():
-    previous = jax.config.jax_enable_x64
+    previous = jax.config.read("jax_enable_x64")
     jax.config.update("jax_enable_x64", False)
     yield
     jax.config.update("jax_enable_x64", previous)

@@ -127,9 +127,9 @@ def test_wheel_installs_in_fresh_venv(tmp_path):
     assert metadata["License-Expression"] == "Apache-2.0"
     assert metadata["Version"] == version
     assert metadata["Description-Content-Type"] == "text/markdown"
-    project_urls = dict(u.split(", ", 1) for u in metadata.get_all("Project-URL"))
+    project_urls = dict(u.split(", ", 1) for u in metadata.get_all("Project-URL") or [])
     assert project_urls["Source"] == PROJECT["urls"]["Source"]
-    description = metadata.get_payload()
+    description = str(metadata.get_payload())
     assert "## Quickstart" in description
     _assert_absolute(description)
 
