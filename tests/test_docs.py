@@ -4,7 +4,8 @@ The doctests are collected from every module of the package (``doctest.DocTestFi
 ``pkgutil.walk_packages``), so an ``Examples:`` block added to any docstring runs here without
 registering it. They run as a user would run them: float32 defaults (``jax_enable_x64`` off,
 although the rest of the suite turns it on), with ``ELLIPSIS`` and ``NORMALIZE_WHITESPACE``.
-The docs build itself (``mkdocs build --strict``) runs in ``.ci/run``.
+The ```python blocks of the docs pages run like README.md's (tests/test_readme.py). The docs
+build itself (``mkdocs build --strict``) runs in ``.ci/run``.
 """
 
 from __future__ import annotations
@@ -13,14 +14,18 @@ import doctest
 import importlib
 import importlib.util
 import inspect
+import os
 import pathlib
 import pkgutil
+import subprocess
+import sys
 import types
 
 import jax
 import pytest
 
 import mhe_jax
+from tests.test_readme import FENCE, _preamble as readme_preamble
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGES = ["mhe_jax", "mhe_jax.sphere", "mhe_jax.models", "mhe_jax.data", "mhe_jax.train",
@@ -178,3 +183,28 @@ def test_hook_strips_sphinx_roles_from_rendered_docstrings():
     assert HOOKS.strip_sphinx_roles(html) == (
         "see <code>mhe_jax.min_angle</code> and <code>x</code>; a:b <code>c</code>"
     )
+
+
+def _docs_python_blocks() -> list[tuple[str, str]]:
+    blocks = []
+    for page in sorted((ROOT / "docs").rglob("*.md")):
+        text = page.read_text(encoding="utf-8")
+        for match in FENCE.finditer(text):
+            if match.group(1) == "python":
+                line = text.count("\n", 0, match.start()) + 1
+                blocks.append((f"{page.relative_to(ROOT)}:{line}", match.group(2)))
+    return blocks
+
+
+DOCS_BLOCKS = _docs_python_blocks()
+
+
+@pytest.mark.parametrize("where, code", DOCS_BLOCKS, ids=[w for w, _ in DOCS_BLOCKS])
+def test_docs_python_blocks_run(where, code, tmp_path):
+    # Same rules as README.md's blocks (tests/test_readme.py): alone, [models] extra only.
+    result = subprocess.run(
+        [sys.executable, "-c", readme_preamble(set()) + code], cwd=tmp_path,
+        env=dict(os.environ, MPLBACKEND="Agg", PYTHONPATH=str(ROOT)),
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, f"{where} failed:\n{result.stderr[-4000:]}"
