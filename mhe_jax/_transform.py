@@ -92,10 +92,9 @@ def _structural(value, name: str, hint: str):
 
 
 def _check_seed(seed):
-    if isinstance(seed, bool) or not (
-        isinstance(seed, int) or (isinstance(seed, jax.Array) and jnp.issubdtype(seed.dtype, jnp.integer)
-                                  and seed.ndim == 0)
-    ):
+    is_int_array = (isinstance(seed, jax.Array) and jnp.issubdtype(seed.dtype, jnp.integer)
+                    and seed.ndim == 0)
+    if isinstance(seed, bool) or not (isinstance(seed, int) or is_int_array):
         raise TypeError(f"seed must be an int, got {seed!r}")
     return seed
 
@@ -145,13 +144,13 @@ def penalty_transformation(
         key = jax.random.fold_in(jax.random.key(seed), state.count)
 
         def total(weights):
-            matrices = [layer.matrix(w) for layer, w in zip(layers, weights)]
+            matrices = [layer.matrix(w) for layer, w in zip(layers, weights, strict=True)]
             return penalty(matrices, layers, state.count, key, **extra_args)
 
         grads = jax.grad(total)([leaves[layer.index] for layer in layers])
         if max_norm is not None:
             grads, _ = optax.clip_by_global_norm(max_norm).update(grads, optax.EmptyState())
-        additions = {layer.index: g for layer, g in zip(layers, grads)}
+        additions = {layer.index: g for layer, g in zip(layers, grads, strict=True)}
         updates = _tree.add_to_leaves(updates, treedef, additions)
         new_state = RegularizerState(count=optax.safe_increment(state.count),
                                      strengths=report(state.count))
@@ -168,8 +167,9 @@ def penalty_transformation(
 def _half_space_for_hidden(half_space) -> bool:
     if half_space in ("all", "output"):
         raise ValueError(
-            f"half_space={half_space!r}: half-space MHE is for hidden layers only; the output layer "
-            "always gets full-space MHE (classifier neurons should cover the whole sphere, Sec. 3.4). "
+            f"half_space={half_space!r}: half-space MHE is for hidden layers only; the output "
+            "layer always gets full-space MHE (classifier neurons should cover the whole sphere, "
+            "Sec. 3.4). "
             "Use half_space=True (or 'hidden')."
         )
     if half_space == "hidden":
@@ -220,7 +220,7 @@ class _MHEPenalty:
         lam_h = _value(self.hidden_strength, count)
         lam_o = None if self.output_strength is None else _value(self.output_strength, count)
         hidden, out = [], []
-        for W, layer in zip(matrices, layers):
+        for W, layer in zip(matrices, layers, strict=True):
             if layer.is_output:
                 if lam_o is None:
                     continue
@@ -344,6 +344,8 @@ def mhe_regularizer(
     ``s``, ``eps``, ``min_distance``, ``max_norm`` and ``seed`` may be traced; the other options
     are not numbers and stay static. An int ``sample_size`` or ``neuron_axis`` would be injected
     as an array and raises: list it in ``static_args`` (or give ``neuron_axis`` as a tuple).
+    ``inject_hyperparams`` takes every callable for a schedule: a callable ``output``, ``mask``
+    or ``neuron_axis`` must be listed in ``static_args`` (strings, tuples and pytrees need not).
 
     Examples:
       >>> import jax.numpy as jnp, optax, mhe_jax

@@ -71,7 +71,9 @@ def _mask_leaves(mask, params, n_leaves: int) -> list[bool]:
             is_leaf=lambda x: isinstance(x, bool),
         )
     except (ValueError, TypeError) as e:
-        raise ValueError(f"mask must be a pytree of bools matching params (or its prefix): {e}") from e
+        raise ValueError(
+            f"mask must be a pytree of bools matching params (or its prefix): {e}"
+        ) from e
     flags = tree_util.tree_leaves(full)
     if len(flags) != n_leaves:
         raise ValueError(f"mask has {len(flags)} leaves, params has {n_leaves}")
@@ -91,7 +93,8 @@ def _is_single_spec(spec) -> bool:
 
 def _leaf_specs(neuron_axis, params, treedef, paths, leaves) -> list:
     if _is_single_spec(neuron_axis):
-        return [_layouts.leaf_spec(neuron_axis, p, leaf) for p, leaf in zip(paths, leaves)]
+        return [_layouts.leaf_spec(neuron_axis, p, leaf)
+                for p, leaf in zip(paths, leaves, strict=True)]
     try:
         return treedef.flatten_up_to(neuron_axis)
     except (ValueError, TypeError) as e:
@@ -106,19 +109,20 @@ def _output_flags(output, layout, paths, chosen, leaves, warn) -> list[bool]:
     if match is None:
         return [False] * len(paths)
     kinds = [match(p) for p in paths]
-    flags = [k == "leaf" or (k == "module" and c) for k, c in zip(kinds, chosen)]
+    flags = [k == "leaf" or (k == "module" and c) for k, c in zip(kinds, chosen, strict=True)]
     if not any(kinds):
         raise ValueError(
-            f"output={output!r} matches no leaf or module; paths are: {', '.join(paths) or '(none)'}"
+            f"output={output!r} matches no leaf or module; paths are: "
+            f"{', '.join(paths) or '(none)'}"
         )
     if not any(flags):
-        under = [p for p, k in zip(paths, kinds) if k]
+        under = [p for p, k in zip(paths, kinds, strict=True) if k]
         raise ValueError(
             f"output={output!r} matches {', '.join(under)}, none of which is a layer; name the "
             "classifier's module (e.g. output='head') or its weight leaf"
         )
-    layers = [p for p, f, c in zip(paths, flags, chosen) if f or c]
-    outputs = [p for p, f in zip(paths, flags) if f]
+    layers = [p for p, f, c in zip(paths, flags, chosen, strict=True) if f or c]
+    outputs = [p for p, f in zip(paths, flags, strict=True) if f]
     if len(layers) > 1 and len(outputs) == len(layers):
         raise ValueError(
             f"output={output!r} matches every layer ({', '.join(outputs)}): none would get hidden "
@@ -168,20 +172,21 @@ def select_layers(
     leaves = [leaf for _, leaf in keyed]
     chosen = (
         _mask_leaves(mask, params, len(leaves)) if mask is not None
-        else [_layouts.is_layer(layout, p, leaf) for p, leaf in zip(paths, leaves)]
+        else [_layouts.is_layer(layout, p, leaf) for p, leaf in zip(paths, leaves, strict=True)]
     )
     outputs = _output_flags(output, layout, paths, chosen, leaves, warn)
     specs = _leaf_specs(neuron_axis, params, treedef, paths, leaves)
     all_paths = frozenset(paths)
     layers, ambiguous = [], []
-    for i, (path, leaf) in enumerate(zip(paths, leaves)):
+    for i, (path, leaf) in enumerate(zip(paths, leaves, strict=True)):
         if not (chosen[i] or outputs[i]):
             continue
         ndim = getattr(leaf, "ndim", 0)
         if ndim < 2:
             raise ValueError(
-                f"leaf {path!r} (shape {getattr(leaf, 'shape', ())}) was selected as a layer but has "
-                "ndim < 2: a layer needs neurons along one axis and their vectors along the others"
+                f"leaf {path!r} (shape {getattr(leaf, 'shape', ())}) was selected as a layer but "
+                "has ndim < 2: a layer needs neurons along one axis and their vectors along the "
+                "others"
             )
         if specs[i] is None:
             axes = _layouts.default_neuron_axes(layout, path, leaf, all_paths)

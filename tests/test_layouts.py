@@ -6,12 +6,10 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 import mhe_jax
-from mhe_jax import NeuronAxes, mhe_regularizer
-from mhe_jax import _baselines, _layouts, _transform
+from mhe_jax import NeuronAxes, _baselines, _layouts, _transform, mhe_regularizer
 from mhe_jax._tree import select_layers
 from tests import reference_penalty as ref
 
@@ -93,7 +91,8 @@ def test_ambiguous_3d_kernel_is_refused_naming_leaf_and_fix(path):
     # the fix the message names
     tx = mhe_regularizer(1.0, neuron_axis=lambda p, leaf: (1, 2) if p == path else None)
     _, _, layers = select_layers(params, neuron_axis=lambda p, leaf: (1, 2) if p == path else None)
-    assert {layer.path: layer.neuron_axes for layer in layers} == {"Dense_0/kernel": (1,), path: (1, 2)}
+    got = {layer.path: layer.neuron_axes for layer in layers}
+    assert got == {"Dense_0/kernel": (1,), path: (1, 2)}
     tx.init(params)
 
 
@@ -243,9 +242,12 @@ def test_torch_state_dict_update_equals_reference_gradient(nested):
 
 def test_baselines_follow_the_layout():
     params = {"fc1": {"weight": rand(0, (7, 18))}, "fc2": {"weight": rand(1, (4, 7))}}
-    for tx, fn in [(mhe_jax.orthonormal_regularizer(0.3, layout="equinox"), mhe_jax.orthonormal_penalty),
-                   (mhe_jax.orthogonality_regularizer(0.3, power=2, layout="torch"),
-                    lambda w, neuron_axis: mhe_jax.orthogonality_penalty(w, power=2, neuron_axis=neuron_axis))]:
+    def orthogonality2(w, neuron_axis):
+        return mhe_jax.orthogonality_penalty(w, power=2, neuron_axis=neuron_axis)
+
+    cases = [(mhe_jax.orthonormal_regularizer(0.3, layout="equinox"), mhe_jax.orthonormal_penalty),
+             (mhe_jax.orthogonality_regularizer(0.3, power=2, layout="torch"), orthogonality2)]
+    for tx, fn in cases:
         u = regularizer_update(tx, params)
         for k in params:
             want = 0.3 * jax.grad(lambda w: fn(w, neuron_axis=0))(params[k]["weight"])

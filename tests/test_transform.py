@@ -344,7 +344,7 @@ def test_linen_mnist_cnn_output_by_module_name():
         added = jax.tree.map(lambda a, b: -a / 0.1 - b, u, g)
         worst = max(worst, ref.max_abs_diff(added, jax.grad(hand)(params)))
         for k in ("Conv_0", "Conv_1", "Dense_0", "Dense_1"):  # biases: the loss gradient only
-            np.testing.assert_array_equal(added["params"][k]["bias"], 0.0)
+            np.testing.assert_array_equal(u["params"][k]["bias"], -0.1 * g["params"][k]["bias"])
         params = optax.apply_updates(params, u)
     LAYOUT_ERRORS["flax linen MNIST CNN"] = worst
     assert worst <= 1e-6
@@ -433,7 +433,7 @@ def test_inject_hyperparams_without_static_args_strength_changed_mid_run():
         u, state = step(zero, state, params)
         chex.assert_trees_all_close(u, want(0.25), rtol=1e-5, atol=1e-7)
     assert float(state.inner_state.hidden_strength) == 0.25
-    assert float(optax.tree_utils.tree_get(state, "output_strength")) == 10.0
+    assert float(state.inner_state.output_strength) == 10.0
     # a schedule strength, injected
     tx = optax.inject_hyperparams(mhe_regularizer)(optax.linear_schedule(1.0, 3.0, 2))
     state = tx.init(params)
@@ -517,6 +517,10 @@ def test_state_exposes_current_strengths():
         seen.append(float(state.hidden_strength))
     assert seen == [1.0, 2.0, 3.0]  # the strength used by each update
     assert mhe_regularizer(1.0).init(params).output_strength is None
+    chain = optax.chain(optax.add_decayed_weights(1e-4), tx, optax.sgd(0.1))
+    chain_state = chain.init(params)
+    _, chain_state = chain.update(zero, chain_state, params)
+    assert float(optax.tree_utils.tree_get(chain_state, "hidden_strength")) == 1.0
     with pytest.raises(AttributeError):
         state.no_such_strength  # noqa: B018
 
