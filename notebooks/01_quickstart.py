@@ -226,7 +226,8 @@ print("after 200 steps:", fmt(energies(mhe_only(params, opt_state)[0])))
 # the same seed: plain SGD with momentum and weight decay, and the same optimizer with
 # half-space MHE on the hidden layers and MHE on the classifier (the official strengths
 # λ_h = 1, λ_o = 10, s = 2).
-# A plain `nnx.Optimizer` loop; `mhe_jax.train.fit` does the same with logging built in.
+# A plain `nnx.Optimizer` loop; `mhe_jax.train.fit(model, optimizer, batches, steps=...,
+# train_step=...)` runs the same loop with logging, evaluations and checkpoints (README).
 
 # %%
 SIZE = 16 if SMOKE else 32
