@@ -41,18 +41,19 @@ def _setup(model_name, widths, method, batch, seed=0):
     from mhe_jax.experiments.runner import build_model, build_optimizer, build_regularizer
     from mhe_jax.train import make_steps
 
-    cfg = get_config(f"repro/cifar10_cnn9_full/{method}").replace(model=model_name, widths=widths)
+    cfg = get_config(f"repro/cifar10_cnn9_full/{method}").replace(
+        model={"arch": model_name, "widths": widths})
     model = build_model(cfg, 10, 3, 32)
     optimizer, _ = build_optimizer(cfg, model)
-    reg = build_regularizer(cfg, model)  # the same transform again, timed on its own below
-    step = make_steps(augment=True, label_smoothing=cfg.label_smoothing).train
+    # the same transform again, timed on its own below
+    reg, _ = build_regularizer(cfg.regularizer, model.output_path)
+    step = make_steps(augment=True, label_smoothing=cfg.optim.label_smoothing).train
     rng = np.random.default_rng(seed)
     images = jax.numpy.asarray(rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8))
     labels = jax.numpy.asarray(rng.integers(0, 10, (batch,), dtype=np.int32))
-    key = jax.random.key(seed)
 
     def run():
-        out = step(model, optimizer, images, labels, key)
+        out = step(model, optimizer, (images, labels))
         jax.block_until_ready(out)
 
     reg_only = None

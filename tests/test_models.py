@@ -17,6 +17,8 @@ from flax import nnx
 from jax.tree_util import DictKey, GetAttrKey, SequenceKey
 
 from mhe_jax import models as M
+from mhe_jax import train as T
+from mhe_jax.experiments.plots import plot_features_2d
 
 
 def R(seed=0):
@@ -276,7 +278,7 @@ def test_mnist2d_sgd_lowers_loss_and_plot():
     assert feats.shape == (8, 2)
     np.testing.assert_allclose(logits, feats @ model.classifier.kernel[...], rtol=1e-5, atol=1e-5)
     feats = np.asarray(feats)
-    fig = M.plot_features_2d(feats, np.asarray(y), model.classifier.kernel[...], title="t")
+    fig = plot_features_2d(feats, np.asarray(y), model.classifier.kernel[...], title="t")
     ax = fig.axes[0]
     assert ax.get_title() == "t"
     assert len(ax.collections) == 4  # one scatter per class
@@ -285,10 +287,10 @@ def test_mnist2d_sgd_lowers_loss_and_plot():
     fig.savefig(buf, format="png")
     assert buf.getvalue()[:4] == b"\x89PNG"
     # drawing into an existing Axes returns its figure
-    fig2 = M.plot_features_2d(feats, np.asarray(y), np.asarray(model.classifier.kernel[...]), ax=ax)
+    fig2 = plot_features_2d(feats, np.asarray(y), np.asarray(model.classifier.kernel[...]), ax=ax)
     assert fig2 is fig
     with pytest.raises(ValueError):
-        M.plot_features_2d(feats[:, :1], y, model.classifier.kernel[...])
+        plot_features_2d(feats[:, :1], y, model.classifier.kernel[...])
 
 
 # ----------------------------------------------------------------------------------- SphereFace
@@ -324,10 +326,10 @@ def _np_psi(theta, m):
     return (-1.0) ** k * np.cos(m * theta) - 2 * k
 
 
-a_softmax_loss = jax.jit(M.a_softmax_loss, static_argnames=("m",))
-a_softmax_logits = jax.jit(M.a_softmax_logits, static_argnames=("m",))
-normalized_softmax_loss = jax.jit(M.normalized_softmax_loss)
-sphereface_plus_loss = jax.jit(M.sphereface_plus_loss, static_argnames=("m", "s", "distance"))
+a_softmax_loss = jax.jit(T.a_softmax_loss, static_argnames=("m",))
+a_softmax_logits = jax.jit(T.a_softmax_logits, static_argnames=("m",))
+normalized_softmax_loss = jax.jit(T.normalized_softmax_loss)
+sphereface_plus_loss = jax.jit(T.sphereface_plus_loss, static_argnames=("m", "s", "distance"))
 
 
 @pytest.fixture(scope="module")
@@ -371,7 +373,7 @@ def test_a_softmax_margin_properties(sf_data):
 @pytest.mark.parametrize("m", [2, 3, 4])
 def test_psi_continuous_monotone(m):
     theta = np.linspace(0.0, np.pi, 20001)
-    psi = np.asarray(M.sphereface_psi(jnp.asarray(np.cos(theta)), m))
+    psi = np.asarray(T.sphereface_psi(jnp.asarray(np.cos(theta)), m))
     np.testing.assert_allclose(psi, _np_psi(theta, m), atol=1e-9)
     d = np.diff(psi)
     assert np.all(d <= 1e-12)  # monotonically decreasing
@@ -379,20 +381,20 @@ def test_psi_continuous_monotone(m):
     np.testing.assert_allclose([psi[0], psi[-1]], [1.0, 1.0 - 2.0 * m], atol=1e-9)
     for k in range(1, m):  # exact continuity at the interval boundaries kπ/m
         c = np.cos(k * np.pi / m)
-        left = float(M.sphereface_psi(jnp.asarray(c + 1e-12), m))
-        right = float(M.sphereface_psi(jnp.asarray(c - 1e-12), m))
+        left = float(T.sphereface_psi(jnp.asarray(c + 1e-12), m))
+        right = float(T.sphereface_psi(jnp.asarray(c - 1e-12), m))
         assert abs(left - right) < 1e-9 and abs(left - (1 - 2 * k)) < 1e-9
 
 
 @pytest.mark.parametrize("m", [1, 2, 3, 4])
 def test_a_softmax_gradient_finite_at_0_and_pi(m):
-    g = jax.jit(jax.vmap(jax.grad(lambda c: M.sphereface_psi(c, m))))
+    g = jax.jit(jax.vmap(jax.grad(lambda c: T.sphereface_psi(c, m))))
     assert bool(jnp.all(jnp.isfinite(g(jnp.asarray([1.0, -1.0])))))
     w = jnp.asarray(np.random.default_rng(1).normal(size=(3, 4)))
     wn = w / jnp.linalg.norm(w, axis=0)
     y = jnp.array([2, 2])
     x = jnp.stack([2.0 * wn[:, 2], -3.0 * wn[:, 2]])  # θ_y = 0 and θ_y = π
-    grad = jax.jit(jax.grad(lambda a, b: M.a_softmax_loss(a, b, y, m=m, lam=1.0), argnums=(0, 1)))
+    grad = jax.jit(jax.grad(lambda a, b: T.a_softmax_loss(a, b, y, m=m, lam=1.0), argnums=(0, 1)))
     gx, gw = grad(x, w)
     assert bool(jnp.all(jnp.isfinite(gx))) and bool(jnp.all(jnp.isfinite(gw)))
     gx0, _ = grad(jnp.zeros((2, 3)), w)  # x = 0
@@ -400,15 +402,15 @@ def test_a_softmax_gradient_finite_at_0_and_pi(m):
 
 
 def test_sphereface_lambda_schedule():
-    np.testing.assert_allclose(M.sphereface_lambda(0), 1000.0)
-    np.testing.assert_allclose(M.sphereface_lambda(1), 1000.0 / 1.12, rtol=1e-6)
-    np.testing.assert_allclose(M.sphereface_lambda(100), 1000.0 / 13.0, rtol=1e-6)
-    np.testing.assert_allclose(M.sphereface_lambda(1658), 1000.0 / (1 + 0.12 * 1658), rtol=1e-6)
-    np.testing.assert_allclose(M.sphereface_lambda(1659), 5.0)  # 1000/(1+0.12·s) < 5 for s > 1658.3
-    np.testing.assert_allclose(M.sphereface_lambda(10**6), 5.0)
-    np.testing.assert_allclose(M.sphereface_lambda(10, power=2.0, lambda_min=0.0), 1000 / 2.2**2, rtol=1e-6)
+    np.testing.assert_allclose(T.sphereface_lambda(0), 1000.0)
+    np.testing.assert_allclose(T.sphereface_lambda(1), 1000.0 / 1.12, rtol=1e-6)
+    np.testing.assert_allclose(T.sphereface_lambda(100), 1000.0 / 13.0, rtol=1e-6)
+    np.testing.assert_allclose(T.sphereface_lambda(1658), 1000.0 / (1 + 0.12 * 1658), rtol=1e-6)
+    np.testing.assert_allclose(T.sphereface_lambda(1659), 5.0)  # 1000/(1+0.12·s) < 5 for s > 1658.3
+    np.testing.assert_allclose(T.sphereface_lambda(10**6), 5.0)
+    np.testing.assert_allclose(T.sphereface_lambda(10, power=2.0, lambda_min=0.0), 1000 / 2.2**2, rtol=1e-6)
     steps = jnp.arange(0, 3000, 500)
-    v = np.asarray(M.sphereface_lambda(steps))
+    v = np.asarray(T.sphereface_lambda(steps))
     assert v.shape == (6,) and np.all(np.diff(v) <= 0) and v.min() == 5.0
 
 
@@ -423,5 +425,26 @@ def test_sphereface_plus_loss(sf_data):
     want = a_softmax_loss(x, w, y, m=4, lam=5.0) + 0.5 * e
     np.testing.assert_allclose(got, want, rtol=1e-10)
     assert float(e) > 0
-    g = jax.jit(jax.grad(lambda b: M.sphereface_plus_loss(x, b, y, m=4)))(w)
+    g = jax.jit(jax.grad(lambda b: T.sphereface_plus_loss(x, b, y, m=4)))(w)
     assert bool(jnp.all(jnp.isfinite(g)))
+
+
+def test_models_do_not_borrow_from_each_other_or_from_train():
+    """PReLU / he_normal live in models/layers.py; models import neither train nor experiments,
+    nor a private module of the core."""
+    import ast
+    from pathlib import Path
+
+    root = Path(M.__file__).parent
+    for f in root.glob("*.py"):
+        tree = ast.parse(f.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                mod = node.module
+                assert not mod.startswith(("mhe_jax.train", "mhe_jax.experiments", "mhe_jax._")), (
+                    f.name, mod)
+                if mod.startswith("mhe_jax.models.") and f.name != "__init__.py":
+                    assert mod == "mhe_jax.models.layers", (f.name, mod)
+    assert M.PReLU is __import__("mhe_jax.models.layers", fromlist=["PReLU"]).PReLU
+    base = M.ResNetCIFAR.__mro__[1]
+    assert base.__name__ == "_ResNet" and issubclass(M.ResNet, base)  # the two share blocks

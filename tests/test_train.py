@@ -249,3 +249,35 @@ def test_cli_fig4(tmp_path, capsys):
     assert (tmp_path / "fig4.png").stat().st_size > 10000
     assert "with output MHE, mean ± std" in (tmp_path / "summary.md").read_text()
     assert "mean ± std" in capsys.readouterr().out
+
+
+def test_train_experiments_and_benchmarks_import_only_public_names():
+    """No module in train/, experiments/ or benchmarks/ reaches into a private module."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    files = [*(root / "mhe_jax/train").glob("*.py"), *(root / "mhe_jax/experiments").glob("*.py"),
+             *(root / "benchmarks").glob("*.py")]
+    assert len(files) >= 12
+    for f in files:
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("mhe_jax"):
+                parts = node.module.split(".")
+                assert not any(p.startswith("_") for p in parts), (f.name, node.module)
+                if node.module == "mhe_jax":
+                    assert not any(a.name.startswith("_") for a in node.names), (f.name, node.module)
+            elif isinstance(node, ast.Import):
+                for a in node.names:
+                    assert not any(p.startswith("_") for p in a.name.split(".")[1:]), (f.name, a.name)
+
+
+def test_regularizer_settings_are_built_once():
+    """One function gives both the transformation and the energy logger's options."""
+    from mhe_jax.experiments.runner import build_regularizer
+
+    for name in ("table1/cifar10/half_a_mhe/s1", "table1/cifar10/baseline", "table6/resnet18/orthonormal"):
+        reg = get_config(name).regularizer
+        tx, options = build_regularizer(reg, "classifier/kernel")
+        assert options == {"s": reg.s, "distance": reg.distance, "half_space": reg.half_space,
+                           "output": "classifier/kernel"}
+        assert (tx is None) == (reg.method == "baseline")
