@@ -287,3 +287,33 @@ def test_study_grid_resumes_a_half_finished_grid(tmp_path, monkeypatch, capsys):
     report_md = (tmp_path / "report" / "study.md").read_text()
     assert "| 1 | mhe |" in report_md and "| mhe | 2 |" in report_md  # per seed; mean of 2
     assert (tmp_path / "report" / "curves.png").stat().st_size > 10_000
+
+
+def test_quickstart_figure_from_synthetic_runs(tmp_path):
+    from mhe_jax.experiments import report
+
+    for seed in (0, 1):
+        for method in ("baseline", "mhe", "half_mhe"):
+            make_run(tmp_path, method, seed, 10.0 + seed, angle=60 + 10 * (method != "baseline"),
+                     half_energy=0.01 if method == "half_mhe" else None, full_in_log=True)
+    runs = study.find_runs(tmp_path)
+    assert all(layer_records[0]["step"] == 0 for layer_records in map(study.layer_records, runs))
+    shapes = {p: (10 if p.startswith("classifier") else 4, 27) for p in LAYERS}
+    png = report.plot_quickstart(runs, tmp_path / "q.png", layer_shapes=shapes, title="t")
+    assert png.stat().st_size > 30_000
+    with pytest.raises(ValueError, match="per-layer records"):
+        report.plot_quickstart([study.load_run(make_run(tmp_path / "x", "mhe", 0, 1.0,
+                                                        steps=5, flat=True))], tmp_path / "none.png")
+
+
+def test_optimum_references():
+    from mhe_jax.experiments import report
+
+    import mhe_jax
+
+    for n in (2, 3, 10):
+        simplex = np.eye(n) - 1.0 / n  # n unit vectors of a regular simplex in R^n
+        st = mhe_jax.energy_stats(simplex / np.linalg.norm(simplex, axis=0))
+        assert report.simplex_energy(n) == pytest.approx(float(st.energy), rel=1e-6)
+        assert report.simplex_angle_deg(n) == pytest.approx(math.degrees(float(st.min_angle)),
+                                                            abs=1e-4)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import fnmatch
+import math
 import os
 import shlex
 import sys
@@ -137,12 +138,19 @@ def cmd_quickstart(args):
           f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}:")
     print(f"{'method':<9} {'seed':>4} {'test acc. (%)':>13} {'hidden energy':>13} "
           f"{'hidden min angle':>16} {'classifier min angle':>20} {'train time':>10}")
+    def cell(v, fmt, width):
+        return f"{'—' if math.isnan(v) else format(v, fmt):>{width}}"
+
     for method, seed, m, sec in rows:
-        print(f"{method:<9} {seed:>4} {100 - m['test_error']:>13.2f} {m['hidden_energy']:>13.5f} "
-              f"{m['hidden_min_angle']:>15.2f}° {m['classifier_min_angle']:>19.2f}° {sec:>7.1f} sec")
+        print(f"{method:<9} {seed:>4} {cell(100 - m['test_error'], '.2f', 13)} "
+              f"{cell(m['hidden_energy'], '.5f', 13)} {cell(m['hidden_min_angle'], '.2f', 15)}° "
+              f"{cell(m['classifier_min_angle'], '.2f', 19)}° {sec:>7.1f} sec")
     print("energy: full-space Riesz energy with exponent 2, mean over neuron pairs (lower = more "
           "spread), mean over the hidden layers; min angle: smallest angle between two neurons, "
           "mean over the hidden layers")
+    if any(math.isnan(m["hidden_energy"]) for _, _, m, _ in rows):
+        print("—: the run logged its hidden layers' half-space energy only, which is not "
+              "comparable with the others' full-space energy")
     png = report.plot_quickstart(runs, Path(args.out) / "quickstart" / "quickstart.png",
                                  layer_shapes=shapes,
                                  title="quickstart: digits, CNN-9 16/32/64 — MHE spreads the neurons")

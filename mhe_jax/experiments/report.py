@@ -156,7 +156,11 @@ def _layer_order(paths, is_output) -> list[str]:
 
 
 def _short(path: str) -> str:
-    parts = [p for p in path.split("/") if p not in ("kernel", "conv", "layers")]
+    """``layers/3/conv/kernel`` → ``conv 3``, ``fc/conv/kernel`` → ``fc``."""
+    m = re.fullmatch(r"layers/(\d+)/conv/kernel", path)
+    if m:
+        return f"conv {m.group(1)}"
+    parts = [p for p in path.split("/") if p not in ("kernel", "conv")]
     return "/".join(parts) or path
 
 
@@ -174,8 +178,12 @@ def plot_quickstart(runs: Sequence, out_png, *, layer_shapes: dict[str, tuple[in
     """
     from mhe_jax.experiments.study import _full_energy, is_output_layer, layer_records
 
+    from mhe_jax.experiments.study import METHOD_ORDER
+
     plt = _pyplot()
-    methods = list(dict.fromkeys(r.method for r in runs))
+    found = list(dict.fromkeys(r.method for r in runs))
+    methods = sorted(found, key=lambda m: (METHOD_ORDER.index(m) if m in METHOD_ORDER
+                                           else len(METHOD_ORDER), found.index(m)))
     first = next((layer_records(r) for r in runs if layer_records(r)), None)
     if not first:
         raise ValueError("no run has per-layer records (\"layers\") in its log.jsonl")
@@ -239,7 +247,8 @@ def plot_quickstart(runs: Sequence, out_png, *, layer_shapes: dict[str, tuple[in
             ax.set_xscale("symlog", linthresh=max(1, _first_positive_step(runs)))
             ax.set_xlim(left=0)
             label = "classifier" if is_out[p] else _short(p)
-            shape = f" ({shapes[p][0]}×{shapes[p][1]})" if p in shapes and not is_out[p] else ""
+            shape = (f" (N={shapes[p][0]}, d={shapes[p][1]})" if p in shapes and not is_out[p]
+                     else "")
             if kind == "angle":
                 ax.set_title(f"{label}{shape}: min angle (°)", fontsize=9)
             else:
@@ -260,7 +269,8 @@ def plot_quickstart(runs: Sequence, out_png, *, layer_shapes: dict[str, tuple[in
         acc_ax.bar(i, np.mean(accs), yerr=sd if len(accs) > 1 else None, color=method_color(m, i),
                    alpha=0.8, capsize=4)
         acc_ax.scatter([i] * len(accs), accs, color="k", s=8, zorder=3)
-        acc_ax.text(i, np.mean(accs), f"{np.mean(accs):.1f}", ha="center", va="bottom", fontsize=8)
+        acc_ax.text(i, max(accs) + 0.3, f"{np.mean(accs):.1f}", ha="center", va="bottom",
+                    fontsize=8)
     n_seeds = max((sum(1 for r in runs if r.method == m and r.results) for m in methods), default=0)
     acc_ax.set_xticks(range(len(methods)), methods, fontsize=8)
     all_acc = [100 * r.results["test_accuracy"] for r in runs if r.results]
