@@ -166,7 +166,7 @@ def write_all(repo: str | None = None, directory: Path = HERE) -> list[Path]:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description="Write the notebooks' .ipynb from their .py")
     ap.add_argument("--check", action="store_true", help="only report what is out of date")
     args = ap.parse_args()
     if args.check:

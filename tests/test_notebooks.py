@@ -58,6 +58,7 @@ KERNEL_ENV = {"04_cifar_reproduction.ipynb": {
 
 def _load_sync():
     spec = importlib.util.spec_from_file_location("notebooks_sync", NB_DIR / "_sync.py")
+    assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
