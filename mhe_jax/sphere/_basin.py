@@ -248,8 +248,8 @@ def basin_hopping(
       >>> import jax
       >>> from mhe_jax.sphere import basin_hopping
       >>> res = basin_hopping(12, key=jax.random.key(0), hops=5, chains=2)
-      >>> round(float(res.energy), 4)  # the icosahedron, E = 49.165253058
-      49.1653
+      >>> round(float(res.energy), 3)  # the icosahedron, E = 49.165253058
+      49.165
       >>> res.points.shape, res.hops <= 5
       ((12, 3), True)
     """
