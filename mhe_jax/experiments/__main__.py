@@ -181,8 +181,12 @@ def cmd_study(args):
         runs_dir = Path(args.runs or args.out)
         if not runs_dir.is_dir():
             raise UsageError(f"--runs {runs_dir}: no such folder; give the study's --out folder")
-        summary = study.write_report(runs_dir, args.report_out or runs_dir, methods=methods,
-                                     baseline=args.baseline)
+        try:
+            summary = study.write_report(runs_dir, args.report_out or runs_dir, methods=methods,
+                                         baseline=args.baseline)
+        except (FileNotFoundError, ValueError) as e:  # nothing (finished) to report on
+            raise UsageError(f"{e}: give the study's --out folder as --runs, or --methods "
+                             "that it ran") from e
     else:
         if args.runs:
             raise UsageError("--runs is only for --report-only; the grid runs into --out")
