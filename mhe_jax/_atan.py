@@ -78,3 +78,19 @@ def _atan2_nonneg_jvp(primals, tangents):
     r2 = x * x + y * y
     safe = jnp.where(r2 > 0, r2, 1)
     return atan2_nonneg(y, x), jnp.where(r2 > 0, (x * dy - y * dx) / safe, 0.0)
+
+
+def atan2_builtin(y, x):
+    """XLA's ``atan2`` (vectorised on GPU/TPU; its derivative is ``atan2``'s too)."""
+    return jnp.arctan2(y, x)
+
+
+def platform_atan2(y, x):
+    """``atan2(y, x)`` for ``y ≥ 0``, chosen per backend when the program is compiled.
+
+    CPU: :func:`atan2_nonneg` (XLA's CPU ``atan2`` is a scalar library call); GPU/TPU and any
+    other backend: the built-in, which is vectorised there. Selected with
+    ``jax.lax.platform_dependent``, so one traced program carries both and the compiler keeps
+    the branch of the device it runs on. Both agree to a few ulps (tests/test_atan.py).
+    """
+    return jax.lax.platform_dependent(y, x, cpu=atan2_nonneg, default=atan2_builtin)

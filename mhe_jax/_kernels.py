@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mhe_jax import _checks
-from mhe_jax._atan import atan2_nonneg
+from mhe_jax._atan import platform_atan2
 
 Array = jax.Array
 
@@ -149,7 +149,7 @@ def _log_r_and_sq(k: Kernel, params, c):
     # eps² under the root only keeps arccos' derivative finite at c = ±1 (an O(eps) change of θ);
     # the collision guard is the same as for z: r² = θ² + eps.
     sin = jnp.sqrt(jnp.maximum((1.0 - c) * (1.0 + c), 0.0) + eps * eps)
-    theta = k.angle_scale * atan2_nonneg(sin, c) + k.angle_offset  # vectorisable atan2
+    theta = k.angle_scale * platform_atan2(sin, c) + k.angle_offset  # per backend, see _atan
     r2 = theta * theta + eps
     return 0.5 * jnp.log(r2), r2
 

@@ -45,3 +45,32 @@ def test_derivative_is_atan2s():
     check_grads(atan2_nonneg, (y, x), order=2, modes=("fwd", "rev"))
     grads = jax.grad(atan2_nonneg, (0, 1))(0.0, 0.0)
     assert all(np.isfinite(g) for g in grads)
+
+
+# ------------------------------------------------------------------ per-backend selection
+
+
+def test_platform_atan2_picks_chebyshev_on_cpu_and_builtin_elsewhere():
+    from mhe_jax._atan import platform_atan2
+
+    y, x = jnp.ones(4), jnp.linspace(-1.0, 1.0, 4)
+    traced = jax.jit(platform_atan2).trace(y, x)
+    assert "stablehlo.atan2" not in traced.lower().as_text()
+    for platform in ("cuda", "tpu"):
+        assert "stablehlo.atan2" in traced.lower(lowering_platforms=(platform,)).as_text()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_both_atan2_paths_agree_on_cpu(dtype):
+    from mhe_jax._atan import atan2_builtin, platform_atan2
+
+    c = _cosine_grid().astype(dtype)
+    y = np.sqrt(np.maximum((1 - c) * (1 + c), 0) + dtype(1e-12))
+    a = np.asarray(jax.jit(atan2_builtin)(y, c), np.float64)
+    b = np.asarray(jax.jit(platform_atan2)(y, c), np.float64)
+    ulp = np.spacing(np.abs(a).astype(dtype)).astype(np.float64)
+    assert np.max(np.abs(a - b) / ulp) <= 4
+    g = jax.grad(lambda y, x: jnp.sum(platform_atan2(y, x)), (0, 1))(jnp.asarray(y), jnp.asarray(c))
+    h = jax.grad(lambda y, x: jnp.sum(atan2_builtin(y, x)), (0, 1))(jnp.asarray(y), jnp.asarray(c))
+    for u, v in zip(g, h):
+        np.testing.assert_allclose(u, v, rtol=1e-5 if dtype == np.float32 else 1e-12)
