@@ -72,5 +72,5 @@ def test_both_atan2_paths_agree_on_cpu(dtype):
     assert np.max(np.abs(a - b) / ulp) <= 4
     g = jax.grad(lambda y, x: jnp.sum(platform_atan2(y, x)), (0, 1))(jnp.asarray(y), jnp.asarray(c))
     h = jax.grad(lambda y, x: jnp.sum(atan2_builtin(y, x)), (0, 1))(jnp.asarray(y), jnp.asarray(c))
-    for u, v in zip(g, h):
+    for u, v in zip(g, h, strict=True):
         np.testing.assert_allclose(u, v, rtol=1e-5 if dtype == np.float32 else 1e-12)
