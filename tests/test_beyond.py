@@ -83,16 +83,21 @@ class MLP2D(nnx.Module):
 
 def _train_2d(lam, min_distance, steps=400):
     from mhe_jax.data import load_digits
-    from mhe_jax.train import fit, make_optimizer
+    from mhe_jax.train import Every, accuracy_eval, epoch_batches, fit, make_optimizer, make_steps
 
     model = MLP2D(nnx.Rngs(0))
     reg = None if lam is None else mhe_jax.mhe_regularizer(
         0.0, lam, s=2.0, output="classifier/kernel", min_distance=min_distance)
     opt = nnx.Optimizer(model, make_optimizer(0.05, weight_decay=5e-4, regularizer=reg), wrt=nnx.Param)
-    out = fit(model, opt, load_digits(), steps=steps, batch_size=64, augment=False, progress=False, log_every=20)
+    ds = load_digits()
+    fns = make_steps(augment=False)
+    data = epoch_batches(ds.x_train, ds.y_train, batch_size=64, seed=0)
+    test = accuracy_eval(fns.eval, ds.x_test, ds.y_test, num_classes=ds.num_classes)
+    out = fit(model, opt, data, steps=steps, train_step=fns.train, log_every=20,
+              evals=[Every(None, test)])
     losses = [h["loss"] for h in out["history"] if "loss" in h]
     angle = math.degrees(float(mhe_jax.min_angle(model.classifier.kernel[...])))
-    return out["test"]["accuracy"], angle, losses
+    return out["final"]["test_accuracy"], angle, losses
 
 
 def test_output_mhe_s2_in_2d_trains_with_the_force_bound():
