@@ -111,14 +111,14 @@ class Checkpointer:
             try:
                 restored = self.manager.restore(
                     step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
-                state = jax.device_get(restored.state)
+                state = jax.device_get(restored["state"])
                 if "checksum" in meta and _checksum(state) != meta["checksum"]:
                     raise ValueError("the arrays do not match the checksum saved with them")
             except Exception as e:  # noqa: BLE001 - truncated / missing / corrupt state
                 damaged.append(self._quarantine(step, f"unreadable state ({_short(e)})"))
                 continue
-            for obj, pure in ((model, restored.state["model"]),
-                              (optimizer, restored.state["optimizer"])):
+            for obj, pure in ((model, restored["state"]["model"]),
+                              (optimizer, restored["state"]["optimizer"])):
                 st = nnx.state(obj)
                 nnx.replace_by_pure_dict(st, pure)
                 nnx.update(obj, st)
@@ -133,7 +133,7 @@ class Checkpointer:
     def _read_metadata(self, step: int) -> dict:
         restored = self.manager.restore(
             step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))
-        meta = restored.metadata
+        meta = restored["metadata"]
         if not isinstance(meta, dict) or meta.get("step", step) != step:
             raise ValueError(f"metadata is not this checkpoint's: {str(meta)[:80]!r}")
         return dict(meta)

@@ -88,7 +88,7 @@ def fit(model: nnx.Module, optimizer: nnx.Optimizer, batches: Iterable, *, steps
             record({"step": done, **{k: float(v) for k, v in host.items()}})
         if done < steps:
             run_evals(done, final=False)
-            if save_every is not None and done % save_every == 0:
+            if checkpointer is not None and save_every is not None and done % save_every == 0:
                 checkpointer.save(done, model, optimizer)
     jax.block_until_ready(nnx.state(model))
     seconds = time.perf_counter() - t0
