@@ -209,8 +209,6 @@ def test_quickstart_runs_table_and_figure(tmp_path):
     assert png.stat().st_size > 30_000
 
 
-@pytest.mark.xfail(strict=True, reason="runner.run builds ProgressBar(...) without desc=: the "
-                   "bar says 'train' (needs desc=f'{cfg.name} seed {cfg.seed}' in runner.py)")
 def test_progress_bar_is_labelled_with_the_run_name(tmp_path, capfd):
     cli(["run", "quickstart/mhe", "--out", str(tmp_path), *_sets(TINY)])
     err = capfd.readouterr().err

@@ -232,7 +232,8 @@ def run(cfg: ExperimentConfig, out_dir, *, resume: ResumeMode = "auto", progress
         evals.insert(0, Every(log.energy_every, energy_logger(**energy_kwargs)))
     loggers = [JsonlLogger(out / "log.jsonl", keep_until=start)]
     if progress:
-        loggers.append(ProgressBar(cfg.optim.steps, initial=start))
+        loggers.append(ProgressBar(cfg.optim.steps, initial=start,
+                                   desc=f"{cfg.name} seed {cfg.seed}"))
     t0 = time.time()
     try:
         result = fit(model, optimizer, batches, steps=cfg.optim.steps, train_step=fns.train,
