@@ -5,6 +5,12 @@ Every model exposes ``output_path``, the "/"-joined path of its classifier kerne
 ``mhe_regularizer(..., output=model.output_path)``.
 """
 
+# The extra check must run before the flax imports below (hence E402 for this file).
+# ruff: noqa: E402
+from mhe_jax._optional import require_models_extra
+
+require_models_extra("models")
+
 from mhe_jax.models.cnn import CNN as CNN
 from mhe_jax.models.cnn import cnn6 as cnn6
 from mhe_jax.models.cnn import cnn9 as cnn9

@@ -1,5 +1,11 @@
 """Training: losses, the optimizer recipe, jitted NNX steps, a small ``fit``, checkpoints."""
 
+# The extra check must run before the flax imports below (hence E402 for this file).
+# ruff: noqa: E402
+from mhe_jax._optional import require_models_extra
+
+require_models_extra("train")
+
 from mhe_jax.train.batches import epoch_batches as epoch_batches
 from mhe_jax.train.checkpoint import (
     CheckpointError as CheckpointError,
