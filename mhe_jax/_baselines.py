@@ -17,15 +17,24 @@ The regularizers add ``λ · ∇ Σ_l penalty(W_l)`` over the selected layers; l
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 from jax import lax
+from jax.typing import ArrayLike
 
 from mhe_jax import _checks, _layouts
-from mhe_jax._transform import ScalarOrSchedule, _value, check_strength, penalty_transformation
+from mhe_jax._layouts import NeuronAxes
+from mhe_jax._transform import (
+    ScalarOrSchedule,
+    _value,
+    check_strength,
+    penalty_transformation,
+)
+from mhe_jax._tree import Mask, NeuronAxis
 
 __all__ = ["orthonormal_penalty", "orthogonality_penalty", "orthonormal_regularizer",
            "orthogonality_regularizer"]
@@ -53,7 +62,13 @@ def _check_power(power):
         raise ValueError(f"power must be 1 or 2, got {power!r}")
 
 
-def orthonormal_penalty(w, *, normalize: bool = True, neuron_axis=-1) -> jax.Array:
+#: ``neuron_axis=`` of the one-layer penalties: the neuron axes of ``w``.
+LayerAxes = int | Sequence[int] | NeuronAxes
+
+
+def orthonormal_penalty(
+    w: ArrayLike, *, normalize: bool = True, neuron_axis: LayerAxes = -1
+) -> jax.Array:
     """``‖ŴᵀŴ − I‖²_F`` of one layer (``W`` raw when ``normalize=False``).
 
     ``w`` has its ``N`` neurons along ``neuron_axis`` (an int or a tuple of ints); the other axes
@@ -70,7 +85,9 @@ def orthonormal_penalty(w, *, normalize: bool = True, neuron_axis=-1) -> jax.Arr
     return jnp.sum((c - jnp.eye(c.shape[0], dtype=c.dtype)) ** 2)
 
 
-def orthogonality_penalty(w, *, power: int = 1, neuron_axis=-1) -> jax.Array:
+def orthogonality_penalty(
+    w: ArrayLike, *, power: int = 1, neuron_axis: LayerAxes = -1
+) -> jax.Array:
     """``Σ_{i≠j} |ŵ_iᵀŵ_j|^power`` of one layer (shapes as in :func:`orthonormal_penalty`).
 
     Examples:
@@ -100,8 +117,15 @@ class _LayersSum:
         return _value(self.strength, count) * sum(self.fn(W) for W in matrices)
 
 
-def orthonormal_regularizer(strength: ScalarOrSchedule, *, normalize: bool = True, mask=None,
-                            neuron_axis=None, layout: str = "flax", max_norm=None):
+def orthonormal_regularizer(
+    strength: ScalarOrSchedule,
+    *,
+    normalize: bool = True,
+    mask: Mask = None,
+    neuron_axis: NeuronAxis = None,
+    layout: str = "flax",
+    max_norm: ArrayLike | None = None,
+) -> optax.GradientTransformationExtraArgs:
     """Add ``strength · ∇ Σ_l ‖Ŵ_lᵀŴ_l − I‖²_F`` to the updates (``strength``: number ≥ 0 or
     schedule; ``state.strength`` holds the current one).
 
@@ -123,8 +147,15 @@ def orthonormal_regularizer(strength: ScalarOrSchedule, *, normalize: bool = Tru
                                   neuron_axis=neuron_axis, layout=layout, max_norm=max_norm)
 
 
-def orthogonality_regularizer(strength: ScalarOrSchedule, *, power: int = 1, mask=None,
-                              neuron_axis=None, layout: str = "flax", max_norm=None):
+def orthogonality_regularizer(
+    strength: ScalarOrSchedule,
+    *,
+    power: int = 1,
+    mask: Mask = None,
+    neuron_axis: NeuronAxis = None,
+    layout: str = "flax",
+    max_norm: ArrayLike | None = None,
+) -> optax.GradientTransformationExtraArgs:
     """Add ``strength · ∇ Σ_l Σ_{i≠j} |c_ij|^power`` to the updates.
 
     Examples:

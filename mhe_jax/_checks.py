@@ -5,6 +5,7 @@ from __future__ import annotations
 import numbers
 
 import jax
+import jax.core  # jax.core.Tracer (so type checkers know the submodule)
 import jax.numpy as jnp
 import numpy as np
 
@@ -19,7 +20,9 @@ def check_distance(distance: str) -> str:
 
 def is_concrete_number(x) -> bool:
     """True for Python / NumPy scalars (not JAX tracers): values we may inspect at trace time."""
-    return isinstance(x, (numbers.Real, np.ndarray, np.generic)) and np.ndim(x) == 0
+    if isinstance(x, numbers.Real):
+        return True  # a Python or NumPy real scalar: ndim 0
+    return isinstance(x, (np.ndarray, np.generic)) and np.ndim(x) == 0
 
 
 def check_nonnegative(value, name: str):

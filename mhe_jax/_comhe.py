@@ -16,8 +16,11 @@ the compressed energy, not the original one (CoMHE's objective).
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike, DTypeLike
 
 from mhe_jax import _energy
 from mhe_jax._neurons import normalize_columns, scale_free
@@ -26,8 +29,15 @@ from mhe_jax._spec import EnergySpec, ProjectionSpec
 __all__ = ["compressive_energy", "random_projections"]
 
 
-def random_projections(key, d: int, *, projections: int = 20, dim: int = 40, kind: str = "gaussian",
-                       dtype=jnp.float32):
+def random_projections(
+    key: jax.Array,
+    d: int,
+    *,
+    projections: int = 20,
+    dim: int = 40,
+    kind: str = "gaussian",
+    dtype: DTypeLike = jnp.float32,
+) -> jax.Array:
     """``(projections, dim, d)`` random projection matrices."""
     if kind not in ("gaussian", "orthogonal"):
         raise ValueError(f"kind must be 'gaussian' or 'orthogonal', got {kind!r}")
@@ -36,7 +46,8 @@ def random_projections(key, d: int, *, projections: int = 20, dim: int = 40, kin
     if not isinstance(dim, int) or dim < 1:
         raise ValueError(f"dim must be a positive int, got {dim!r}")
     if kind == "gaussian":
-        return jax.random.normal(key, (projections, dim, d), dtype) / jnp.sqrt(jnp.asarray(dim, dtype))
+        scale = jnp.sqrt(jnp.asarray(dim, dtype))
+        return jax.random.normal(key, (projections, dim, d), dtype) / scale
     if dim > d:
         raise ValueError(f"orthogonal projections need dim <= d = {d}, got dim={dim}")
     g = jax.random.normal(key, (projections, d, dim), dtype)
@@ -46,20 +57,20 @@ def random_projections(key, d: int, *, projections: int = 20, dim: int = 40, kin
 
 
 def compressive_energy(
-    w,
-    key,
+    w: ArrayLike,
+    key: jax.Array,
     *,
     projections: int = 20,
     dim: int = 40,
     kind: str = "gaussian",
-    s=2.0,
+    s: ArrayLike = 2.0,
     distance: str = "euclidean",
     half_space: bool = False,
     neuron_axis: int = -1,
-    eps=None,
-    min_distance=None,
+    eps: ArrayLike | None = None,
+    min_distance: ArrayLike | None = None,
     spec: EnergySpec | None = None,
-):
+) -> jax.Array:
     r"""CoMHE energy of ``w`` (module docstring): mean over ``projections`` random projections.
 
     ``E = (1/P) Σ_p E(A_p Ŵ)`` with ``A_p`` of shape ``(dim, d)`` drawn from ``key``.
@@ -84,14 +95,14 @@ def compressive_energy(
       >>> bool(jnp.allclose(e, mhe_jax.hyperspherical_energy(w), rtol=1e-4))  # k = d: exact
       True
     """
-    given = dict(s=s, distance=distance, half_space=half_space, eps=eps,
-                 min_distance=min_distance)
+    given: dict[str, Any] = dict(s=s, distance=distance, half_space=half_space, eps=eps,
+                                 min_distance=min_distance)
     defaults = dict(s=2.0, distance="euclidean", half_space=False, eps=None, min_distance=None)
     if spec is None:
         spec = EnergySpec(**given, projection=ProjectionSpec(projections, dim, kind))
     else:
         layout = dict(projections=projections, dim=dim, kind=kind)
-        if any(v != d for v, d in zip(layout.values(), (20, 40, "gaussian"))):
+        if any(v != d for v, d in zip(layout.values(), (20, 40, "gaussian"), strict=True)):
             raise TypeError("pass the projection options either as keywords or in spec=, not both")
         spec = _energy.resolve_spec(spec, defaults, given)
         if spec.projection is None:
@@ -102,6 +113,8 @@ def compressive_energy(
 def compressive_from_spec(W, key, spec: EnergySpec):
     """CoMHE energy of the neuron matrix ``W`` (d, N) with ``spec.projection``."""
     proj = spec.projection
+    if proj is None:
+        raise ValueError("compressive_from_spec needs spec.projection (a ProjectionSpec)")
     if spec.sample_size is not None:
         raise ValueError("spec.sample_size and spec.projection cannot be combined")
     W = scale_free(W)

@@ -19,6 +19,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.typing import ArrayLike
 
 from mhe_jax._kernels import kernel_from_spec
 from mhe_jax._neurons import as_neuron_matrix, gram, normalize_columns, scale_free
@@ -66,8 +67,14 @@ def _spec_of(spec, **options) -> EnergySpec:
 
 
 def energy_stats(
-    w, *, s=2.0, distance: str = "euclidean", half_space: bool = False, neuron_axis: int = -1,
-    eps=None, spec: EnergySpec | None = None,
+    w: ArrayLike,
+    *,
+    s: ArrayLike = 2.0,
+    distance: str = "euclidean",
+    half_space: bool = False,
+    neuron_axis: int = -1,
+    eps: ArrayLike | None = None,
+    spec: EnergySpec | None = None,
 ) -> EnergyStats:
     r""":func:`hyperspherical_energy`, :func:`min_angle` and :func:`mean_abs_cosine` together.
 
@@ -99,7 +106,7 @@ def energy_stats(
     return EnergyStats(energy, angle, coherence)
 
 
-def min_angle(w, *, neuron_axis: int = -1) -> Array:
+def min_angle(w: ArrayLike, *, neuron_axis: int = -1) -> Array:
     r"""Smallest angle (radians) between two neurons; π for a single neuron.
 
     ``min_{i≠j} arccos(ŵ_iᵀŵ_j)``, computed in the accurate form of the module docstring, so
@@ -117,7 +124,7 @@ def min_angle(w, *, neuron_axis: int = -1) -> Array:
     return _cosine_stats(Wn)[0]
 
 
-def mean_abs_cosine(w, *, neuron_axis: int = -1) -> Array:
+def mean_abs_cosine(w: ArrayLike, *, neuron_axis: int = -1) -> Array:
     """Mean ``|ŵ_iᵀŵ_j|`` over ordered pairs ``i ≠ j`` (0 for a single neuron)."""
     Wn = normalize_columns(as_neuron_matrix(w, neuron_axis))
     return _cosine_stats(Wn)[1]

@@ -27,8 +27,10 @@ sums and the diagnostics; new code should import from the modules named above (o
 from __future__ import annotations
 
 import jax
+import jax.core  # jax.core.Tracer (so type checkers know the submodule)
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from mhe_jax import _checks
 from mhe_jax._diagnostics import (  # noqa: F401  (re-exports, see the module docstring)
@@ -113,7 +115,9 @@ def resolve_spec(spec, defaults: dict, given: dict, **fixed) -> EnergySpec:
         )
     for name, value in fixed.items():
         if getattr(spec, name) != value:
-            raise ValueError(f"this energy needs spec.{name}={value!r}, got {getattr(spec, name)!r}")
+            raise ValueError(
+                f"this energy needs spec.{name}={value!r}, got {getattr(spec, name)!r}"
+            )
     return spec
 
 
@@ -193,16 +197,16 @@ def _energy_of_matrix(W: Array, spec: EnergySpec, key) -> Array:
 
 
 def hyperspherical_energy(
-    w,
+    w: ArrayLike,
     *,
-    s=2.0,
+    s: ArrayLike = 2.0,
     distance: str = "euclidean",
     half_space: bool = False,
     neuron_axis: int = -1,
-    eps=None,
+    eps: ArrayLike | None = None,
     sample_size: int | None = None,
-    key=None,
-    min_distance=None,
+    key: jax.Array | None = None,
+    min_distance: ArrayLike | None = None,
     block_size: int | None = None,
     spec: EnergySpec | None = None,
 ) -> Array:
@@ -270,15 +274,15 @@ def hyperspherical_energy(
 
 
 def gaussian_energy(
-    w,
+    w: ArrayLike,
     *,
-    t=2.0,
+    t: ArrayLike = 2.0,
     distance: str = "euclidean",
     half_space: bool = False,
     neuron_axis: int = -1,
-    eps=None,
+    eps: ArrayLike | None = None,
     sample_size: int | None = None,
-    key=None,
+    key: jax.Array | None = None,
     block_size: int | None = None,
     spec: EnergySpec | None = None,
 ) -> Array:
@@ -325,14 +329,14 @@ def _check_labels(labels, n: int):
 
 
 def output_energy(
-    w,
-    labels,
+    w: ArrayLike,
+    labels: ArrayLike,
     *,
-    s=2.0,
+    s: ArrayLike = 2.0,
     distance: str = "euclidean",
     neuron_axis: int = -1,
-    eps=None,
-    min_distance=None,
+    eps: ArrayLike | None = None,
+    min_distance: ArrayLike | None = None,
     spec: EnergySpec | None = None,
 ) -> Array:
     r"""Data-dependent output-layer energy (Sec. 3.6, Eq. 8).
@@ -398,7 +402,7 @@ def output_energy(
     return energy
 
 
-def uniformity_loss(x, t=2.0, *, normalize: bool = True) -> Array:
+def uniformity_loss(x: ArrayLike, t: ArrayLike = 2.0, *, normalize: bool = True) -> Array:
     r"""Uniformity loss of Wang & Isola (ICML 2020) on a batch of feature vectors (rows).
 
     ``log mean_{i<j} exp(−t ‖x_i − x_j‖²)`` for ``x`` of shape (batch, dim) — their
@@ -414,4 +418,4 @@ def uniformity_loss(x, t=2.0, *, normalize: bool = True) -> Array:
     sq = jnp.sum(X * X, axis=0)
     d2 = jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * gram(X), 0.0)
     iu = jnp.triu_indices(n, 1)
-    return jax.nn.logsumexp(-t * d2[iu]) - jnp.log(n * (n - 1) / 2)
+    return jax.nn.logsumexp(-jnp.asarray(t) * d2[iu]) - jnp.log(n * (n - 1) / 2)

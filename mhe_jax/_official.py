@@ -4,9 +4,11 @@ r"""The official TensorFlow MHE code (github wy1iu/MHE, ``code/architecture.py``
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from mhe_jax._kernels import make_kernel
 from mhe_jax._neurons import as_neuron_matrix, normalize_columns
@@ -26,7 +28,9 @@ OFFICIAL_POWERS = ("0", "1", "2", "a0", "a1", "a2")
 OFFICIAL_NORM_EPS = 1e-4
 
 
-def official_energy(w, power: str, *, half_space: bool = False, neuron_axis: int = -1) -> Array:
+def official_energy(
+    w: ArrayLike, power: str, *, half_space: bool = False, neuron_axis: int = -1
+) -> Array:
     r"""Per-layer loss of the official TensorFlow MHE code, without its λ factor.
 
     As in ``_add_thomson_constraint``: ``ŵ = w / sqrt(‖w‖² + 1e-4)``; for ``power`` in
@@ -69,7 +73,7 @@ def official_energy(w, power: str, *, half_space: bool = False, neuron_axis: int
         W = jnp.concatenate([W, -W], axis=1)
     angular = power.startswith("a")
     s = float(power[-1])
-    angle = {"angle_scale": 1.0 / math.pi, "angle_offset": 1e-4} if angular else {}
+    angle: dict[str, Any] = {"angle_scale": 1.0 / math.pi, "angle_offset": 1e-4} if angular else {}
     # eps = machine epsilon: the official formula up to rounding, finite for exact duplicates.
     eps = float(jnp.finfo(W.dtype).eps)
     kernel, params = make_kernel(

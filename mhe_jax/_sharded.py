@@ -23,12 +23,14 @@ another order. ``N`` not divisible by ``P`` is padded with zero neurons that are
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.typing import ArrayLike
 
 from mhe_jax import _energy, _tiled
 from mhe_jax._kernels import kernel_from_spec, pair_function
@@ -42,18 +44,18 @@ __all__ = ["sharded_hyperspherical_energy"]
 
 
 def sharded_hyperspherical_energy(
-    w,
+    w: ArrayLike,
     mesh: Mesh,
     axis_name: str,
     *,
-    s=2.0,
+    s: ArrayLike = 2.0,
     distance: str = "euclidean",
     half_space: bool = False,
     neuron_axis: int = -1,
-    eps=None,
+    eps: ArrayLike | None = None,
     sample_size: int | None = None,
-    key=None,
-    **kernel_options,
+    key: jax.Array | None = None,
+    **kernel_options: Any,
 ) -> Array:
     r""":func:`mhe_jax.hyperspherical_energy` with the neurons sharded over ``mesh[axis_name]``.
 
@@ -79,8 +81,10 @@ def sharded_hyperspherical_energy(
     unknown = set(kernel_options) - {"min_distance", "precision"}
     if unknown:
         raise TypeError(f"sharded_hyperspherical_energy got unexpected options {sorted(unknown)}")
-    given = dict(s=s, distance=distance, half_space=half_space, eps=eps, sample_size=sample_size,
-                 min_distance=kernel_options.get("min_distance"), block_size=block_size)
+    given: dict[str, Any] = dict(
+        s=s, distance=distance, half_space=half_space, eps=eps, sample_size=sample_size,
+        min_distance=kernel_options.get("min_distance"), block_size=block_size,
+    )
     if spec is None:
         spec = EnergySpec(**given, precision=kernel_options.get("precision", "highest"))
     else:
@@ -101,7 +105,10 @@ def sharded_hyperspherical_energy(
         W = jnp.pad(W, ((0, 0), (0, npad - n)))
     W = lax.with_sharding_constraint(W, NamedSharding(mesh, PartitionSpec(None, axis_name)))
     Wn = normalize_columns(W)  # zero padding stays zero
-    total = ring_pair_sum(kernel, mesh, axis_name, n, Wn, params) if n > 1 else jnp.zeros((), W.dtype)
+    if n > 1:
+        total = ring_pair_sum(kernel, mesh, axis_name, n, Wn, params)
+    else:
+        total = jnp.zeros((), W.dtype)
     return mean_from_sum(kernel, params, total, n, n_total)
 
 
@@ -126,7 +133,7 @@ def _ring_pair_sum_jvp(k, mesh, axis_name, n, primals, tangents):
     return value, 2.0 * jnp.sum(force * dWn)  # force sharded like Wn
 
 
-def _ring(k, mesh, axis_name, n, Wn, params, with_force):
+def _ring(k, mesh, axis_name, n, Wn, params, with_force) -> tuple[Array, Array | None]:
     devices = mesh.shape[axis_name]
     spec = PartitionSpec(None, axis_name)
     out_specs = (PartitionSpec(), spec) if with_force else PartitionSpec()
@@ -158,9 +165,8 @@ def _ring_local(h, Wl, axis_name, devices, n, with_force, precision=lax.Precisio
     padded = devices * m > n
     row_ok = me * m + a_idx < n
 
-    def keep_for(block):
-        if not padded:
-            return None
+    def keep_for(block) -> Array:
+        """The valid pairs of the tile (me, block) (padding columns masked)."""
         return row_ok & (block * m + b_idx < n)
 
     # t = 0: the diagonal tile.
@@ -169,7 +175,9 @@ def _ring_local(h, Wl, axis_name, devices, n, with_force, precision=lax.Precisio
         keep = keep & keep_for(me)
     hv, dh = _tiled.tile_terms(h, Rl, Rl, keep, with_force, precision)
     value = jnp.sum(hv)
-    force = _tiled._dot(Wl, dh, (1, 0), precision) if with_force else None  # (d, m), dh symmetric
+    force = None
+    if dh is not None:  # with_force
+        force = _tiled._dot(Wl, dh, (1, 0), precision)  # (d, m), dh symmetric
     if half == 0:
         return value, force
 
@@ -183,13 +191,11 @@ def _ring_local(h, Wl, axis_name, devices, n, with_force, precision=lax.Precisio
         V = lax.ppermute(V, axis_name, left)
         if with_force:
             G = lax.ppermute(G, axis_name, left)
-        keep = keep_for((me + t) % devices)
-        if keep is None:
-            keep = jnp.ones((m, m), bool)
+        keep = keep_for((me + t) % devices) if padded else jnp.ones((m, m), bool)
         hv, dh = _tiled.tile_terms(h, Rl, V.T, keep, with_force, precision)
         part = jnp.sum(hv)
         value = value + (part + part if columns else part)
-        if with_force:
+        if dh is not None:  # with_force
             force = force + _tiled._dot(V, dh, (1, 1), precision)  # (d, m): Σ_j h'_ij ŵ_j, own i
             if columns:
                 G = G + _tiled._dot(Wl, dh, (1, 0), precision)  # (d, m): Σ_i h'_ij ŵ_i, visiting j

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.core  # jax.core.Tracer (so type checkers know the submodule)
 import numpy as np
 from jax import lax
 
@@ -56,7 +57,9 @@ def _check_bool(value, name: str) -> bool:
 
 def _check_choice(value, name: str, choices) -> str:
     if not isinstance(value, str):
-        raise TypeError(f"{name} must be a str, one of {tuple(choices)}, got {type(value).__name__}")
+        raise TypeError(
+            f"{name} must be a str, one of {tuple(choices)}, got {type(value).__name__}"
+        )
     if value not in choices:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
     return value
@@ -181,7 +184,7 @@ class EnergySpec:
         if self.min_distance is not None and self.kernel != "riesz":
             raise ValueError("min_distance applies to the Riesz/log kernels only (kernel='riesz')")
 
-    def replace(self, **changes) -> EnergySpec:
+    def replace(self, **changes: Any) -> EnergySpec:
         """A validated copy with some fields changed."""
         return dataclasses.replace(self, **changes)
 

@@ -20,11 +20,12 @@ import dataclasses
 import math
 import warnings
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
 import optax
+from jax.typing import ArrayLike
 
 from mhe_jax import _checks, _energy, _layouts, _tree
 from mhe_jax._spec import EnergySpec
@@ -78,7 +79,8 @@ def check_strength(value, name: str, *, optional: bool = False):
         raise TypeError(f"{e} (a strength is a number >= 0 or a schedule count -> number)") from e
 
 
-def _value(strength, count):
+def _value(strength: ScalarOrSchedule, count: Any) -> Any:
+    """The strength at step ``count`` (a number or a traced scalar)."""
     return strength(count) if callable(strength) else strength
 
 
@@ -103,12 +105,12 @@ def penalty_transformation(
     penalty: LayerPenalty,
     *,
     strengths: Callable[[jax.Array], Mapping[str, Any]] | None = None,
-    mask=None,
-    output=None,
+    mask: _tree.Mask = None,
+    output: _tree.PathPattern | None = None,
     neuron_axis: _tree.NeuronAxis = None,
     layout: str = "flax",
-    seed=0,
-    max_norm=None,
+    seed: int | jax.Array = 0,
+    max_norm: ArrayLike | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Add ``∇ penalty(layers)`` to the updates; the shared engine of every regularizer here.
 
@@ -126,7 +128,8 @@ def penalty_transformation(
     _structural(neuron_axis, "neuron_axis", "give it as a tuple, e.g. (0,), or a NeuronAxes")
     if max_norm is not None:
         _checks.check_nonnegative(max_norm, "max_norm")
-    select = dict(mask=mask, output=output, neuron_axis=neuron_axis, layout=layout)
+    select: dict[str, Any] = dict(mask=mask, output=output, neuron_axis=neuron_axis,
+                                  layout=layout)
 
     def report(count):
         if strengths is None:
@@ -149,14 +152,19 @@ def penalty_transformation(
 
         grads = jax.grad(total)([leaves[layer.index] for layer in layers])
         if max_norm is not None:
-            grads, _ = optax.clip_by_global_norm(max_norm).update(grads, optax.EmptyState())
+            clipped, _ = optax.clip_by_global_norm(max_norm).update(grads, optax.EmptyState())
+            grads = cast(list[jax.Array], clipped)  # same structure: one array per layer
         additions = {layer.index: g for layer, g in zip(layers, grads, strict=True)}
         updates = _tree.add_to_leaves(updates, treedef, additions)
-        new_state = RegularizerState(count=optax.safe_increment(state.count),
-                                     strengths=report(state.count))
+        count = cast(jax.Array, optax.safe_increment(state.count))
+        new_state = RegularizerState(count=count, strengths=report(state.count))
         return updates, new_state
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    # optax types a state as a pytree of arrays; RegularizerState holds None for a strength
+    # that is off (as optax's own states hold None leaves), which its OptState alias leaves out.
+    return optax.GradientTransformationExtraArgs(
+        init_fn, update_fn  # pyright: ignore[reportArgumentType]
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -234,7 +242,7 @@ class _MHEPenalty:
         total = jnp.zeros((), jnp.float32)
         if hidden:
             total = total + lam_h * sum(hidden)
-        if out:
+        if out and lam_o is not None:  # out is empty when lam_o is None
             total = total + lam_o * sum(out)
         return total
 
@@ -272,20 +280,20 @@ def mhe_regularizer(
     hidden_strength: ScalarOrSchedule,
     output_strength: ScalarOrSchedule | None = None,
     *,
-    s=2.0,
+    s: ArrayLike = 2.0,
     distance: str = "euclidean",
     half_space: bool | str = False,
-    output=None,
-    mask=None,
+    output: _tree.PathPattern | None = None,
+    mask: _tree.Mask = None,
     neuron_axis: _tree.NeuronAxis = None,
     layout: str = "flax",
     sample_size: int | None = None,
-    seed=0,
-    eps=None,
-    min_distance=None,
+    seed: int | jax.Array = 0,
+    eps: ArrayLike | None = None,
+    min_distance: ArrayLike | None = None,
     calibrate: bool = False,
     projection: dict | None = None,
-    max_norm=None,
+    max_norm: ArrayLike | None = None,
     spec: EnergySpec | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Add the gradient of the MHE regularizer ``R`` to the updates.
@@ -373,25 +381,25 @@ def mhe_regularizer(
 
 
 def mhe_penalty(
-    params,
+    params: optax.Params,
     hidden_strength: ScalarOrSchedule,
     output_strength: ScalarOrSchedule | None = None,
     *,
-    s=2.0,
+    s: ArrayLike = 2.0,
     distance: str = "euclidean",
     half_space: bool | str = False,
-    output=None,
-    mask=None,
+    output: _tree.PathPattern | None = None,
+    mask: _tree.Mask = None,
     neuron_axis: _tree.NeuronAxis = None,
     layout: str = "flax",
     sample_size: int | None = None,
-    key=None,
-    labels=None,
-    eps=None,
-    min_distance=None,
+    key: jax.Array | None = None,
+    labels: ArrayLike | None = None,
+    eps: ArrayLike | None = None,
+    min_distance: ArrayLike | None = None,
     calibrate: bool = False,
     projection: dict | None = None,
-    step=None,
+    step: int | jax.Array | None = None,
     spec: EnergySpec | None = None,
 ) -> jax.Array:
     r"""The scalar ``R(params)`` of :func:`mhe_regularizer`, to add to a loss.
@@ -429,16 +437,16 @@ def mhe_penalty(
 
 
 def layer_energies(
-    params,
+    params: optax.Params,
     *,
-    s=2.0,
+    s: ArrayLike = 2.0,
     distance: str = "euclidean",
     half_space: bool | str = False,
-    output=None,
-    mask=None,
+    output: _tree.PathPattern | None = None,
+    mask: _tree.Mask = None,
     neuron_axis: _tree.NeuronAxis = None,
     layout: str = "flax",
-    eps=None,
+    eps: ArrayLike | None = None,
     calibrate: bool = False,
     as_floats: bool = False,
     degrees: bool = False,

@@ -27,6 +27,9 @@ AxesSpec = int | Sequence[int] | NeuronAxes | None
 #: ``neuron_axis=``: one spec for every layer, a callable ``(path, leaf) -> spec``, or a pytree
 #: of specs structured like params (``None``: the layout's default).
 NeuronAxis = AxesSpec | Callable[[str, Any], AxesSpec] | Any
+#: ``mask=``: which leaves are layers, as in ``optax.masked``: a pytree of bools structured like
+#: params (or a prefix of it), or a callable ``params -> that pytree`` (``None``: the layout's).
+Mask = Any | Callable[[Any], Any] | None
 
 
 def _key_str(key) -> str:
@@ -41,7 +44,7 @@ def _key_str(key) -> str:
     return str(key)
 
 
-def path_str(keypath) -> str:
+def path_str(keypath: tree_util.KeyPath) -> str:
     """``/``-joined key path, without a trailing NNX ``value`` attribute."""
     keys = list(keypath)
     if keys and isinstance(keys[-1], tree_util.GetAttrKey) and keys[-1].name == "value":
@@ -140,7 +143,7 @@ def _output_flags(output, layout, paths, chosen, leaves, warn) -> list[bool]:
 def select_layers(
     params,
     *,
-    mask=None,
+    mask: Mask = None,
     output: PathPattern | None = None,
     neuron_axis: NeuronAxis = None,
     layout: str = "flax",
