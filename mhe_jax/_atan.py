@@ -28,9 +28,10 @@ _TAN_PI_8 = math.tan(math.pi / 8)
 _U_MAX = _TAN_PI_8**2
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _chebyshev_coefficients(degree: int) -> tuple[float, ...]:
-    """Coefficients of g(u) = (atan(√u) − √u)/u^{3/2} in Chebyshev polynomials of t = 2u/U_MAX − 1."""
+    """Coefficients of g(u) = (atan(√u) − √u)/u^{3/2} in Chebyshev polynomials of
+    t = 2u/U_MAX − 1."""
     t = np.cos(np.pi * (np.arange(4 * degree) + 0.5) / (4 * degree))  # Chebyshev nodes
     u = (t + 1.0) * (_U_MAX / 2)
     # atan(z) − z by its alternating series (no cancellation): Σ_{k≥1} (−1)^k z^{2k+1}/(2k+1)

@@ -36,7 +36,8 @@ def _digamma(x: float) -> float:
         x += 1.0
     inv = 1.0 / x
     inv2 = inv * inv
-    return result + math.log(x) - 0.5 * inv - inv2 * (1 / 12 - inv2 * (1 / 120 - inv2 * (1 / 252 - inv2 / 240)))
+    series = inv2 * (1 / 12 - inv2 * (1 / 120 - inv2 * (1 / 252 - inv2 / 240)))
+    return result + math.log(x) - 0.5 * inv - series
 
 
 def _angular_mean(d: int, s: float) -> float:
@@ -71,13 +72,14 @@ def uniform_reference_energy(n: int, d: int, *, s: float = 2.0, distance: str = 
         if s == 0:
             ref = -math.log(2.0) + 0.5 * (_digamma(d - 1.0) - _digamma((d - 1.0) / 2.0))
         else:
-            log_ref = ((d - 2 - s) * math.log(2.0) + math.lgamma(d / 2) + math.lgamma((d - 1 - s) / 2)
+            log_ref = ((d - 2 - s) * math.log(2.0) + math.lgamma(d / 2)
+                       + math.lgamma((d - 1 - s) / 2)
                        - 0.5 * math.log(math.pi) - math.lgamma(d - 1 - s / 2))
             ref = math.exp(log_ref)
-        antipodal = riesz(2.0, s)
+        antipodal = float(riesz(2.0, s))  # a float for NumPy/Python inputs
     elif distance == "angular":
         ref = _angular_mean(d, s)
-        antipodal = riesz(math.pi, s)
+        antipodal = float(riesz(math.pi, s))
     else:
         raise ValueError(f"distance must be 'euclidean' or 'angular', got {distance!r}")
     if half_space:

@@ -27,8 +27,7 @@ Masks are built from ``iota`` comparisons that XLA fuses into the elementwise pa
 
 from __future__ import annotations
 
-import math
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -138,7 +137,7 @@ def _dense(h, Wn, with_force, precision=_HIGHEST):
     off = lax.broadcasted_iota(jnp.int32, (n, n), 0) != lax.broadcasted_iota(jnp.int32, (n, n), 1)
     hv, dh = tile_terms(h, R, R, off, with_force, precision)
     value = jnp.sum(hv)
-    if not with_force:
+    if dh is None:  # not with_force
         return value, None
     return value, _dot(Wn, dh, (1, 0), precision)  # (d, N) = Ŵ h'(C), h'(C) symmetric
 
@@ -174,15 +173,16 @@ def _tiled(h, Wn, k, b, with_force, precision=_HIGHEST):
 
     if not with_force:
 
-        def body(total, i):
+        def value_body(total, i):
             return total + tile(i, False)[2], None
 
-        value, _ = lax.scan(body, jnp.zeros((), dtype), jnp.arange(k))
+        value, _ = lax.scan(value_body, jnp.zeros((), dtype), jnp.arange(k))
         return value, None
 
     def body(carry, i):
         total, colf = carry
         start, window, part, dh = tile(i, True)
+        assert dh is not None  # with_force: tile_terms returns h'
         row_force = _dot(dh, window, (1, 0), precision)  # (b, d)
         if once:
             cols = lax.dynamic_slice_in_dim(Wn, start, b, 1)  # (d, b)

@@ -85,7 +85,9 @@ def _parse_ints(text: str, what: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise UsageError(f"{what} {text!r}: expected comma-separated integers, e.g. 0,1,2") from None
+        raise UsageError(
+            f"{what} {text!r}: expected comma-separated integers, e.g. 0,1,2"
+        ) from None
     if not values:
         raise UsageError(f"{what} is empty: give at least one, e.g. 0")
     return values
@@ -124,7 +126,8 @@ def cmd_quickstart(args):
     for seed in seeds:
         for name in names:
             label = name if len(seeds) == 1 else f"{name} seed {seed}"
-            out = Path(args.out) / "quickstart" / (f"seed{seed}" if len(seeds) > 1 else "") / name.split("/")[1]
+            seed_dir = f"seed{seed}" if len(seeds) > 1 else ""
+            out = Path(args.out) / "quickstart" / seed_dir / name.split("/")[1]
             print(f"{label}: loading data, building and compiling the model ...", file=sys.stderr,
                   flush=True)
             r = run(cfgs[name, seed], out, progress=not args.no_progress, resume="restart",
@@ -153,7 +156,8 @@ def cmd_quickstart(args):
               "comparable with the others' full-space energy")
     png = report.plot_quickstart(runs, Path(args.out) / "quickstart" / "quickstart.png",
                                  layer_shapes=shapes,
-                                 title="quickstart: digits, CNN-9 16/32/64 — MHE spreads the neurons")
+                                 title="quickstart: digits, CNN-9 16/32/64 — "
+                                       "MHE spreads the neurons")
     print(f"plot: {png}")
 
 
@@ -171,7 +175,8 @@ def cmd_fig4(args):
 
 
 def cmd_study(args):
-    """A seeds × methods grid of <configs>/<method>: run (skip finished, resume unfinished), report."""
+    """A seeds × methods grid of <configs>/<method>: run (skip finished, resume unfinished),
+    report."""
     from mhe_jax.experiments import study
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

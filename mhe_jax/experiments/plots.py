@@ -39,7 +39,10 @@ def plot_features_2d(features, labels, classifier_kernel, ax=None, title=None, *
         raise ValueError(f"labels must have shape ({f.shape[0]},), got {y.shape}")
     if w.ndim != 2 or w.shape[0] != 2:
         raise ValueError(f"classifier_kernel must have shape (2, C), got {w.shape}")
-    n_cls = int(num_classes) if num_classes is not None else max(w.shape[1], int(y.max(initial=-1)) + 1)
+    if num_classes is not None:
+        n_cls = int(num_classes)
+    else:
+        n_cls = max(w.shape[1], int(y.max(initial=-1)) + 1)
     if max_points is not None and f.shape[0] > max_points:
         idx = np.random.default_rng(seed).choice(f.shape[0], int(max_points), replace=False)
         f, y = f[idx], y[idx]

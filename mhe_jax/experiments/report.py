@@ -114,11 +114,12 @@ def plot_runs(run_dirs, out_png, *, title: str | None = None):
         angle = [(e["step"], np.mean([v["min_angle_deg"] for p, v in e["layers"].items()
                                       if not is_output_layer(p, v)]))
                  for e in log if "layers" in e]
-        for ax, series in zip(axes, (loss, acc, angle)):
+        for ax, series in zip(axes, (loss, acc, angle), strict=True):
             if series:
-                ax.plot(*zip(*series), label=label, marker="o" if len(series) < 30 else None)
+                ax.plot(*zip(*series, strict=True), label=label,
+                        marker="o" if len(series) < 30 else None)
     names = ("train loss (batch)", "test accuracy (%)", "hidden layers: mean min angle (°)")
-    for ax, name in zip(axes, names):
+    for ax, name in zip(axes, names, strict=True):
         ax.set_xlabel("step")
         ax.set_title(name)
         ax.grid(alpha=0.3)
@@ -164,7 +165,8 @@ def _short(path: str) -> str:
     return "/".join(parts) or path
 
 
-def plot_quickstart(runs: Sequence, out_png, *, layer_shapes: dict[str, tuple[int, int]] | None = None,
+def plot_quickstart(runs: Sequence, out_png, *,
+                    layer_shapes: dict[str, tuple[int, int]] | None = None,
                     title: str | None = None, max_columns: int = 6):
     """Per layer (one panel each): min angle and full-space energy against step, one line per
     method (mean over seeds, thin lines per seed), the optimum dashed; and test accuracy per
@@ -176,9 +178,7 @@ def plot_quickstart(runs: Sequence, out_png, *, layer_shapes: dict[str, tuple[in
     Energy panels show the energy above the optimum on a log axis when the optimum is known.
     The step axis is symlog so that step 0 (the initialization) is visible.
     """
-    from mhe_jax.experiments.study import _full_energy, is_output_layer, layer_records
-
-    from mhe_jax.experiments.study import METHOD_ORDER
+    from mhe_jax.experiments.study import METHOD_ORDER, _full_energy, is_output_layer, layer_records
 
     plt = _pyplot()
     found = list(dict.fromkeys(r.method for r in runs))
@@ -213,7 +213,7 @@ def plot_quickstart(runs: Sequence, out_png, *, layer_shapes: dict[str, tuple[in
     angle_axes = axes[:nrows_each].ravel()
     energy_axes = axes[nrows_each:].ravel()
     for kind, panel_axes in (("angle", angle_axes), ("energy", energy_axes)):
-        for ax, p in zip(panel_axes, order):
+        for ax, p in zip(panel_axes, order, strict=False):  # spare panels
             opt = optimum(p)
             for i, m in enumerate(methods):
                 color = method_color(m, i)
@@ -235,7 +235,7 @@ def plot_quickstart(runs: Sequence, out_png, *, layer_shapes: dict[str, tuple[in
                         pts.append((rec["step"], y))
                     if pts:
                         curves.append(dict(pts))
-                        ax.plot(*zip(*pts), color=color, lw=0.7, alpha=0.35)
+                        ax.plot(*zip(*pts, strict=True), color=color, lw=0.7, alpha=0.35)
                 if curves:
                     common = sorted(set.intersection(*(set(c) for c in curves)))
                     ax.plot(common, [np.mean([c[s] for c in curves]) for s in common], color=color,
@@ -309,7 +309,7 @@ def _per_method_curves(ax, runs, methods, series_fn):
             pts = series_fn(r)
             if pts:
                 curves.append(dict(pts))
-                ax.plot(*zip(*pts), color=color, lw=0.8, alpha=0.35)
+                ax.plot(*zip(*pts, strict=True), color=color, lw=0.8, alpha=0.35)
         if curves:
             common = sorted(set.intersection(*(set(c) for c in curves)))
             ax.plot(common, [np.mean([c[s] for c in curves]) for s in common], color=color, lw=2,
@@ -357,7 +357,7 @@ def plot_study_curves(runs: Sequence, out_png, *, methods: Sequence[str] | None 
                         label=f"simplex optimum ({simplex_angle_deg(classes):.1f}°)")
     titles = ("test error (%)", "hidden layers: min angle (°), mean over layers",
               "classifier: min angle (°)", "training loss (batch, running mean of 5 logs)")
-    for ax, t in zip(axes, titles):
+    for ax, t in zip(axes, titles, strict=True):
         ax.set_title(t)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

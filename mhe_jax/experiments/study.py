@@ -304,7 +304,8 @@ def final_train_accuracy(run: StudyRun) -> float:
     if not recs:
         return math.nan
     end = max(r["step"] for r in recs)
-    tail = [r["accuracy"] for r in recs if r["step"] > end - max(1, round(0.1 * (run.steps or end)))]
+    start = end - max(1, round(0.1 * (run.steps or end)))
+    tail = [r["accuracy"] for r in recs if r["step"] > start]
     return statistics.fmean(tail or [recs[-1]["accuracy"]])
 
 
@@ -376,7 +377,8 @@ def summarize(runs: Sequence[StudyRun], *, methods: Sequence[str] | None = None,
     for m in order:
         if m == baseline:
             continue
-        pairs = [(row, base[row["seed"]]) for row in rows if row["method"] == m and row["seed"] in base]
+        pairs = [(row, base[row["seed"]]) for row in rows
+                 if row["method"] == m and row["seed"] in base]
         entry: dict[str, Any] = {"seeds": [a["seed"] for a, _ in pairs]}
         for key in ("test_error", "worst_class_error"):
             d = [a[key] - b[key] for a, b in pairs]
@@ -385,8 +387,8 @@ def summarize(runs: Sequence[StudyRun], *, methods: Sequence[str] | None = None,
             entry[key] = {"differences": d, "mean": mean, "std": sd, "t": t, "p": p,
                           "bootstrap95": bootstrap_interval(d)}
         paired[m] = entry
-    unfinished = [{"name": r.name, "seed": r.seed, "run_dir": str(r.run_dir), "last_step": r.last_step,
-                   "steps": r.steps} for r in runs if not r.finished]
+    unfinished = [{"name": r.name, "seed": r.seed, "run_dir": str(r.run_dir),
+                   "last_step": r.last_step, "steps": r.steps} for r in runs if not r.finished]
     return {"methods": order, "baseline": baseline, "rows": rows, "mean_std": per_method,
             "paired": paired, "unfinished": unfinished}
 
@@ -423,10 +425,12 @@ def markdown(summary: dict, *, title: str = "Study", command: str | None = None,
                   "| method | metric | pairs | mean (points) | std | paired t-test p | "
                   "bootstrap 95 % interval |", "|---|---|---:|---:|---:|---:|---|"]
         for m, entry in summary["paired"].items():
-            for key, label in (("test_error", "test error"), ("worst_class_error", "worst-class error")):
+            for key, label in (("test_error", "test error"),
+                               ("worst_class_error", "worst-class error")):
                 e = entry[key]
                 lo, hi = e["bootstrap95"]
-                lines.append(f"| {m} | {label} | {len(entry['seeds'])} | {_fmt('{:+.2f}', e['mean'])} | "
+                lines.append(f"| {m} | {label} | {len(entry['seeds'])} | "
+                             f"{_fmt('{:+.2f}', e['mean'])} | "
                              f"{_fmt('{:.2f}', e['std'])} | {_fmt('{:.3f}', e['p'])} | "
                              f"[{_fmt('{:+.2f}', lo)}, {_fmt('{:+.2f}', hi)}] |")
     if summary["unfinished"]:
@@ -438,11 +442,11 @@ def markdown(summary: dict, *, title: str = "Study", command: str | None = None,
         lines += ["", "## Figures", ""] + [f"![{Path(f).stem}]({Path(f).name})" for f in figures]
     lines += [
         "", "## Definitions", "",
-        "- Errors are in % of the test set (lower is better); worst-class error is the error of the "
-        "class with the lowest test accuracy. Differences are in percentage points; a negative "
+        "- Errors are in % of the test set (lower is better); worst-class error is the error of "
+        "the class with the lowest test accuracy. Differences are in percentage points; a negative "
         "difference means the method has lower error than the baseline.",
-        "- Final train accuracy (%): the mean batch accuracy (augmented batches, train mode) over the "
-        "last 10 % of the steps, unless the run evaluated the training set.",
+        "- Final train accuracy (%): the mean batch accuracy (augmented batches, train mode) over "
+        "the last 10 % of the steps, unless the run evaluated the training set.",
         "- Min angle (°): the smallest angle between two neurons of a layer (full space); hidden = "
         "mean over the hidden layers of each layer's min angle. Energy: the full-space s = 2 "
         "Euclidean energy, mean of 1/‖ŵ_i − ŵ_j‖² over pairs, at the end of training (hidden: mean "

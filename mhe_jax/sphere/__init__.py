@@ -10,24 +10,15 @@
 
 from mhe_jax.sphere._basin import (
     basin_hopping as basin_hopping,
-)
-from mhe_jax.sphere._basin import (
     fibonacci_points as fibonacci_points,
 )
 from mhe_jax.sphere._solver import (
     STATUS_NAMES as STATUS_NAMES,
-)
-from mhe_jax.sphere._solver import (
     EnergyResult as EnergyResult,
-)
-from mhe_jax.sphere._solver import (
     minimize_energy as minimize_energy,
-)
-from mhe_jax.sphere._solver import (
     physics_energy as physics_energy,
 )
-from mhe_jax.sphere._tammes import TammesResult as TammesResult
-from mhe_jax.sphere._tammes import tammes as tammes
+from mhe_jax.sphere._tammes import TammesResult as TammesResult, tammes as tammes
 
 __all__ = [
     "EnergyResult",

@@ -73,7 +73,7 @@ def _max_row_norm(v: Array) -> Array:
 
 def compute_dtype():
     """float64 when ``jax_enable_x64`` is on, else float32."""
-    return jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+    return jnp.float64 if jax.config.read("jax_enable_x64") else jnp.float32
 
 
 # --------------------------------------------------------------------------------------------
@@ -498,8 +498,8 @@ def run_restarts(fun, x0s, params, *, steps: int, tol: float, opts: _Options):
     """Run the jitted, vmapped solver; returns (points, f, grad norms, iterations, status)."""
     dtype = x0s.dtype
     solve = _solve_batch_small if x0s.shape[1] <= SMALL_N else _solve_batch
-    tol, steps = np.asarray(tol, dtype), np.asarray(steps, np.int32)
-    return solve(fun, x0s, _as_dtype(params, dtype), tol, steps, opts)
+    tol_array, steps_array = np.asarray(tol, dtype), np.asarray(steps, np.int32)
+    return solve(fun, x0s, _as_dtype(params, dtype), tol_array, steps_array, opts)
 
 
 def minimize_energy(

@@ -84,44 +84,44 @@ def _blocks(d: int, rows, cols):
     return r, c
 
 
-def _kkt(X, c, lam, mu, I, J):
+def _kkt(X, c, lam, mu, ii, jj):
     """Residual F and Jacobian of the KKT system of ``min c s.t. x_i·x_j = c (A), ‖x_i‖² = 1``.
 
     Unknowns ``z = (x (n·d), c, λ (|A|), μ (n))`` and Lagrangian
     ``L = c + Σ_A λ_k (x_i·x_j − c) + Σ_i μ_i (‖x_i‖² − 1)/2`` (the matrix is symmetric).
     """
     n, d = X.shape
-    a = len(I)
+    a = len(ii)
     nx = n * d
     N = nx + 1 + a + n
     G = mu[:, None] * X  # ∇_x L
-    np.add.at(G, I, lam[:, None] * X[J])
-    np.add.at(G, J, lam[:, None] * X[I])
+    np.add.at(G, ii, lam[:, None] * X[jj])
+    np.add.at(G, jj, lam[:, None] * X[ii])
     F = np.concatenate(
         [
             G.ravel(),
             [1.0 - lam.sum()],
-            np.sum(X[I] * X[J], axis=1) - c,
+            np.sum(X[ii] * X[jj], axis=1) - c,
             0.5 * (np.sum(X * X, axis=1) - 1.0),
         ]
     )
     Jm = np.zeros((N, N))
     # ∂(∇_x L)/∂x: λ_k I in blocks (i, j) and (j, i), μ_i I in block (i, i).
     lam_d = np.repeat(lam, d)
-    r, cc = _blocks(d, I, J)
+    r, cc = _blocks(d, ii, jj)
     np.add.at(Jm, (r, cc), lam_d)
     np.add.at(Jm, (cc, r), lam_d)
     diag = np.arange(nx)
     Jm[diag, diag] += np.repeat(mu, d)
     # ∂(∇_x L)/∂λ_k = ∂(x_i·x_j − c)/∂x (transposed): x_j in block i, x_i in block j.
     k_cols = nx + 1 + np.arange(a)
-    rows_i = (I[:, None] * d + np.arange(d)).ravel()
-    rows_j = (J[:, None] * d + np.arange(d)).ravel()
+    rows_i = (ii[:, None] * d + np.arange(d)).ravel()
+    rows_j = (jj[:, None] * d + np.arange(d)).ravel()
     kk = np.repeat(k_cols, d)
-    Jm[rows_i, kk] = X[J].ravel()
-    Jm[rows_j, kk] = X[I].ravel()
-    Jm[kk, rows_i] = X[J].ravel()
-    Jm[kk, rows_j] = X[I].ravel()
+    Jm[rows_i, kk] = X[jj].ravel()
+    Jm[rows_j, kk] = X[ii].ravel()
+    Jm[kk, rows_i] = X[jj].ravel()
+    Jm[kk, rows_j] = X[ii].ravel()
     Jm[k_cols, nx] = -1.0
     Jm[nx, k_cols] = -1.0
     # ∂(∇_x L)/∂μ_i = ∂h_i/∂x (transposed): x_i in block i.
@@ -131,16 +131,16 @@ def _kkt(X, c, lam, mu, I, J):
     return F, Jm
 
 
-def _initial_multipliers(X, I, J):
+def _initial_multipliers(X, ii, jj):
     """Least-squares ``(λ, μ)`` of the stationarity equations at ``X`` (with ``Σλ = 1``)."""
     n, d = X.shape
-    a = len(I)
+    a = len(ii)
     A = np.zeros((n * d + 1, a + n))
-    rows_i = (I[:, None] * d + np.arange(d)).ravel()
-    rows_j = (J[:, None] * d + np.arange(d)).ravel()
+    rows_i = (ii[:, None] * d + np.arange(d)).ravel()
+    rows_j = (jj[:, None] * d + np.arange(d)).ravel()
     kk = np.repeat(np.arange(a), d)
-    np.add.at(A, (rows_i, kk), X[J].ravel())
-    np.add.at(A, (rows_j, kk), X[I].ravel())
+    np.add.at(A, (rows_i, kk), X[jj].ravel())
+    np.add.at(A, (rows_j, kk), X[ii].ravel())
     A[np.arange(n * d), a + np.repeat(np.arange(n), d)] = X.ravel()
     A[n * d, :a] = 1.0
     b = np.zeros(n * d + 1)
@@ -149,8 +149,8 @@ def _initial_multipliers(X, I, J):
     return sol[:a], sol[a:]
 
 
-def _newton_kkt(X, I, J, iters: int = 25):
-    """Newton on the KKT system for the active pairs ``(I, J)``; returns (X, residual).
+def _newton_kkt(X, ii, jj, iters: int = 25):
+    """Newton on the KKT system for the active pairs ``(ii, jj)``; returns (X, residual).
 
     Least-squares (minimum-norm) steps handle the singular directions (rotations, redundant
     multipliers); a step is halved until the residual decreases. Gives up early when the
@@ -158,11 +158,11 @@ def _newton_kkt(X, I, J, iters: int = 25):
     """
     n, d = X.shape
     nx = n * d
-    a = len(I)
+    a = len(ii)
     X = X / np.linalg.norm(X, axis=1, keepdims=True)
-    c = float(np.mean(np.sum(X[I] * X[J], axis=1)))
-    lam, mu = _initial_multipliers(X, I, J)
-    F, Jm = _kkt(X, c, lam, mu, I, J)
+    c = float(np.mean(np.sum(X[ii] * X[jj], axis=1)))
+    lam, mu = _initial_multipliers(X, ii, jj)
+    F, Jm = _kkt(X, c, lam, mu, ii, jj)
     res = float(np.linalg.norm(F))
     for it in range(iters):
         if res < 1e-14 or (it >= 8 and res > 1e-6):
@@ -174,7 +174,7 @@ def _newton_kkt(X, I, J, iters: int = 25):
             ct = c + t * step[nx]
             lt = lam + t * step[nx + 1 : nx + 1 + a]
             mt = mu + t * step[nx + 1 + a :]
-            Ft, Jt = _kkt(Xt, ct, lt, mt, I, J)
+            Ft, Jt = _kkt(Xt, ct, lt, mt, ii, jj)
             rt = float(np.linalg.norm(Ft))
             if rt < res or rt < 1e-14:
                 break
@@ -190,8 +190,8 @@ def _candidate_active_sets(X, max_sets: int = 4):
     """Active pairs ``c_ij ≥ c_max − δ`` for δ at the largest gaps of the sorted top cosines."""
     n = X.shape[0]
     C = X @ X.T
-    I, J = np.triu_indices(n, 1)
-    cos = C[I, J]
+    ii, jj = np.triu_indices(n, 1)
+    cos = C[ii, jj]
     order = np.argsort(-cos)
     top = cos[order]
     limit = min(len(top), 3 * n * X.shape[1])  # a contact graph has O(n·dim) edges
@@ -208,7 +208,7 @@ def _candidate_active_sets(X, max_sets: int = 4):
             break
     if limit == len(top) and len(top) not in sets:
         sets.append(len(top))  # every pair active (e.g. regular simplex)
-    return [(I[order[:m]], J[order[:m]]) for m in sorted(sets)]
+    return [(ii[order[:m]], jj[order[:m]]) for m in sorted(sets)]
 
 
 def polish(X: np.ndarray):
@@ -217,9 +217,9 @@ def polish(X: np.ndarray):
     X = X / np.linalg.norm(X, axis=1, keepdims=True)
     best = (X, np.zeros((0, 2), np.int64), float("nan"))
     best_cos = _max_cos(X)
-    for I, J in _candidate_active_sets(X):
+    for ii, jj in _candidate_active_sets(X):
         try:
-            Xp, res = _newton_kkt(X, I, J)
+            Xp, res = _newton_kkt(X, ii, jj)
         except np.linalg.LinAlgError:
             continue
         if not np.all(np.isfinite(Xp)):
@@ -227,7 +227,7 @@ def polish(X: np.ndarray):
         mc = _max_cos(Xp)
         if res < 1e-9 and mc < best_cos:
             best_cos = mc
-            best = (Xp, np.stack([I, J], axis=1), res)
+            best = (Xp, np.stack([ii, jj], axis=1), res)
     return best
 
 
