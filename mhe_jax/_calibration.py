@@ -55,7 +55,25 @@ def _angular_mean(d: int, s: float) -> float:
 
 def uniform_reference_energy(n: int, d: int, *, s: float = 2.0, distance: str = "euclidean",
                              half_space: bool = False) -> float:
-    """Expected :func:`mhe_jax.hyperspherical_energy` of ``n`` uniform random neurons in ``R^d``."""
+    r"""Expected :func:`mhe_jax.hyperspherical_energy` of ``n`` uniform random neurons in ``R^d``.
+
+    ``E_ref = E[f_s(dist(x, y))]`` for independent uniform ``x, y`` on ``S^{d−1}`` (the same for
+    every ``n``; closed forms and quadrature in the module docstring), or
+    ``(2(n − 1) E_ref + f_s(2)) / (2n − 1)`` with ``half_space`` (``f_s(π)`` for ``"angular"``).
+    ``s`` is a concrete number ``>= 0``; raises for ``s >= d − 1``, where the expectation
+    diverges. Returns a Python float (float64 arithmetic).
+
+    Examples:
+      >>> import jax, mhe_jax
+      >>> round(mhe_jax.uniform_reference_energy(100, 3, s=1.0), 6)  # Thomson: E[1/r] = 1
+      1.0
+      >>> ref = mhe_jax.uniform_reference_energy(2000, 10, s=2.0)
+      >>> round(ref, 6)
+      0.571429
+      >>> w = jax.random.normal(jax.random.key(0), (10, 2000))  # 2000 random neurons in R^10
+      >>> abs(float(mhe_jax.hyperspherical_energy(w, s=2.0)) / ref - 1) < 0.01
+      True
+    """
     if d < 2:
         raise ValueError(f"d must be >= 2 for a calibrated energy, got {d}")
     if n < 2 and not half_space:

@@ -89,9 +89,10 @@ def compressive_energy(
     Examples:
       >>> import jax, jax.numpy as jnp
       >>> import mhe_jax
-      >>> w = jax.random.normal(jax.random.key(0), (64, 8))
-      >>> key = jax.random.key(1)
-      >>> e = mhe_jax.compressive_energy(w, key, projections=4, dim=64, kind="orthogonal")
+      >>> w = jax.random.normal(jax.random.key(0), (16, 8))  # 8 neurons in R^16
+      >>> energy = jax.jit(lambda w, key: mhe_jax.compressive_energy(
+      ...     w, key, projections=2, dim=16, kind="orthogonal"))
+      >>> e = energy(w, jax.random.key(1))
       >>> bool(jnp.allclose(e, mhe_jax.hyperspherical_energy(w), rtol=1e-4))  # k = d: exact
       True
     """

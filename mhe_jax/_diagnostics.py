@@ -125,6 +125,20 @@ def min_angle(w: ArrayLike, *, neuron_axis: int = -1) -> Array:
 
 
 def mean_abs_cosine(w: ArrayLike, *, neuron_axis: int = -1) -> Array:
-    """Mean ``|ŵ_iᵀŵ_j|`` over ordered pairs ``i ≠ j`` (0 for a single neuron)."""
+    r"""Mean ``|ŵ_iᵀŵ_j|`` over ordered pairs ``i ≠ j`` (0 for a single neuron): the coherence.
+
+    ``1/(N(N−1)) Σ_{i≠j} |ŵ_iᵀŵ_j|`` of the normalised neurons ``ŵ_i`` of ``w`` (``N`` of them
+    along ``neuron_axis``, the other axes flattened into each); 0 for orthogonal neurons, 1 for
+    collinear ones. Returns a scalar.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import mhe_jax
+      >>> float(mhe_jax.mean_abs_cosine(jnp.eye(3)))  # orthonormal neurons
+      0.0
+      >>> w = jnp.array([[1.0, 1.0], [0.0, 1.0]])  # two neurons 45° apart
+      >>> round(float(mhe_jax.mean_abs_cosine(w)), 6)  # cos 45°
+      0.707107
+    """
     Wn = normalize_columns(as_neuron_matrix(w, neuron_axis))
     return _cosine_stats(Wn)[1]

@@ -16,6 +16,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 __all__ = [
     "augment_batch",
@@ -88,7 +89,7 @@ def augment_batch(key: jax.Array, images: jax.Array, pad: int = 4, flip: bool = 
     return random_flip(k_flip, out) if flip else out
 
 
-def normalize(images) -> jax.Array:
+def normalize(images: ArrayLike) -> jax.Array:
     """Pixel values in [0, 255] (uint8 or float) -> float32 ``(x - 127.5) / 128``, in ~[-1, 1]."""
     x = jnp.asarray(images).astype(jnp.float32)
     return (x - jnp.float32(127.5)) / jnp.float32(128.0)
@@ -116,9 +117,17 @@ def steps_per_epoch(n: int, batch_size: int, drop_remainder: bool = True) -> int
     return n // batch_size if drop_remainder else -(-n // batch_size)
 
 
-def batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed=0, *, shuffle: bool = True,
-            drop_remainder: bool = True, epochs: int | None = 1, start_epoch: int = 0
-            ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def batches(
+    x: np.ndarray,
+    y: np.ndarray,
+    batch_size: int,
+    seed: int | jax.Array = 0,
+    *,
+    shuffle: bool = True,
+    drop_remainder: bool = True,
+    epochs: int | None = 1,
+    start_epoch: int = 0,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield numpy (x_batch (B, ...), y_batch (B,)) pairs, epoch after epoch.
 
     ``seed``: int or JAX PRNG key; epoch e is shuffled with a generator seeded by (seed, e), so

@@ -20,6 +20,7 @@ pipeline that this in-memory format does not provide; ``max_per_class`` loads a 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -33,7 +34,10 @@ __all__ = ["IMAGE_EXTENSIONS", "load_image_folder", "list_image_folder", "load_i
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
 
 
-def list_image_folder(split_dir, classes=None, max_per_class: int | None = None):
+def list_image_folder(
+    split_dir: str | os.PathLike, classes: Sequence[str] | None = None,
+    max_per_class: int | None = None,
+) -> tuple[list[str], list[tuple[Path, int]]]:
     """(sorted class names, [(path, label), …]) of ``split_dir/<class>/<image>``."""
     split_dir = Path(split_dir)
     if not split_dir.is_dir():
@@ -89,9 +93,16 @@ def _load_split(items, size, workers):
     return x, y
 
 
-def load_image_folder(root, *, size: int = 64, train: str = "train", test: str = "val",
-                      max_per_class: int | None = None, name: str | None = None,
-                      workers: int | None = None) -> Dataset:
+def load_image_folder(
+    root: str | os.PathLike,
+    *,
+    size: int = 64,
+    train: str = "train",
+    test: str = "val",
+    max_per_class: int | None = None,
+    name: str | None = None,
+    workers: int | None = None,
+) -> Dataset:
     """``root/{train,test}/<class>/*`` as an in-memory :class:`Dataset` of ``size × size`` RGB
     images.
 

@@ -27,6 +27,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from mhe_jax import _checks
 from mhe_jax.sphere import _solver
@@ -184,14 +185,14 @@ def basin_hopping(
     n: int,
     dim: int = 3,
     *,
-    s=1.0,
+    s: float = 1.0,
     distance: str = "euclidean",
-    key,
+    key: jax.Array | int,
     hops: int | None = None,
     time_limit: float | None = None,
     temperature: float | None = None,
     step: float | None = None,
-    init=None,
+    init: str | ArrayLike | None = None,
     chains: int | None = None,
     patience: int | None = None,
     target: float | None = None,

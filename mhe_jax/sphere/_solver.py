@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.typing import ArrayLike
 
 import mhe_jax
 from mhe_jax import _checks
@@ -81,7 +82,9 @@ def compute_dtype():
 # --------------------------------------------------------------------------------------------
 
 
-def physics_energy(x: Array, s=1.0, distance: str = "euclidean", eps=0.0) -> Array:
+def physics_energy(
+    x: Array, s: ArrayLike = 1.0, distance: str = "euclidean", eps: ArrayLike = 0.0
+) -> Array:
     r"""``Σ_{i<j} f_s(dist(x̂_i, x̂_j))`` of the rows of ``x`` (pairs once, unnormalised).
 
     ``f_s(r) = r^{−s}`` (s > 0) or ``log(1/r)`` (s = 0); this is
@@ -506,11 +509,11 @@ def minimize_energy(
     n: int,
     dim: int = 3,
     *,
-    s=1.0,
+    s: float = 1.0,
     distance: str = "euclidean",
     restarts: int | None = None,
-    key=None,
-    init=None,
+    key: jax.Array | int | None = None,
+    init: ArrayLike | None = None,
     steps: int | None = None,
     tol: float | None = None,
     memory: int = 10,
@@ -566,6 +569,14 @@ def minimize_energy(
     Returns:
       :class:`EnergyResult` (best points and energy, per-restart energies, iterations, gradient
       norms and stop status).
+
+    Examples:
+      >>> from mhe_jax import sphere
+      >>> result = sphere.minimize_energy(4, 3, s=1.0, restarts=2)  # Thomson problem, N = 4
+      >>> result.points.shape
+      (4, 3)
+      >>> round(float(result.energy), 4)  # the regular tetrahedron: 6 / √(8/3)
+      3.6742
     """
     n = _check_int(n, "n", 2)
     dim = _check_int(dim, "dim", 2)

@@ -22,11 +22,13 @@ Three stages, all from the same restarts:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from mhe_jax.sphere import _solver
 
@@ -241,10 +243,10 @@ def tammes(
     dim: int = 3,
     *,
     restarts: int | None = None,
-    key=None,
-    init=None,
-    schedule=DEFAULT_SCHEDULE,
-    betas=DEFAULT_BETAS,
+    key: jax.Array | int | None = None,
+    init: ArrayLike | None = None,
+    schedule: Sequence[float] = DEFAULT_SCHEDULE,
+    betas: Sequence[float] = DEFAULT_BETAS,
     polish_top: int = 3,
     steps: int | None = None,
     tol: float | None = None,
@@ -275,6 +277,14 @@ def tammes(
 
     Returns:
       :class:`TammesResult` with the points and their minimum angle in radians and degrees.
+
+    Examples:
+      >>> from mhe_jax import sphere
+      >>> result = sphere.tammes(6, restarts=2)  # 6 points: the octahedron
+      >>> result.points.shape
+      (6, 3)
+      >>> round(result.min_angle_deg, 4)
+      90.0
     """
     n = _solver._check_int(n, "n", 2)
     dim = _solver._check_int(dim, "dim", 2)
