@@ -24,7 +24,7 @@ from jax.typing import ArrayLike
 from mhe_jax._kernels import kernel_from_spec
 from mhe_jax._neurons import as_neuron_matrix, gram, normalize_columns, scale_free
 from mhe_jax._pairsum import mean_energy
-from mhe_jax._spec import EnergySpec
+from mhe_jax._spec import EnergySpec, resolve_spec
 
 Array = jax.Array
 
@@ -58,14 +58,6 @@ def _cosine_stats(Wn: Array):
     return jnp.min(theta), coherence
 
 
-def _spec_of(spec, **options) -> EnergySpec:
-    if spec is None:
-        return EnergySpec(**options)
-    if not isinstance(spec, EnergySpec):
-        raise TypeError(f"spec must be an EnergySpec, got {type(spec).__name__}")
-    return spec
-
-
 def energy_stats(
     w: ArrayLike,
     *,
@@ -97,7 +89,9 @@ def energy_stats(
       >>> float(stats.mean_abs_cosine)
       0.0
     """
-    spec = _spec_of(spec, s=s, distance=distance, half_space=half_space, eps=eps)
+    given = dict(s=s, distance=distance, half_space=half_space, eps=eps)
+    defaults = dict(s=2.0, distance="euclidean", half_space=False, eps=None)
+    spec = resolve_spec(spec, defaults, given)
     W = scale_free(as_neuron_matrix(w, neuron_axis))
     kernel, params = kernel_from_spec(spec, W.dtype)
     Wn = normalize_columns(W)

@@ -64,7 +64,7 @@ from mhe_jax._pairsum import (  # noqa: F401
     normalized_pairwise_sum,
     pairwise_sum,
 )
-from mhe_jax._spec import EnergySpec
+from mhe_jax._spec import EnergySpec, resolve_spec  # noqa: F401  (resolve_spec: re-export)
 
 Array = jax.Array
 
@@ -81,44 +81,6 @@ __all__ = [
     "mean_abs_cosine",
     "OFFICIAL_STRENGTHS",
 ]
-
-
-# --------------------------------------------------------------------------------------------
-# Options given as keywords or as a prebuilt spec.
-# --------------------------------------------------------------------------------------------
-
-
-def _same(value, default) -> bool:
-    if value is default:
-        return True
-    if isinstance(value, jax.Array) or isinstance(default, jax.Array):
-        return False
-    if isinstance(value, bool) != isinstance(default, bool):
-        return False
-    try:
-        return bool(value == default)
-    except Exception:  # noqa: BLE001 - anything that cannot be compared is not the default
-        return False
-
-
-def resolve_spec(spec, defaults: dict, given: dict, **fixed) -> EnergySpec:
-    """The spec of a call: ``spec`` if given (then every option must be at its default), else
-    one built from the keyword options (``fixed``: fields set by the function itself)."""
-    if spec is None:
-        return EnergySpec(**given, **fixed)
-    if not isinstance(spec, EnergySpec):
-        raise TypeError(f"spec must be an EnergySpec or None, got {type(spec).__name__}")
-    changed = [name for name, value in given.items() if not _same(value, defaults[name])]
-    if changed:
-        raise TypeError(
-            f"pass the options either as keywords or in spec=, not both: got spec and {changed}"
-        )
-    for name, value in fixed.items():
-        if getattr(spec, name) != value:
-            raise ValueError(
-                f"this energy needs spec.{name}={value!r}, got {getattr(spec, name)!r}"
-            )
-    return spec
 
 
 def _riesz_defaults():

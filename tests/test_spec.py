@@ -113,6 +113,8 @@ def test_spec_and_keywords_together_raise():
     w = jnp.ones((3, 4))
     with pytest.raises(TypeError, match="not both"):
         mhe_jax.hyperspherical_energy(w, s=1.0, spec=EnergySpec())
+    with pytest.raises(TypeError, match="not both"):  # was silently ignored by energy_stats
+        mhe_jax.energy_stats(w, distance="angular", spec=EnergySpec())
     with pytest.raises(TypeError, match="spec must be an EnergySpec"):
         mhe_jax.hyperspherical_energy(w, spec={"s": 1.0})
     with pytest.raises(ValueError, match="kernel"):
