@@ -79,3 +79,15 @@ def np_official(w, power, half_space=False):
         final = -np.log(acos) if power == "a0" else acos ** (-float(power[1]))
     final = np.triu(final, 1)
     return final.sum() / (n * (n - 1) / 2.0)
+
+
+def np_point_energy(x, s=1.0, distance="euclidean"):
+    """Brute-force Σ_{i<j} f_s(dist(x_i, x_j)) of points x (rows, n × d) in float64 NumPy
+    (the sphere solver's physics convention: a sum over unordered pairs, not a mean)."""
+    x = np.asarray(x, np.float64)
+    i, j = np.triu_indices(len(x), 1)
+    if distance == "euclidean":
+        r = np.linalg.norm(x[i] - x[j], axis=1)
+    else:
+        r = np.arccos(np.clip(np.sum(x[i] * x[j], axis=1), -1, 1))
+    return float(np.sum(-np.log(r) if s == 0 else r ** (-s)))

@@ -22,6 +22,7 @@ from mhe_jax.sphere import (  # noqa: E402
     fibonacci_points,
     minimize_energy,
 )
+from tests import helpers  # noqa: E402
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 
@@ -32,17 +33,6 @@ THOMSON = {6: 9.985281374, 12: 49.165253058, 32: 412.261274651, 64: 1765.8025779
 # minimize_energy(n, restarts=4, key=key) (found by a search over keys; asserted below).
 BAD_STARTS = {32: (2, 0, 412.4683972), 64: (1, 0, 1765.82032129)}
 CHAINS = 4  # the shape minimize_energy(n, restarts=4) compiles is reused by the chains
-
-
-def np_energy(x, s=1.0, distance="euclidean"):
-    """Brute-force Σ_{i<j} f_s(dist(x_i, x_j)) in float64 NumPy."""
-    x = np.asarray(x, np.float64)
-    i, j = np.triu_indices(len(x), 1)
-    if distance == "euclidean":
-        r = np.linalg.norm(x[i] - x[j], axis=1)
-    else:
-        r = np.arccos(np.clip(np.sum(x[i] * x[j], axis=1), -1, 1))
-    return float(np.sum(-np.log(r) if s == 0 else r ** (-s)))
 
 
 def min_angle_deg(x):
@@ -79,7 +69,7 @@ def test_hops_out_of_a_local_minimum(n):
     assert isinstance(res, EnergyResult)
     assert abs(float(res.energy) - want) <= 1e-9 * want, (float(res.energy), want)
     assert 1 <= res.best_hop <= res.hops <= 40
-    np.testing.assert_allclose(np_energy(res.points), float(res.energy), rtol=1e-12)
+    np.testing.assert_allclose(helpers.np_point_energy(res.points), float(res.energy), rtol=1e-12)
     np.testing.assert_allclose(np.linalg.norm(np.asarray(res.points), axis=1), 1.0, atol=1e-12)
     assert res.energies.shape == res.grad_norms.shape == res.status.shape == (CHAINS,)
     assert float(res.energy) == float(np.min(np.asarray(res.energies)))
@@ -110,7 +100,7 @@ def test_fibonacci_points_and_init():
     np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-14)
     # Equal-area bands: z is uniform on (−1, 1); the energy is within 1 % of the minimum.
     np.testing.assert_allclose(np.sort(x[:, 2]), np.linspace(-1 + 1 / 100, 1 - 1 / 100, 100))
-    assert np_energy(x) < 1.01 * 4448.350634331
+    assert helpers.np_point_energy(x) < 1.01 * 4448.350634331
     res = basin_hopping(12, key=0, init="fibonacci", hops=2, chains=2)
     np.testing.assert_allclose(float(res.energy), THOMSON[12], rtol=1e-9)
 
@@ -130,7 +120,7 @@ def test_every_s_and_distance(s, distance, want):
     # is resolved to ~1e-7 (measured 9e-8) and the angles, on that flat minimum, to ~0.05°.
     rtol, atol_deg = (1e-6, 0.1) if distance == "angular" else (1e-10, 1e-5)
     np.testing.assert_allclose(float(res.energy), want, rtol=rtol)
-    np.testing.assert_allclose(np_energy(res.points, s, distance), want, rtol=rtol)
+    np.testing.assert_allclose(helpers.np_point_energy(res.points, s, distance), want, rtol=rtol)
     assert abs(min_angle_deg(res.points) - 90.0) < atol_deg
 
 

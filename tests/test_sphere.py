@@ -17,6 +17,7 @@ import pytest  # noqa: E402
 
 import mhe_jax  # noqa: E402
 from mhe_jax.sphere import minimize_energy, physics_energy, tammes  # noqa: E402
+from tests import helpers  # noqa: E402
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 
@@ -50,23 +51,12 @@ def thomson_results():
     return {n: minimize_energy(n, restarts=RESTARTS) for n in THOMSON}
 
 
-def np_energy(x, s=1.0, distance="euclidean"):
-    """Brute-force Σ_{i<j} f_s(dist(x_i, x_j)) in float64 NumPy."""
-    x = np.asarray(x, np.float64)
-    i, j = np.triu_indices(len(x), 1)
-    if distance == "euclidean":
-        r = np.linalg.norm(x[i] - x[j], axis=1)
-    else:
-        r = np.arccos(np.clip(np.sum(x[i] * x[j], axis=1), -1, 1))
-    return float(np.sum(-np.log(r) if s == 0 else r ** (-s)))
-
-
 def _check_thomson(res, n, want, rtol=1e-8):
     assert res.points.shape == (n, 3)
     got = float(res.energy)
     assert abs(got - want) <= rtol * want, (n, got, want, (got - want) / want)
     # The reported energy is the physics energy of the returned points.
-    np.testing.assert_allclose(np_energy(res.points), got, rtol=1e-12)
+    np.testing.assert_allclose(helpers.np_point_energy(res.points), got, rtol=1e-12)
 
 
 # ------------------------------------------------------------------------------ Thomson
@@ -101,7 +91,7 @@ def test_energy_matches_core_convention(thomson_results):
             physics_energy(x, 1.0),
         )
     )(x)
-    brute = np_energy(x)
+    brute = helpers.np_point_energy(x)
     np.testing.assert_allclose(float(mean) * 10, brute, rtol=1e-14)
     np.testing.assert_allclose(float(phys), brute, rtol=1e-14)
     np.testing.assert_allclose(float(thomson_results[5].energy), brute, rtol=1e-13)
@@ -153,7 +143,7 @@ def _simplex_energy(n, s, distance):
 def test_log_energy_whyte(n, want):
     res = minimize_energy(n, s=0.0, restarts=RESTARTS)
     np.testing.assert_allclose(float(res.energy), want, rtol=1e-10)
-    np.testing.assert_allclose(np_energy(res.points, s=0.0), want, rtol=1e-10)
+    np.testing.assert_allclose(helpers.np_point_energy(res.points, s=0.0), want, rtol=1e-10)
 
 
 @pytest.mark.parametrize("s", [1.0, 2.0])
@@ -161,7 +151,7 @@ def test_angular_simplex(s):
     res = minimize_energy(4, s=s, distance="angular", restarts=RESTARTS)
     want = _simplex_energy(4, s, "angular")
     np.testing.assert_allclose(float(res.energy), want, rtol=1e-10)
-    np.testing.assert_allclose(np_energy(res.points, s, "angular"), want, rtol=1e-10)
+    np.testing.assert_allclose(helpers.np_point_energy(res.points, s, "angular"), want, rtol=1e-10)
     cos = np.asarray(res.points) @ np.asarray(res.points).T
     np.testing.assert_allclose(cos[np.triu_indices(4, 1)], -1 / 3, atol=1e-6)
 
@@ -174,7 +164,8 @@ def test_angular_log_energy_prefers_the_square():
     assert square < _simplex_energy(4, 0.0, "angular")
     np.testing.assert_allclose(float(res.energy), square, rtol=1e-10)
     # θ from a cosine near −1 is only good to ~sqrt(ε_mach) (antipodal pairs): a loose check.
-    np.testing.assert_allclose(np_energy(res.points, 0.0, "angular"), square, rtol=1e-7)
+    np.testing.assert_allclose(helpers.np_point_energy(res.points, 0.0, "angular"), square,
+                               rtol=1e-7)
 
 
 def test_regular_simplex_in_dim_4():
