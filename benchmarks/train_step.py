@@ -111,7 +111,6 @@ def main(argv=None):
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "train_step.json"))
     args = p.parse_args(argv)
 
-    import jax
 
     if args.quick:
         cases, reps = [("cnn9", (16, 32, 64))], args.reps or 3

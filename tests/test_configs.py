@@ -55,7 +55,7 @@ def test_at_most_12_top_level_fields_and_frozen_sections():
     cfg = get_config("quickstart/mhe")
     for name in SECTIONS:
         with pytest.raises(dataclasses.FrozenInstanceError):
-            setattr(getattr(cfg, name), "x", 1)
+            getattr(cfg, name).x = 1
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.seed = 3  # type: ignore[misc]
 

@@ -16,8 +16,7 @@ import pytest
 from flax import nnx
 from jax.tree_util import DictKey, GetAttrKey, SequenceKey
 
-from mhe_jax import models as M
-from mhe_jax import train as T
+from mhe_jax import models as M, train as T
 from mhe_jax.experiments.plots import plot_features_2d
 
 
@@ -98,8 +97,7 @@ def forward(model, x):
 def test_output_path_matches_layer_selection(ctor, kwargs):
     """The path convention agrees with the regulariser's layer selection (when available)."""
     try:
-        from mhe_jax._tree import path_str as core_path_str
-        from mhe_jax._tree import select_layers
+        from mhe_jax._tree import path_str as core_path_str, select_layers
     except ImportError:  # the core module is written in parallel
         pytest.skip("mhe_jax._tree not available")
     model = abstract(ctor, **kwargs)

@@ -18,8 +18,7 @@ import pytest
 from jax.test_util import check_grads
 
 import mhe_jax
-from mhe_jax import _energy, _tiled
-from mhe_jax import hyperspherical_energy as energy
+from mhe_jax import _energy, _tiled, hyperspherical_energy as energy
 from tests import helpers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

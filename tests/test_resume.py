@@ -22,7 +22,7 @@ import pytest
 
 from mhe_jax.experiments import ConfigError, apply_overrides, get_config
 from mhe_jax.experiments.runner import ResumeError, run
-from mhe_jax.train import CheckpointError, Checkpointer
+from mhe_jax.train import Checkpointer, CheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -307,9 +307,8 @@ def test_quickstart_figure_from_synthetic_runs(tmp_path):
 
 
 def test_optimum_references():
-    from mhe_jax.experiments import report
-
     import mhe_jax
+    from mhe_jax.experiments import report
 
     for n in (2, 3, 10):
         simplex = np.eye(n) - 1.0 / n  # n unit vectors of a regular simplex in R^n

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import flax.nnx as nnx
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

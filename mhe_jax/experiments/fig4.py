@@ -36,8 +36,8 @@ def _mean_std(values):
 
 def run_fig4(prefix: str, seeds, out_dir, *, overrides=(), progress: bool = False, command=None) -> dict:
     from mhe_jax.experiments.configs import apply_overrides, get_config
-    from mhe_jax.experiments.runner import load_dataset, run
     from mhe_jax.experiments.plots import plot_features_2d
+    from mhe_jax.experiments.runner import load_dataset, run
     from mhe_jax.train import predict_features
 
     out = Path(out_dir)

@@ -22,8 +22,7 @@ import numpy as np
 import optax
 
 import mhe_jax
-from mhe_jax import data as D
-from mhe_jax import models as M
+from mhe_jax import data as D, models as M
 from mhe_jax.experiments.configs import (
     ConfigError,
     ExperimentConfig,

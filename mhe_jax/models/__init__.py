@@ -11,22 +11,22 @@ from mhe_jax._optional import require_models_extra
 
 require_models_extra("models")
 
-from mhe_jax.models.cnn import CNN as CNN
-from mhe_jax.models.cnn import cnn6 as cnn6
-from mhe_jax.models.cnn import cnn9 as cnn9
-from mhe_jax.models.cnn import cnn15 as cnn15
-from mhe_jax.models.mnist2d import MNIST2D as MNIST2D
+from mhe_jax.models.cnn import CNN as CNN, cnn6 as cnn6, cnn9 as cnn9, cnn15 as cnn15
 from mhe_jax.models.layers import PReLU as PReLU
-from mhe_jax.models.mnist2d import mnist2d as mnist2d
-from mhe_jax.models.resnet import BasicBlock as BasicBlock
-from mhe_jax.models.resnet import ResNet as ResNet
-from mhe_jax.models.resnet import ResNetCIFAR as ResNetCIFAR
-from mhe_jax.models.resnet import resnet18 as resnet18
-from mhe_jax.models.resnet import resnet32 as resnet32
-from mhe_jax.models.resnet import resnet34 as resnet34
-from mhe_jax.models.sphereface import SphereFace20 as SphereFace20
-from mhe_jax.models.sphereface import SphereFaceHead as SphereFaceHead
-from mhe_jax.models.sphereface import sphereface20 as sphereface20
+from mhe_jax.models.mnist2d import MNIST2D as MNIST2D, mnist2d as mnist2d
+from mhe_jax.models.resnet import (
+    BasicBlock as BasicBlock,
+    ResNet as ResNet,
+    ResNetCIFAR as ResNetCIFAR,
+    resnet18 as resnet18,
+    resnet32 as resnet32,
+    resnet34 as resnet34,
+)
+from mhe_jax.models.sphereface import (
+    SphereFace20 as SphereFace20,
+    SphereFaceHead as SphereFaceHead,
+    sphereface20 as sphereface20,
+)
 
 __all__ = [
     "CNN", "cnn6", "cnn9", "cnn15",

@@ -8,8 +8,8 @@ require_models_extra("train")
 
 from mhe_jax.train.batches import epoch_batches as epoch_batches
 from mhe_jax.train.checkpoint import (
-    CheckpointError as CheckpointError,
     Checkpointer as Checkpointer,
+    CheckpointError as CheckpointError,
 )
 from mhe_jax.train.loggers import (
     JsonlLogger as JsonlLogger,
