@@ -46,24 +46,3 @@ def import_subpackage(name: str) -> types.ModuleType:
         if (error.name or "").partition(".")[0] not in MODELS_EXTRA:
             raise
         raise missing_extra_error(name, error.name or "") from error
-
-
-def require_models_extra(subpackage: str, modules: tuple[str, ...] = ("flax",)) -> None:
-    """Import ``modules`` or raise "install mhe_jax[models]" naming ``mhe_jax.<subpackage>``.
-
-    For the top of a subpackage's ``__init__``, so that ``import mhe_jax.models`` (not only
-    ``mhe_jax.models`` after ``import mhe_jax``) says which extra is missing::
-
-        from mhe_jax._optional import require_models_extra
-
-        require_models_extra("models")
-    """
-    for module in modules:
-        if module.partition(".")[0] not in MODELS_EXTRA:
-            raise ValueError(f"{module!r} is not a package of the [models] extra")
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as error:
-            if (error.name or "").partition(".")[0] != module.partition(".")[0]:
-                raise
-            raise missing_extra_error(subpackage, module) from error

@@ -7,9 +7,12 @@ Every model exposes ``output_path``, the "/"-joined path of its classifier kerne
 
 # The extra check must run before the flax imports below (hence E402 for this file).
 # ruff: noqa: E402
-from mhe_jax._optional import require_models_extra
-
-require_models_extra("models")
+try:
+    import flax  # noqa: F401  (the [models] extra)
+except ModuleNotFoundError as _error:
+    raise ImportError(
+        "mhe_jax.models needs flax, which is not installed: "
+        "install mhe_jax[models] (pip install 'mhe_jax[models]')", name="flax") from _error
 
 from mhe_jax.models.cnn import CNN as CNN, cnn6 as cnn6, cnn9 as cnn9, cnn15 as cnn15
 from mhe_jax.models.layers import PReLU as PReLU

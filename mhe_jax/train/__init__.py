@@ -2,9 +2,12 @@
 
 # The extra check must run before the flax imports below (hence E402 for this file).
 # ruff: noqa: E402
-from mhe_jax._optional import require_models_extra
-
-require_models_extra("train")
+try:
+    import flax  # noqa: F401  (the [models] extra)
+except ModuleNotFoundError as _error:
+    raise ImportError(
+        "mhe_jax.train needs flax, which is not installed: "
+        "install mhe_jax[models] (pip install 'mhe_jax[models]')", name="flax") from _error
 
 from mhe_jax.train.batches import epoch_batches as epoch_batches
 from mhe_jax.train.checkpoint import (
