@@ -138,23 +138,33 @@ def test_one_sgd_step_leaves_all_ones_unchanged():
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
-def test_generic_duplicates_are_tangent_and_bounded(dtype):
-    """Duplicates of a generic vector: the float64 limit of the force is 0; in floating point the
-    Gram form leaves rounding noise of order ulp·h'(1) (h'(1) ≈ s·eps^{−s/2−1}), always tangent,
-    and far below the force of a genuine near-duplicate pair."""
-    v = rand((16, 1), 5)
-    w = jnp.asarray(np.hstack([v, v, rand((16, 3), 6)]), dtype)
-    g = jax.grad(lambda w: energy(w, s=2.0))(w)
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_generic_duplicates_are_tangent_and_bounded(dtype, seed):
+    """Duplicates of a generic vector: the exact gradient is 0; in floating point the Gram form
+    leaves rounding noise of order ulp·h'(1) (h'(1) ≈ s·eps^{−s/2−1}), always tangent, and far
+    below the largest force of a genuine near-duplicate pair (README, Reliability: ≤ 1e-4 of it
+    measured over 20 layers; asserted here with a 10× margin)."""
+    r = np.random.default_rng(seed)
+    v = r.standard_normal((64, 1))
+    w_np = np.hstack([v, v, r.standard_normal((64, 30))])
+    w = jnp.asarray(w_np, dtype)
+    grad = jax.grad(lambda w: energy(w, s=2.0))
+    g = grad(w)
     eps = 1e-6 if dtype == jnp.float32 else 1e-12
     ulp = float(jnp.finfo(dtype).eps)
-    noise_bound = 64 * ulp * 2.0 * eps ** -2.0
-    assert float(jnp.max(jnp.abs(g))) <= noise_bound
+    assert float(jnp.max(jnp.abs(g))) <= 64 * ulp * 2.0 * eps ** -2.0
     radial = jnp.abs(jnp.sum(g * w, axis=0))
     assert np.all(radial <= 1e-5 * jnp.linalg.norm(g, axis=0) * jnp.linalg.norm(w, axis=0) + 1e-30)
-    # a genuine near-duplicate at sqrt(eps) feels a much larger force
-    near = w.at[:, 1].add(math.sqrt(eps) * jnp.asarray(rand((16,), 7), dtype))
-    g_near = jax.grad(lambda w: energy(w, s=2.0))(near)
-    assert float(jnp.max(jnp.abs(g_near))) > 10 * float(jnp.max(jnp.abs(g)))
+    # the same pair moved apart along a tangent direction, at separations around sqrt(eps)
+    u = r.standard_normal(64)
+    u -= (u @ v[:, 0]) / (v[:, 0] @ v[:, 0]) * v[:, 0]
+    u /= np.linalg.norm(u)
+    near_force = 0.0
+    for theta in [0.3 * math.sqrt(eps), math.sqrt(eps), 3 * math.sqrt(eps), 1e-4, 1e-3]:
+        near = w_np.copy()
+        near[:, 1] = w_np[:, 0] + theta * np.linalg.norm(w_np[:, 0]) * u
+        near_force = max(near_force, float(jnp.linalg.norm(grad(jnp.asarray(near, dtype))[:, 1])))
+    assert float(jnp.linalg.norm(g[:, 0])) <= 1e-3 * near_force
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
