@@ -156,7 +156,8 @@ def test_run_resume_flags_reach_the_runner(monkeypatch, capsys, tmp_path, flags,
 
     monkeypatch.setattr(runner, "run", fake_run)
     cli(["run", "quickstart/mhe", "--out", str(tmp_path), *flags])
-    assert seen == {"name": "quickstart/mhe", "resume": expected, "out": tmp_path / "quickstart/mhe"}
+    assert seen == {"name": "quickstart/mhe", "resume": expected,
+                    "out": tmp_path / "quickstart/mhe"}
     assert "test error 1.00 %" in capsys.readouterr().out
 
 

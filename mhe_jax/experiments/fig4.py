@@ -34,7 +34,8 @@ def _mean_std(values):
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def run_fig4(prefix: str, seeds, out_dir, *, overrides=(), progress: bool = False, command=None) -> dict:
+def run_fig4(prefix: str, seeds, out_dir, *, overrides=(), progress: bool = False,
+             command=None) -> dict:
     from mhe_jax.experiments.configs import apply_overrides, get_config
     from mhe_jax.experiments.plots import plot_features_2d
     from mhe_jax.experiments.runner import load_dataset, run
@@ -53,7 +54,8 @@ def run_fig4(prefix: str, seeds, out_dir, *, overrides=(), progress: bool = Fals
                          "test_accuracy": r["test_accuracy"],
                          "rare_class_accuracy": r["per_class_accuracy"][rare],
                          "rare_class_angle_deg": angle_to_nearest(kernel, rare),
-                         "train_images_per_class": [r["imbalance_counts"][c] for c in sorted(r["imbalance_counts"])],
+                         "train_images_per_class": [r["imbalance_counts"][c]
+                                                    for c in sorted(r["imbalance_counts"])],
                          "train_seconds": r["train_seconds"]})
             models[seed, method] = (r["model"], kernel)
 
@@ -62,7 +64,8 @@ def run_fig4(prefix: str, seeds, out_dir, *, overrides=(), progress: bool = Fals
              "|---|---:|---:|---:|---:|"]
     for row in rows:
         lines.append(f"| {row['label']} | {row['seed']} | {100 * row['test_accuracy']:.2f} | "
-                     f"{100 * row['rare_class_accuracy']:.1f} | {row['rare_class_angle_deg']:.1f} |")
+                     f"{100 * row['rare_class_accuracy']:.1f} | "
+                     f"{row['rare_class_angle_deg']:.1f} |")
     summary = {}
     for method, label in METHODS:
         mine = [r for r in rows if r["method"] == method]
@@ -73,8 +76,8 @@ def run_fig4(prefix: str, seeds, out_dir, *, overrides=(), progress: bool = Fals
         lines.append(f"| **{label}, mean ± std** | | **{100 * acc:.2f} ± {100 * acc_sd:.2f}** | "
                      f"**{100 * rare:.1f} ± {100 * rare_sd:.1f}** | {ang:.1f} ± {ang_sd:.1f} |")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
-    (out / "summary.json").write_text(json.dumps({"runs": rows, "mean_std": summary, "command": command},
-                                                 indent=1, default=float))
+    (out / "summary.json").write_text(json.dumps(
+        {"runs": rows, "mean_std": summary, "command": command}, indent=1, default=float))
 
     # The figure: features of the full (balanced) training set, first seed.
     cfg = apply_overrides(get_config(f"{prefix}/baseline"), list(overrides))
@@ -83,11 +86,12 @@ def run_fig4(prefix: str, seeds, out_dir, *, overrides=(), progress: bool = Fals
 
     fig = Figure(figsize=(12, 6))
     axes = fig.subplots(1, 2)
-    for ax, (method, label) in zip(axes, METHODS):
+    for ax, (method, label) in zip(axes, METHODS, strict=True):
         model, kernel = models[seeds[0], method]
         row = next(r for r in rows if r["seed"] == seeds[0] and r["method"] == method)
-        plot_features_2d(predict_features(model, ds.x_train), ds.y_train, kernel, ax=ax, max_points=10000,
-                         point_size=3, title=f"{label}: test acc. {row['test_accuracy']:.1%}, "
+        plot_features_2d(predict_features(model, ds.x_train), ds.y_train, kernel, ax=ax,
+                         max_points=10000, point_size=3,
+                         title=f"{label}: test acc. {row['test_accuracy']:.1%}, "
                          f"class {cfg.data.imbalance_class}: {row['rare_class_accuracy']:.1%}")
     fig.tight_layout()
     fig.savefig(out / "fig4.png", dpi=90)
