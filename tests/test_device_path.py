@@ -1,0 +1,160 @@
+"""The training step stays on the device (issue 16 §2-3): no host transfer inside a step or
+between log points of ``fit``, the on-device batch stream, and 8-device data parallelism."""
+
+import contextlib
+from typing import NamedTuple
+
+import flax.nnx as nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax._src import array as jax_array  # the host-value accessors that the fetch guard wraps
+
+from mhe_jax.experiments import apply_overrides, get_config
+from mhe_jax.experiments.runner import build_model, build_optimizer
+from mhe_jax.train import StepFns, epoch_batches, fit, make_steps
+
+WIDTHS = ["model.widths=4,4,8"]
+
+
+class HostFetch(AssertionError):
+    """A device array's value was fetched to the host inside :func:`no_device_to_host`."""
+
+
+@contextlib.contextmanager
+def device_to_host_fetches(refuse: bool = True):
+    """Record (or, with ``refuse``, fail on) every device-to-host transfer inside the block.
+
+    ``jax.transfer_guard_device_to_host("disallow")`` raises on GPU and TPU, but on the CPU
+    backend the copy to NumPy is zero-copy and that guard never trips (jax-ml/jax#16602). So
+    the block also wraps the host-value accessors of ``jax.Array``: ``_value`` (behind
+    ``float``/``int``/``bool``, ``repr``, ``tolist`` and ``jax.device_get``),
+    ``__array__`` and ``copy_to_host_async``. Yields the list of recorded fetches.
+    (``np.asarray`` of a CPU array reads its buffer directly and bypasses ``__array__``; on an
+    accelerator the guard itself catches it.)
+    """
+    cls = jax_array.ArrayImpl
+    names = ("_value", "__array__", "copy_to_host_async")
+    saved = {name: cls.__dict__[name] for name in names}  # KeyError: jax changed; update this
+    fetches: list[str] = []
+
+    def wrap(name, fn):
+        def wrapped(self, *args, **kwargs):
+            if refuse:
+                raise HostFetch(f"device-to-host transfer ({name}) of a {self.aval}")
+            fetches.append(f"{name} {self.aval}")
+            return fn(self, *args, **kwargs)
+        return wrapped
+
+    try:
+        cls._value = property(wrap("_value", saved["_value"].fget))
+        cls.__array__ = wrap("__array__", saved["__array__"])
+        cls.copy_to_host_async = wrap("copy_to_host_async", saved["copy_to_host_async"])
+        with jax.transfer_guard_device_to_host("disallow" if refuse else "allow"):
+            yield fetches
+    finally:
+        for name, attr in saved.items():
+            setattr(cls, name, attr)
+
+
+def no_device_to_host():
+    return device_to_host_fetches(refuse=True)
+
+
+class Tiny(NamedTuple):
+    model: nnx.Module
+    optimizer: nnx.Optimizer
+    fns: StepFns
+    x: np.ndarray
+    y: np.ndarray
+    batch: tuple  # (x[:16], y[:16]) on the device
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Tiny:
+    """CNN-9 (widths 4/4/8) with MHE (``mhe_regularizer``) and its lr schedule, the step of
+    ``fit`` (augmentation on), 64 uint8 8x8x1 images; compiled once for the module."""
+    cfg = apply_overrides(get_config("quickstart/mhe"), WIDTHS + ["optim.warmup_steps=0"])
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (64, 8, 8, 1), dtype=np.uint8)
+    y = rng.integers(0, 10, 64).astype(np.int32)
+    model = build_model(cfg, 10, 1, 8)
+    optimizer, lr = build_optimizer(cfg, model)
+    fns = make_steps(augment=True, seed=0, learning_rate=lr)
+    batch = jax.device_put((x[:16], y[:16]))
+    fns.train(model, optimizer, batch)  # compile outside every guard
+    return Tiny(model, optimizer, fns, x, y, batch)
+
+
+def test_fetch_guard_trips_on_a_deliberate_host_fetch():
+    """The guard can fail: float(), jax.device_get and an implicit upload all raise in it."""
+    metric = jnp.ones(()) * 2
+    for fetch in (float, int, bool, jax.device_get, repr, lambda v: v.tolist()):
+        with pytest.raises(HostFetch), no_device_to_host():
+            fetch(metric)
+    assert float(metric) == 2.0  # restored afterwards
+    with pytest.raises(Exception, match="host-to-device"), jax.transfer_guard("disallow"):
+        jnp.ones(3) + np.ones(3)  # a NumPy operand is an implicit upload
+
+
+def test_train_step_does_no_host_transfer(tiny):
+    """The jitted step of ``fit`` (augment, MHE, optimizer, lr): 3 steps with the batch on the
+    device under both transfer guards and the fetch guard; a float(metric) inside trips it."""
+    model, optimizer, fns, x, y, batch = tiny
+    start = int(optimizer.step[...])
+    with no_device_to_host(), jax.transfer_guard("disallow"):
+        for _ in range(3):
+            metrics = fns.train(model, optimizer, batch)
+    assert set(metrics) == {"loss", "accuracy", "lr"} and int(optimizer.step[...]) == start + 3
+
+    def syncing_step(m, o, b):
+        out = fns.train(m, o, b)
+        float(out["loss"])  # the classic mistake: a per-step host sync
+        return out
+
+    with pytest.raises(HostFetch), no_device_to_host():
+        syncing_step(model, optimizer, batch)
+    with pytest.raises(Exception, match="host-to-device"), jax.transfer_guard("disallow"):
+        fns.train(model, optimizer, (x[:16], y[:16]))  # NumPy batch: an implicit upload
+
+
+def test_train_step_has_no_host_callback(tiny):
+    """The compiled step contains no host callback or outfeed (each one a device-to-host
+    round trip per step on an accelerator); ``jax.debug.print`` in a step is caught."""
+    model, optimizer, fns, x, y, batch = tiny
+
+    def hlo(step):
+        return step.lower(model, optimizer, batch).as_text()
+
+    def host_ops(text):
+        return [w for w in ("callback", "outfeed", "send", "recv") if w in text.lower()]
+
+    assert host_ops(hlo(fns.train)) == []
+
+    @nnx.jit
+    def printing_step(m, o, b):
+        out = fns.train(m, o, b)
+        jax.debug.print("loss {}", out["loss"])
+        return out
+
+    assert "callback" in host_ops(hlo(printing_step))
+
+
+def test_fit_does_no_host_transfer_between_log_points(tiny):
+    """``fit`` without logs, evals or checkpoints fetches one value from the device, the
+    optimizer's step before its loop, however many steps it runs; each log point adds one
+    fetch of the metrics. No implicit upload at all (the batches are put explicitly)."""
+    model, optimizer, fns, x, y, batch = tiny
+    data = epoch_batches(x, y, batch_size=16, seed=0, put=jax.device_put)
+    start = int(optimizer.step[...])
+    counts = {}
+    for steps, log_every in [(start + 2, None), (start + 8, None), (start + 12, 2)]:
+        with device_to_host_fetches(refuse=False) as fetches, \
+                jax.transfer_guard_host_to_device("disallow"):
+            fit(model, optimizer, data, steps=steps, train_step=fns.train, log_every=log_every)
+        counts[steps - start] = fetches
+    # 2 or 6 steps: only int(optimizer.step) before the loop
+    assert [len(counts[2]), len(counts[8])] == [1, 1], counts
+    assert len(counts[12]) > 1  # 4 more steps, 2 log points: their metrics are fetched
+    assert int(optimizer.step[...]) == start + 12
