@@ -125,7 +125,8 @@ def test_cnn9_real_forward_output_path_and_param_count():
     # 9 conv3x3 + fc conv4x4 + classifier = 11 weight layers seen by the MHE regulariser
     kp = kernel_paths(model)
     assert len(kp) == 11 and "layers/8/conv/kernel" in kp and "fc/conv/kernel" in kp
-    # by hand: conv3x3 (no bias) + BN (γ, β) per layer, fc 4x4x256x256 (no bias, no BN), 1x1 classifier
+    # by hand: conv3x3 (no bias) + BN (γ, β) per layer, fc 4x4x256x256 (no bias, no BN),
+    # 1x1 classifier
     expected, cin = 0, 3
     for w in (64, 128, 256):
         for _ in range(3):
@@ -233,7 +234,7 @@ def test_resnet32_param_count_and_batchnorm():
     expected = 3 * 3 * 3 * 16 + 2 * 16
     cin = 16
     for w in (16, 32, 64):
-        for b in range(5):
+        for _ in range(5):
             expected += 9 * cin * w + 9 * w * w + 4 * w
             if cin != w:
                 expected += cin * w + 2 * w
@@ -406,7 +407,8 @@ def test_sphereface_lambda_schedule():
     np.testing.assert_allclose(T.sphereface_lambda(1658), 1000.0 / (1 + 0.12 * 1658), rtol=1e-6)
     np.testing.assert_allclose(T.sphereface_lambda(1659), 5.0)  # 1000/(1+0.12·s) < 5 for s > 1658.3
     np.testing.assert_allclose(T.sphereface_lambda(10**6), 5.0)
-    np.testing.assert_allclose(T.sphereface_lambda(10, power=2.0, lambda_min=0.0), 1000 / 2.2**2, rtol=1e-6)
+    np.testing.assert_allclose(T.sphereface_lambda(10, power=2.0, lambda_min=0.0),
+                               1000 / 2.2**2, rtol=1e-6)
     steps = jnp.arange(0, 3000, 500)
     v = np.asarray(T.sphereface_lambda(steps))
     assert v.shape == (6,) and np.all(np.diff(v) <= 0) and v.min() == 5.0

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import itertools
 import json
 import math
 import re
@@ -73,7 +74,8 @@ def _union_args(hint) -> tuple:
 
 
 def _coerce(name: str, value, hint):
-    """``value`` as the type ``hint`` (int → float, list → tuple), or ConfigError naming ``name``."""
+    """``value`` as the type ``hint`` (int → float, list → tuple), or ConfigError naming
+    ``name``."""
     for arg in _union_args(hint):
         origin = typing.get_origin(arg)
         if arg is type(None) and value is None:
@@ -157,14 +159,18 @@ def _choice(name, value, choices):
         raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}{hint}")
 
 
+@dataclass(frozen=True)
 class _Section:
-    """Base of the config sections: type-checks every field from its hint, then ``_check``."""
+    """Base of the config sections: type-checks every field from its hint, then ``_check``.
+
+    A (field-less) dataclass itself, so that type checkers know every section is one.
+    """
 
     section: ClassVar[str] = ""
 
     def __post_init__(self):
         hints = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+        for f in dataclasses.fields(self):
             value = _coerce(self._name(f.name), getattr(self, f.name), hints[f.name])
             object.__setattr__(self, f.name, value)
         self._check()
@@ -256,7 +262,8 @@ def official_strength(layer: str, s: float, distance: str) -> float:
     if s not in (0.0, 1.0, 2.0):
         raise ConfigError(
             f"regularizer.{layer}_strength 'official' exists only for s in 0, 1, 2 (the official "
-            f"code's powers), got s={s!r}: give a number, e.g. --set regularizer.{layer}_strength=1")
+            f"code's powers), got s={s!r}: give a number, e.g. "
+            f"--set regularizer.{layer}_strength=1")
     angular = distance == "angular"
     lam = mhe_jax.OFFICIAL_STRENGTHS[layer][("a" if angular else "") + str(int(s))]
     factor = math.pi ** s if angular and s > 0 else (2.0 if s == 0 and not angular else 1.0)
@@ -343,7 +350,7 @@ class OptimConfig(_Section):
         if not (math.isfinite(self.lr) and self.lr > 0):
             _fail("optim.lr", "must be > 0", self.lr)
         b = self.boundaries
-        if any(x < 1 for x in b) or any(x >= y for x, y in zip(b, b[1:])):
+        if any(x < 1 for x in b) or any(x >= y for x, y in itertools.pairwise(b)):
             _fail("optim.boundaries", "must be increasing ints >= 1", b)
         if self.warmup_steps < 0:
             _fail("optim.warmup_steps", "must be >= 0", self.warmup_steps)
@@ -409,8 +416,12 @@ class ExperimentConfig:
         """(λ_h, λ_o) for this library's energies (see module docstring); None = not applied."""
         return self.regularizer.strengths()
 
-    def replace(self, **changes) -> ExperimentConfig:
-        """A new config; a section may be given as a dict of changes: ``optim={"steps": 10}``."""
+    def replace(self, **changes: Any) -> ExperimentConfig:
+        """A new config with ``changes`` (field name → value) applied.
+
+        A section may be given whole (e.g. ``optim=OptimConfig(...)``) or as a dict of changes to
+        the current one: ``optim={"steps": 10}``. Unknown fields raise :class:`ConfigError`.
+        """
         for key, value in list(changes.items()):
             if key in SECTIONS and isinstance(value, dict):
                 changes[key] = _replace_section(getattr(self, key), value)
@@ -447,7 +458,7 @@ class ExperimentConfig:
 
 
 def _section_from_dict(cls: type[_Section], d: dict) -> _Section:
-    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - known)
     if unknown:
         raise ConfigError(f"unknown field(s) {[f'{cls.section}.{k}' for k in unknown]}; "
@@ -488,7 +499,7 @@ _REMOVED_KEYS = {
 def _all_keys() -> list[str]:
     keys = ["seed", "name"]
     for sec, cls in SECTIONS.items():
-        keys += [f"{sec}.{f.name}" for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+        keys += [f"{sec}.{f.name}" for f in dataclasses.fields(cls)]
     return keys
 
 
@@ -608,7 +619,7 @@ def _build_registry() -> dict[str, ExperimentConfig]:
         add(f"table1/{ds}/baseline", mhe("baseline"), data={"dataset": ds},
             paper=_err("1", rows["baseline"]))
         for method in MHE_METHODS:
-            for s, value in zip((2, 1, 0), rows[method]):
+            for s, value in zip((2, 1, 0), rows[method], strict=True):
                 add(f"table1/{ds}/{method}/s{s}", mhe(method, s=float(s)), data={"dataset": ds},
                     paper=_err("1", value))
 
@@ -619,7 +630,7 @@ def _build_registry() -> dict[str, ExperimentConfig]:
               "mhe": (36.84, 30.05, 26.75, 24.05, 23.14),
               "half_mhe": (35.16, 29.33, 25.96, 23.38, 21.83)}
     for method, values in table2.items():
-        for w, value in zip(widths, values):
+        for w, value in zip(widths, values, strict=True):
             add(f"table2/{method}/w{'_'.join(map(str, w))}", cifar100, mhe(method),
                 model={"widths": w}, paper=_err("2", value))
 
@@ -627,7 +638,7 @@ def _build_registry() -> dict[str, ExperimentConfig]:
     table3 = {"baseline": (32.08, 28.13, None), "mhe": (28.16, 26.75, 26.9),
               "half_mhe": (27.56, 25.96, 25.84)}
     for method, values in table3.items():
-        for arch, value in zip(("cnn6", "cnn9", "cnn15"), values):
+        for arch, value in zip(("cnn6", "cnn9", "cnn15"), values, strict=True):
             add(f"table3/{method}/{arch}", cifar100, mhe(method), model={"arch": arch},
                 paper=_err("3", value))
 
@@ -637,7 +648,7 @@ def _build_registry() -> dict[str, ExperimentConfig]:
     layer_groups = (("O", None, "official"), ("H", "official", None),
                     ("HO", "official", "official"))
     for method, values in table4.items():
-        for (tag, lam_h, lam_o), value in zip(layer_groups, values):
+        for (tag, lam_h, lam_o), value in zip(layer_groups, values, strict=True):
             if method.startswith("half") and tag == "O":
                 continue
             add(f"table4/{method}/{tag}", cifar100,
@@ -656,7 +667,7 @@ def _build_registry() -> dict[str, ExperimentConfig]:
 
     # Table 5: ResNet-32.
     for ds, values in {"cifar10": (5.19, 4.72, 4.66), "cifar100": (22.87, 22.19, 22.04)}.items():
-        for method, value in zip(("baseline", "mhe", "half_mhe"), values):
+        for method, value in zip(("baseline", "mhe", "half_mhe"), values, strict=True):
             add(f"table5/{ds}/{method}", mhe(method), data={"dataset": ds},
                 model={"arch": "resnet32", "widths": (16, 32, 64)}, paper=_err("5", value))
 
@@ -667,8 +678,8 @@ def _build_registry() -> dict[str, ExperimentConfig]:
     table6 = {"resnet18": (33.95, 33.65, 33.61, 33.50, 33.45),
               "resnet34": (30.04, 29.74, 29.75, 29.60, 29.50)}
     for arch, values in table6.items():
-        for method, value in zip(("baseline", "orthogonality", "orthonormal", "mhe", "half_mhe"),
-                                 values):
+        methods = ("baseline", "orthogonality", "orthonormal", "mhe", "half_mhe")
+        for method, value in zip(methods, values, strict=True):
             add(f"table6/{arch}/{method}", mhe(method),
                 data={"dataset": "imagenet", "image_size": 64, "batch_size": 256},
                 model={"arch": arch, "widths": (64, 128, 256, 512)},

@@ -24,13 +24,27 @@ Init: convolution kernels ~ N(0, 2 / fan_in) (untruncated He normal, as the offi
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypedDict, Unpack
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.typing import ArrayLike
 
 from mhe_jax.models.layers import he_normal
 
 __all__ = ["CNN", "cnn6", "cnn9", "cnn15", "he_normal"]
+
+
+class _CNNOptions(TypedDict, total=False):
+    """The keyword-only options of :class:`CNN` that the factories pass through."""
+
+    in_channels: int
+    fc_width: int
+    fc_kernel_size: int
+    fc_bn_relu: bool
+    bn_momentum: float
+    bn_epsilon: float
 
 
 class ConvBNReLU(nnx.Module):
@@ -65,7 +79,7 @@ class ConvBNReLU(nnx.Module):
         )
         self.relu = relu
 
-    def __call__(self, x):
+    def __call__(self, x: jax.Array) -> jax.Array:
         x = self.conv(x)
         if self.bn is not None:
             x = self.bn(x)
@@ -73,7 +87,8 @@ class ConvBNReLU(nnx.Module):
 
 
 class CNN(nnx.Module):
-    """CNN-k of the MHE paper: 3 stages × ``depth_per_stage`` conv3x3-BN-ReLU + fc conv + 1x1 classifier.
+    """CNN-k of the MHE paper: 3 stages × ``depth_per_stage`` conv3x3-BN-ReLU + fc conv + 1x1
+    classifier.
 
     ``x``: (B, H, W, in_channels) → logits (B, num_classes). With the default
     ``fc_kernel_size=4`` the input must satisfy ceil(H/8) ≥ 4 and ceil(W/8) ≥ 4 (32x32 CIFAR,
@@ -106,20 +121,20 @@ class CNN(nnx.Module):
         widths = tuple(int(w) for w in widths)
         if not widths:
             raise ValueError("widths must be non-empty")
-        bn_kw = dict(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon)
         layers = []
         pool_after = []
         c = in_channels
         for w in widths:
             for _ in range(depth_per_stage):
-                layers.append(ConvBNReLU(c, w, 3, rngs=rngs, **bn_kw))
+                layers.append(ConvBNReLU(c, w, 3, bn_momentum=bn_momentum,
+                                         bn_epsilon=bn_epsilon, rngs=rngs))
                 c = w
             pool_after.append(len(layers) - 1)
         self.layers = nnx.List(layers)
         self.pool_after = tuple(pool_after)
         self.fc = ConvBNReLU(
             c, fc_width, fc_kernel_size, padding="VALID", bn=fc_bn_relu, relu=fc_bn_relu,
-            rngs=rngs, **bn_kw,
+            bn_momentum=bn_momentum, bn_epsilon=bn_epsilon, rngs=rngs,
         )
         self.classifier = nnx.Conv(
             fc_width, num_classes, (1, 1), padding="VALID", use_bias=False,
@@ -127,31 +142,36 @@ class CNN(nnx.Module):
         )
         self.num_classes = num_classes
 
-    def features(self, x):
+    def features(self, x: ArrayLike) -> jax.Array:
         """Output of the fc layer, (B, H'', W'', fc_width) (1x1 spatially for 32x32 inputs)."""
-        x = jnp.asarray(x, jnp.float32)
+        h = jnp.asarray(x, jnp.float32)
         for i, layer in enumerate(self.layers):
-            x = layer(x)
+            h = layer(h)
             if i in self.pool_after:
-                x = nnx.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
-        return self.fc(x)
+                h = nnx.max_pool(h, (2, 2), strides=(2, 2), padding="SAME")
+        return self.fc(h)
 
-    def __call__(self, x):
+    def __call__(self, x: ArrayLike) -> jax.Array:
         """(B, H, W, in_channels) → logits (B, num_classes)."""
         logits = self.classifier(self.features(x))
         return jnp.mean(logits, axis=(1, 2))
 
 
-def cnn6(num_classes: int = 10, widths: Sequence[int] = (64, 128, 256), *, rngs: nnx.Rngs, **kwargs) -> CNN:
-    """CNN-6: 2 conv3x3 per stage (2·3 + fc + classifier = 8 weight layers; see module docstring)."""
+def cnn6(num_classes: int = 10, widths: Sequence[int] = (64, 128, 256), *, rngs: nnx.Rngs,
+         **kwargs: Unpack[_CNNOptions]) -> CNN:
+    """CNN-6: 2 conv3x3 per stage (2·3 + fc + classifier = 8 weight layers; see module
+    docstring). ``kwargs``: the keyword options of :class:`CNN`."""
     return CNN(2, widths, num_classes, rngs=rngs, **kwargs)
 
 
-def cnn9(num_classes: int = 10, widths: Sequence[int] = (64, 128, 256), *, rngs: nnx.Rngs, **kwargs) -> CNN:
-    """CNN-9 (the official MHE code): 3 conv3x3 per stage, widths 64/128/256, fc 256."""
+def cnn9(num_classes: int = 10, widths: Sequence[int] = (64, 128, 256), *, rngs: nnx.Rngs,
+         **kwargs: Unpack[_CNNOptions]) -> CNN:
+    """CNN-9 (the official MHE code): 3 conv3x3 per stage, widths 64/128/256, fc 256.
+    ``kwargs``: the keyword options of :class:`CNN`."""
     return CNN(3, widths, num_classes, rngs=rngs, **kwargs)
 
 
-def cnn15(num_classes: int = 10, widths: Sequence[int] = (64, 128, 256), *, rngs: nnx.Rngs, **kwargs) -> CNN:
-    """CNN-15: 5 conv3x3 per stage."""
+def cnn15(num_classes: int = 10, widths: Sequence[int] = (64, 128, 256), *, rngs: nnx.Rngs,
+         **kwargs: Unpack[_CNNOptions]) -> CNN:
+    """CNN-15: 5 conv3x3 per stage. ``kwargs``: the keyword options of :class:`CNN`."""
     return CNN(5, widths, num_classes, rngs=rngs, **kwargs)

@@ -17,23 +17,36 @@ PReLU is channel-wise with slope init 0.25 (Caffe default). Conv init N(0, 2/fan
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypedDict, Unpack
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.typing import ArrayLike
 
 from mhe_jax.models.layers import PReLU, he_normal
 
 __all__ = ["MNIST2D", "mnist2d"]
 
 
+class _MNIST2DOptions(TypedDict, total=False):
+    """The keyword-only options of :class:`MNIST2D` that :func:`mnist2d` passes through."""
+
+    widths: Sequence[int]
+    feature_dim: int
+    pool_every: int
+    use_bn: bool
+    bn_momentum: float
+
+
 class _ConvBNPReLU(nnx.Module):
-    def __init__(self, cin, cout, use_bn, bn_momentum, rngs):
+    def __init__(self, cin: int, cout: int, use_bn: bool, bn_momentum: float, rngs: nnx.Rngs):
         self.conv = nnx.Conv(cin, cout, (3, 3), padding="SAME", use_bias=not use_bn,
                              kernel_init=he_normal, rngs=rngs)
         self.bn = nnx.BatchNorm(cout, momentum=bn_momentum, rngs=rngs) if use_bn else None
         self.act = PReLU(cout)
 
-    def __call__(self, x):
+    def __call__(self, x: jax.Array) -> jax.Array:
         x = self.conv(x)
         if self.bn is not None:
             x = self.bn(x)
@@ -65,20 +78,24 @@ class MNIST2D(nnx.Module):
         self.classifier = nnx.Linear(feature_dim, num_classes, use_bias=False, rngs=rngs)
         self.num_classes = num_classes
 
-    def features(self, x):
+    def features(self, x: ArrayLike) -> jax.Array:
         """(B, H, W, in_channels) → 2-D features (B, feature_dim)."""
-        x = jnp.asarray(x, jnp.float32)
+        h = jnp.asarray(x, jnp.float32)
         for i, layer in enumerate(self.layers):
-            x = layer(x)
+            h = layer(h)
             if (i + 1) % self.pool_every == 0:
-                x = nnx.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
-        return self.fc(jnp.mean(x, axis=(1, 2)))
+                h = nnx.max_pool(h, (2, 2), strides=(2, 2), padding="SAME")
+        return self.fc(jnp.mean(h, axis=(1, 2)))
 
-    def __call__(self, x):
+    def __call__(self, x: ArrayLike) -> jax.Array:
         """(B, H, W, in_channels) → logits (B, num_classes)."""
         return self.classifier(self.features(x))
 
 
-def mnist2d(num_classes: int = 10, *, in_channels: int = 1, rngs: nnx.Rngs, **kwargs) -> MNIST2D:
-    """The default 6-layer 2-D-feature network (widths 32,32,64,64,128,128)."""
+def mnist2d(num_classes: int = 10, *, in_channels: int = 1, rngs: nnx.Rngs,
+            **kwargs: Unpack[_MNIST2DOptions]) -> MNIST2D:
+    """The default 6-layer 2-D-feature network (widths 32,32,64,64,128,128).
+
+    ``kwargs``: the other keyword options of :class:`MNIST2D`.
+    """
     return MNIST2D(num_classes, in_channels=in_channels, rngs=rngs, **kwargs)

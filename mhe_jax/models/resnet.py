@@ -19,16 +19,28 @@ All blocks are stored flat in ``blocks`` (an ``nnx.List``), so parameter paths a
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypedDict, Unpack
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.typing import ArrayLike
 
 from mhe_jax.models.layers import he_normal
 
 __all__ = ["BasicBlock", "ResNetCIFAR", "ResNet", "resnet32", "resnet18", "resnet34"]
 
 
-def _conv(cin, cout, k, stride, rngs):
+class _ResNetOptions(TypedDict, total=False):
+    """The keyword-only options of :class:`ResNetCIFAR` / :class:`ResNet` that the factories
+    pass through."""
+
+    in_channels: int
+    bn_momentum: float
+    bn_epsilon: float
+
+
+def _conv(cin: int, cout: int, k: int, stride: int, rngs: nnx.Rngs) -> nnx.Conv:
     p = k // 2
     return nnx.Conv(
         cin, cout, (k, k), strides=(stride, stride), padding=((p, p), (p, p)),
@@ -36,7 +48,7 @@ def _conv(cin, cout, k, stride, rngs):
     )
 
 
-def _bn(c, momentum, epsilon, rngs):
+def _bn(c: int, momentum: float, epsilon: float, rngs: nnx.Rngs) -> nnx.BatchNorm:
     return nnx.BatchNorm(c, momentum=momentum, epsilon=epsilon, rngs=rngs)
 
 
@@ -59,20 +71,27 @@ class BasicBlock(nnx.Module):
             self.shortcut = None
             self.shortcut_bn = None
 
-    def __call__(self, x):
+    def __call__(self, x: jax.Array) -> jax.Array:
         y = nnx.relu(self.bn1(self.conv1(x)))
         y = self.bn2(self.conv2(y))
-        s = x if self.shortcut is None else self.shortcut_bn(self.shortcut(x))
+        # shortcut and shortcut_bn are set together (both None for the identity shortcut)
+        if self.shortcut is None or self.shortcut_bn is None:
+            s = x
+        else:
+            s = self.shortcut_bn(self.shortcut(x))
         return nnx.relu(y + s)
 
 
-def _make_blocks(in_channels, stage_sizes, widths, first_stride, bn_kw, rngs):
+def _make_blocks(in_channels: int, stage_sizes: Sequence[int], widths: Sequence[int],
+                 first_stride: int, bn_momentum: float, bn_epsilon: float,
+                 rngs: nnx.Rngs) -> tuple[nnx.List, int]:
     blocks = []
     c = in_channels
     for s, (n, w) in enumerate(zip(stage_sizes, widths, strict=True)):
         for b in range(n):
             stride = (first_stride if s == 0 else 2) if b == 0 else 1
-            blocks.append(BasicBlock(c, w, stride, rngs=rngs, **bn_kw))
+            blocks.append(BasicBlock(c, w, stride, bn_momentum=bn_momentum,
+                                     bn_epsilon=bn_epsilon, rngs=rngs))
             c = w
     return nnx.List(blocks), c
 
@@ -84,31 +103,37 @@ class _ResNet(nnx.Module):
 
     output_path: str = "classifier/kernel"
 
-    def __init__(self, stage_sizes, widths, num_classes, *, in_channels, stem_kernel, stem_stride,
-                 stem_pool, bn_momentum, bn_epsilon, rngs):
-        bn_kw = dict(bn_momentum=bn_momentum, bn_epsilon=bn_epsilon)
+    def __init__(self, stage_sizes: Sequence[int], widths: Sequence[int], num_classes: int, *,
+                 in_channels: int, stem_kernel: int, stem_stride: int, stem_pool: bool,
+                 bn_momentum: float, bn_epsilon: float, rngs: nnx.Rngs):
         self.stem = _conv(in_channels, widths[0], stem_kernel, stem_stride, rngs)
         self.stem_bn = _bn(widths[0], bn_momentum, bn_epsilon, rngs)
         self.stem_pool = stem_pool
-        self.blocks, c = _make_blocks(widths[0], stage_sizes, widths, 1, bn_kw, rngs)
+        self.blocks, c = _make_blocks(widths[0], stage_sizes, widths, 1, bn_momentum, bn_epsilon,
+                                      rngs)
         self.classifier = nnx.Linear(c, num_classes, rngs=rngs)
         self.num_classes = num_classes
 
-    def features(self, x):
+    def features(self, x: ArrayLike) -> jax.Array:
         """Global-average-pooled features (B, widths[-1])."""
         x = nnx.relu(self.stem_bn(self.stem(jnp.asarray(x, jnp.float32))))
         if self.stem_pool:
-            x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+            # flax documents padding as "SAME", "VALID" or (low, high) pairs, but leaves it
+            # unannotated, so pyright infers `str` from its default "VALID".
+            x = nnx.max_pool(x, (3, 3), strides=(2, 2),
+                             padding=((1, 1), (1, 1)))  # pyright: ignore[reportArgumentType]
         for block in self.blocks:
             x = block(x)
         return jnp.mean(x, axis=(1, 2))
 
-    def __call__(self, x):
+    def __call__(self, x: ArrayLike) -> jax.Array:
+        """(B, H, W, in_channels) → logits (B, num_classes)."""
         return self.classifier(self.features(x))
 
 
 class ResNetCIFAR(_ResNet):
-    """CIFAR ResNet: (B, H, W, in_channels) → logits (B, num_classes); 6n+2 layers for n blocks/stage.
+    """CIFAR ResNet: (B, H, W, in_channels) → logits (B, num_classes); 6n+2 layers for n
+    blocks/stage.
 
     Stem conv3x3/1 (no max-pool). Paths: ``stem/kernel``, ``stem_bn/*``,
     ``blocks/<i>/{conv1,conv2,shortcut}/kernel``, ``classifier/kernel`` (widths[-1], num_classes)
@@ -139,18 +164,27 @@ class ResNet(_ResNet):
 
 
 def resnet32(num_classes: int = 10, widths: Sequence[int] = (16, 32, 64), *, rngs: nnx.Rngs,
-             **kwargs) -> ResNetCIFAR:
-    """ResNet-32 for CIFAR (3 stages × 5 basic blocks, widths 16/32/64)."""
+             **kwargs: Unpack[_ResNetOptions]) -> ResNetCIFAR:
+    """ResNet-32 for CIFAR (3 stages × 5 basic blocks, widths 16/32/64).
+
+    ``kwargs``: the keyword options of :class:`ResNetCIFAR`.
+    """
     return ResNetCIFAR((5, 5, 5), widths, num_classes, rngs=rngs, **kwargs)
 
 
 def resnet18(num_classes: int = 1000, widths: Sequence[int] = (64, 128, 256, 512), *,
-             rngs: nnx.Rngs, **kwargs) -> ResNet:
-    """ResNet-18, ImageNet layout ([2, 2, 2, 2] basic blocks)."""
+             rngs: nnx.Rngs, **kwargs: Unpack[_ResNetOptions]) -> ResNet:
+    """ResNet-18, ImageNet layout ([2, 2, 2, 2] basic blocks).
+
+    ``kwargs``: the keyword options of :class:`ResNet`.
+    """
     return ResNet((2, 2, 2, 2), widths, num_classes, rngs=rngs, **kwargs)
 
 
 def resnet34(num_classes: int = 1000, widths: Sequence[int] = (64, 128, 256, 512), *,
-             rngs: nnx.Rngs, **kwargs) -> ResNet:
-    """ResNet-34, ImageNet layout ([3, 4, 6, 3] basic blocks)."""
+             rngs: nnx.Rngs, **kwargs: Unpack[_ResNetOptions]) -> ResNet:
+    """ResNet-34, ImageNet layout ([3, 4, 6, 3] basic blocks).
+
+    ``kwargs``: the keyword options of :class:`ResNet`.
+    """
     return ResNet((3, 4, 6, 3), widths, num_classes, rngs=rngs, **kwargs)

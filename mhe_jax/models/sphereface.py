@@ -4,7 +4,8 @@ SphereFace-20 (the official Caffe ``sphereface_model.prototxt`` / ``sfplus_model
 
     input (B, 112, 96, 3) NHWC float32 (official: (rgb − 127.5)/128)
     stage s = 1..4 (widths 64, 128, 256, 512; 1, 2, 4, 1 residual units):
-        conv3x3 stride 2 pad 1 (+bias, Xavier init) → PReLU          112x96 → 56x48 → 28x24 → 14x12 → 7x6
+        conv3x3 stride 2 pad 1 (+bias, Xavier init) → PReLU
+                                                  112x96 → 56x48 → 28x24 → 14x12 → 7x6
         units × [x + PReLU(conv3x3(PReLU(conv3x3(x))))]  (no bias, N(0, 0.01²) init)
     flatten → fc: Linear(7·6·512, 512) (+bias, Xavier)            embeddings (B, 512)
     classifier: bias-free, kernel (512, num_classes) (neurons = columns), used by the
@@ -17,10 +18,13 @@ class (the normalised-weight logits, without margin). 1 + 2·(1+2+4+1) + 1 (+cla
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypedDict, Unpack
 
+import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.typing import ArrayLike
 
 from mhe_jax.models.layers import PReLU
 
@@ -28,6 +32,17 @@ __all__ = ["SphereFace20", "SphereFaceHead", "sphereface20"]
 
 #: Caffe "xavier" filler (uniform, variance 1/fan_in).
 xavier = nnx.initializers.variance_scaling(1.0, "fan_in", "uniform")
+
+
+class _SphereFace20Options(TypedDict, total=False):
+    """The keyword-only options of :class:`SphereFace20` that :func:`sphereface20` passes
+    through."""
+
+    widths: Sequence[int]
+    units: Sequence[int]
+    embedding_dim: int
+    in_channels: int
+    input_shape: tuple[int, int]
 
 
 class _ResidualUnit(nnx.Module):
@@ -42,12 +57,15 @@ class _ResidualUnit(nnx.Module):
                               kernel_init=init, rngs=rngs)
         self.act2 = PReLU(c)
 
-    def __call__(self, x):
+    def __call__(self, x: jax.Array) -> jax.Array:
         return x + self.act2(self.conv2(self.act1(self.conv1(x))))
 
 
 class _Stage(nnx.Module):
-    """conv3x3 stride 2 (+bias) → PReLU → ``units`` residual units. (B,H,W,Cin) → (B,⌈H/2⌉,⌈W/2⌉,C)."""
+    """conv3x3 stride 2 (+bias) → PReLU → ``units`` residual units.
+
+    (B, H, W, Cin) → (B, ⌈H/2⌉, ⌈W/2⌉, C).
+    """
 
     def __init__(self, cin: int, c: int, units: int, rngs: nnx.Rngs):
         self.down = nnx.Conv(cin, c, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
@@ -55,7 +73,7 @@ class _Stage(nnx.Module):
         self.act = PReLU(c)
         self.units = nnx.List([_ResidualUnit(c, rngs) for _ in range(units)])
 
-    def __call__(self, x):
+    def __call__(self, x: jax.Array) -> jax.Array:
         x = self.act(self.down(x))
         for u in self.units:
             x = u(x)
@@ -63,14 +81,19 @@ class _Stage(nnx.Module):
 
 
 class SphereFaceHead(nnx.Module):
-    """Bias-free classifier with kernel (embedding_dim, num_classes); ``__call__`` → ‖x‖ cos θ (B, C)."""
+    """Bias-free classifier with kernel (embedding_dim, num_classes).
+
+    ``__call__(embeddings)``: (B, embedding_dim) → ‖x‖ cos θ_j, (B, num_classes), with the
+    kernel's columns normalised.
+    """
 
     def __init__(self, embedding_dim: int, num_classes: int, *, rngs: nnx.Rngs):
         self.kernel = nnx.Param(xavier(rngs.params(), (embedding_dim, num_classes), jnp.float32))
 
-    def __call__(self, embeddings):
+    def __call__(self, embeddings: ArrayLike) -> jax.Array:
         w = self.kernel[...]
-        return embeddings @ (w / optax.safe_norm(w, jnp.finfo(w.dtype).tiny, axis=0, keepdims=True))
+        unit_columns = w / optax.safe_norm(w, jnp.finfo(w.dtype).tiny, axis=0, keepdims=True)
+        return jnp.asarray(embeddings) @ unit_columns
 
 
 class SphereFace20(nnx.Module):
@@ -99,18 +122,22 @@ class SphereFace20(nnx.Module):
         self.classifier = SphereFaceHead(embedding_dim, num_classes, rngs=rngs)
         self.num_classes = num_classes
 
-    def __call__(self, x):
+    def __call__(self, x: ArrayLike) -> jax.Array:
         """(B, H, W, in_channels) → embeddings (B, embedding_dim)."""
-        x = jnp.asarray(x, jnp.float32)
+        h = jnp.asarray(x, jnp.float32)
         for stage in self.stages:
-            x = stage(x)
-        return self.fc(x.reshape(x.shape[0], -1))
+            h = stage(h)
+        return self.fc(h.reshape(h.shape[0], -1))
 
-    def logits(self, x):
+    def logits(self, x: ArrayLike) -> jax.Array:
         """Normalised-weight logits ‖x‖ cos θ_j, (B, num_classes) (no margin; for evaluation)."""
         return self.classifier(self(x))
 
 
-def sphereface20(num_classes: int = 10572, *, rngs: nnx.Rngs, **kwargs) -> SphereFace20:
-    """SphereFace-20 (CASIA-WebFace has 10572 identities)."""
+def sphereface20(num_classes: int = 10572, *, rngs: nnx.Rngs,
+                 **kwargs: Unpack[_SphereFace20Options]) -> SphereFace20:
+    """SphereFace-20 (CASIA-WebFace has 10572 identities).
+
+    ``kwargs``: the other keyword options of :class:`SphereFace20`.
+    """
     return SphereFace20(num_classes, rngs=rngs, **kwargs)

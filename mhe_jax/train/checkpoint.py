@@ -12,11 +12,13 @@ older one is used; when none is intact it raises :class:`CheckpointError`.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import flax.nnx as nnx
 import jax
@@ -30,7 +32,7 @@ class CheckpointError(RuntimeError):
     """No intact checkpoint could be restored (every candidate is named in the message)."""
 
 
-def _checksum(state) -> str:
+def _checksum(state: Any) -> str:
     """SHA-256 over every leaf's path, dtype, shape and bytes (a fixed, sorted order)."""
     h = hashlib.sha256()
     flat, _ = jax.tree_util.tree_flatten_with_path(state)
@@ -51,8 +53,8 @@ class Checkpointer:
       metadata: JSON-able dict stored with every checkpoint (e.g. the run's config).
     """
 
-    def __init__(self, directory, *, every: int | None = None, max_to_keep: int = 2,
-                 metadata: dict | None = None):
+    def __init__(self, directory: str | os.PathLike[str], *, every: int | None = None,
+                 max_to_keep: int = 2, metadata: dict[str, Any] | None = None):
         if every is not None and (not isinstance(every, int) or every < 1):
             raise ValueError(f"every must be an int >= 1 or None, got {every!r}")
         self.directory = Path(directory).absolute()
@@ -64,11 +66,11 @@ class Checkpointer:
         )
 
     @staticmethod
-    def _state(model, optimizer) -> dict:
+    def _state(model: nnx.Module, optimizer: nnx.Optimizer) -> dict[str, Any]:
         return {"model": nnx.to_pure_dict(nnx.state(model)),
                 "optimizer": nnx.to_pure_dict(nnx.state(optimizer))}
 
-    def save(self, step: int, model, optimizer) -> None:
+    def save(self, step: int, model: nnx.Module, optimizer: nnx.Optimizer) -> None:
         """Write checkpoint ``step`` (blocks until it is complete on disk)."""
         state = jax.device_get(self._state(model, optimizer))
         meta = {**self.metadata, "step": int(step), "checksum": _checksum(state)}
@@ -85,11 +87,13 @@ class Checkpointer:
         return sorted(self.manager.all_steps())
 
     def latest_step(self) -> int | None:
+        """The newest complete checkpoint's step, or None when there is none."""
         steps = self.steps()
         return steps[-1] if steps else None
 
-    def restore(self, model, optimizer, *, check: Callable[[int, dict], None] | None = None
-                ) -> tuple[int, dict] | None:
+    def restore(self, model: nnx.Module, optimizer: nnx.Optimizer, *,
+                check: Callable[[int, dict[str, Any]], None] | None = None
+                ) -> tuple[int, dict[str, Any]] | None:
         """Load the newest intact checkpoint into ``model`` / ``optimizer``.
 
         ``check(step, metadata)`` runs before a checkpoint's arrays are loaded and may raise
@@ -130,7 +134,7 @@ class Checkpointer:
                 + "; ".join(damaged) + ". Start over (CLI: --restart) or restore a backup.")
         return None
 
-    def _read_metadata(self, step: int) -> dict:
+    def _read_metadata(self, step: int) -> dict[str, Any]:
         restored = self.manager.restore(
             step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))
         meta = restored["metadata"]
@@ -151,12 +155,13 @@ class Checkpointer:
         return message
 
     def close(self) -> None:
+        """Close the underlying orbax ``CheckpointManager`` (also on leaving a ``with`` block)."""
         self.manager.close()
 
     def __enter__(self) -> Checkpointer:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.typing import ArrayLike
 
 import mhe_jax
 
@@ -31,8 +32,8 @@ __all__ = [
 ]
 
 
-def official_cross_entropy(logits, labels, *, label_smoothing: float = 0.01,
-                           log_eps: float = 1e-4) -> jax.Array:
+def official_cross_entropy(logits: ArrayLike, labels: ArrayLike, *,
+                           label_smoothing: float = 0.01, log_eps: float = 1e-4) -> jax.Array:
     r"""Mean label-smoothed softmax cross-entropy with ``log_eps`` inside the log (official code).
 
     ``−Σ_k ỹ_k log(softmax(z)_k + log_eps)`` with ``ỹ = (1 − ε)·onehot(y) + ε/K``.
@@ -54,12 +55,12 @@ def official_cross_entropy(logits, labels, *, label_smoothing: float = 0.01,
     return -jnp.mean(jnp.sum(target * logp, axis=-1))
 
 
-def _unit_columns(w):
+def _unit_columns(w: jax.Array) -> jax.Array:
     """Columns of ``w`` (d, C) scaled to unit norm; a zero column stays zero (finite gradient)."""
     return w / optax.safe_norm(w, jnp.finfo(w.dtype).tiny, axis=0, keepdims=True)
 
 
-def _chebyshev_cos_m(c, m):
+def _chebyshev_cos_m(c: jax.Array, m: int) -> jax.Array:
     """cos(mθ) as the Chebyshev polynomial T_m(cos θ) (no arccos: smooth at θ = 0 and π)."""
     if m == 1:
         return c
@@ -73,7 +74,7 @@ def _chebyshev_cos_m(c, m):
     raise ValueError(f"m must be one of 1, 2, 3, 4, got {m}")
 
 
-def sphereface_psi(cos_theta, m: int = 4) -> jax.Array:
+def sphereface_psi(cos_theta: ArrayLike, m: int = 4) -> jax.Array:
     """ψ(θ) = (−1)^k cos(mθ) − 2k for θ ∈ [kπ/m, (k+1)π/m], as a function of cos θ.
 
     k is found by comparing cos θ with the thresholds cos(jπ/m), j = 1 … m−1 (piecewise constant,
@@ -94,8 +95,8 @@ def sphereface_psi(cos_theta, m: int = 4) -> jax.Array:
     return sign * _chebyshev_cos_m(c, m) - 2.0 * k
 
 
-def a_softmax_logits(embeddings, classifier_kernel, labels, m: int = 4, lam=0.0, *,
-                     eps=1e-12) -> jax.Array:
+def a_softmax_logits(embeddings: ArrayLike, classifier_kernel: ArrayLike, labels: ArrayLike,
+                     m: int = 4, lam: ArrayLike = 0.0, *, eps: float = 1e-12) -> jax.Array:
     """A-Softmax logits (B, C): ‖x‖ cos θ_j for j ≠ y, and for the target class
     f_y = (λ ‖x‖ cos θ_y + ‖x‖ ψ(θ_y)) / (1 + λ), with θ_j the angle between x and column j of
     ``classifier_kernel`` (shape (d, C), columns normalised here; a zero column gives 0 logits).
@@ -115,8 +116,8 @@ def a_softmax_logits(embeddings, classifier_kernel, labels, m: int = 4, lam=0.0,
     return wx + onehot * (f_y - x_norm * cos_y)
 
 
-def a_softmax_loss(embeddings, classifier_kernel, labels, m: int = 4, lam=0.0, *,
-                   eps=1e-12) -> jax.Array:
+def a_softmax_loss(embeddings: ArrayLike, classifier_kernel: ArrayLike, labels: ArrayLike,
+                   m: int = 4, lam: ArrayLike = 0.0, *, eps: float = 1e-12) -> jax.Array:
     """Mean A-Softmax loss (SphereFace): softmax cross-entropy of :func:`a_softmax_logits`.
 
     ``embeddings`` (B, d), ``classifier_kernel`` (d, C), integer ``labels`` (B,); ``m`` ∈ {1,2,3,4}
@@ -127,13 +128,16 @@ def a_softmax_loss(embeddings, classifier_kernel, labels, m: int = 4, lam=0.0, *
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray(labels)))
 
 
-def normalized_softmax_loss(embeddings, classifier_kernel, labels) -> jax.Array:
-    """Softmax cross-entropy of the normalised-weight logits ‖x‖ cos θ_j (= A-Softmax with m = 1)."""
+def normalized_softmax_loss(embeddings: ArrayLike, classifier_kernel: ArrayLike,
+                            labels: ArrayLike) -> jax.Array:
+    """Softmax cross-entropy of the normalised-weight logits ‖x‖ cos θ_j (= A-Softmax with
+    m = 1)."""
     logits = jnp.asarray(embeddings) @ _unit_columns(jnp.asarray(classifier_kernel))
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray(labels)))
 
 
-def sphereface_lambda(step, base=1000.0, gamma=0.12, power=1.0, lambda_min=5.0) -> jax.Array:
+def sphereface_lambda(step: ArrayLike, base: float = 1000.0, gamma: float = 0.12,
+                      power: float = 1.0, lambda_min: float = 5.0) -> jax.Array:
     """λ annealing of SphereFace: max(lambda_min, base · (1 + gamma · step)^(−power)).
 
     (The Caffe layer increments its iteration counter before computing λ, i.e. uses step + 1.)
@@ -142,9 +146,10 @@ def sphereface_lambda(step, base=1000.0, gamma=0.12, power=1.0, lambda_min=5.0) 
     return jnp.maximum(lambda_min, base * (1.0 + gamma * step) ** (-power))
 
 
-def sphereface_plus_loss(embeddings, classifier_kernel, labels, m: int = 4, lam=0.0, *,
-                         mhe_weight=1.0, s=2.0, distance: str = "euclidean",
-                         eps=1e-12) -> jax.Array:
+def sphereface_plus_loss(embeddings: ArrayLike, classifier_kernel: ArrayLike,
+                         labels: ArrayLike, m: int = 4, lam: ArrayLike = 0.0, *,
+                         mhe_weight: ArrayLike = 1.0, s: ArrayLike = 2.0,
+                         distance: str = "euclidean", eps: float = 1e-12) -> jax.Array:
     """SphereFace+ (Eq. 8): A-Softmax + λ_M · mini-batch output-layer MHE of the classifier neurons.
 
     = ``a_softmax_loss(...) + mhe_weight · mhe_jax.output_energy(classifier_kernel, labels, s=s,
