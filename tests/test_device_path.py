@@ -2,6 +2,7 @@
 between log points of ``fit``, the on-device batch stream, and 8-device data parallelism."""
 
 import contextlib
+import itertools
 from typing import NamedTuple
 
 import flax.nnx as nnx
@@ -13,7 +14,7 @@ from jax._src import array as jax_array  # the host-value accessors that the fet
 
 from mhe_jax.experiments import apply_overrides, get_config
 from mhe_jax.experiments.runner import build_model, build_optimizer
-from mhe_jax.train import StepFns, epoch_batches, fit, make_steps
+from mhe_jax.train import DataParallel, StepFns, epoch_batches, fit, make_steps
 
 WIDTHS = ["model.widths=4,4,8"]
 
@@ -68,7 +69,7 @@ class Tiny(NamedTuple):
     fns: StepFns
     x: np.ndarray
     y: np.ndarray
-    batch: tuple  # (x[:16], y[:16]) on the device
+    batch: tuple  # the first batch of the on-device stream
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +83,11 @@ def tiny() -> Tiny:
     model = build_model(cfg, 10, 1, 8)
     optimizer, lr = build_optimizer(cfg, model)
     fns = make_steps(augment=True, seed=0, learning_rate=lr)
-    batch = jax.device_put((x[:16], y[:16]))
-    fns.train(model, optimizer, batch)  # compile outside every guard
+    stream = epoch_batches(x, y, batch_size=16, seed=0, put=jax.device_put)
+    batch = next(stream)
+    fns.train(model, optimizer, batch)  # compile outside every guard (for fit's batches too)
+    fns.train(model, optimizer, next(stream))
+    assert fns.train.jitted_fn._cache_size() == 1  # the stream's batches: no second compile
     return Tiny(model, optimizer, fns, x, y, batch)
 
 
@@ -144,7 +148,8 @@ def test_train_step_has_no_host_callback(tiny):
 def test_fit_does_no_host_transfer_between_log_points(tiny):
     """``fit`` without logs, evals or checkpoints fetches one value from the device, the
     optimizer's step before its loop, however many steps it runs; each log point adds one
-    fetch of the metrics. No implicit upload at all (the batches are put explicitly)."""
+    fetch of the metrics. No implicit upload at all with the on-device stream (``put``); the
+    host stream's NumPy batches are one per step."""
     model, optimizer, fns, x, y, batch = tiny
     data = epoch_batches(x, y, batch_size=16, seed=0, put=jax.device_put)
     start = int(optimizer.step[...])
@@ -158,3 +163,53 @@ def test_fit_does_no_host_transfer_between_log_points(tiny):
     assert [len(counts[2]), len(counts[8])] == [1, 1], counts
     assert len(counts[12]) > 1  # 4 more steps, 2 log points: their metrics are fetched
     assert int(optimizer.step[...]) == start + 12
+    host = epoch_batches(x, y, batch_size=16, seed=0)
+    with pytest.raises(Exception, match="host-to-device"), \
+            jax.transfer_guard_host_to_device("disallow"):
+        fit(model, optimizer, host, steps=start + 13, train_step=fns.train)
+
+
+def _same(a, b):
+    return all(np.array_equal(np.asarray(u), np.asarray(v)) for u, v in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("placement", ["device_put", "data_parallel"])
+def test_device_stream_equals_the_host_stream_and_resumes(placement):
+    """The on-device stream yields the host stream's batches (70 examples, batch 16: 4 steps
+    an epoch, 6 left over), over 3 epochs; started at step k it equals the stream skipping k."""
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (70, 5, 5, 3), dtype=np.uint8)
+    y = rng.integers(0, 10, 70)
+    put = jax.device_put if placement == "device_put" else DataParallel()
+    host = list(itertools.islice(epoch_batches(x, y, batch_size=16, seed=7), 12))
+    dev = list(itertools.islice(epoch_batches(x, y, batch_size=16, seed=7, put=put), 12))
+    assert all(_same(h, d) for h, d in zip(host, dev, strict=True))
+    assert all(isinstance(d[0], jax.Array) and d[0].dtype == np.uint8 for d in dev)
+    assert not _same(host[0], host[4])  # epochs are reshuffled
+    for k in (1, 4, 6, 9):
+        resumed = epoch_batches(x, y, batch_size=16, seed=7, start_step=k, put=put)
+        got = list(itertools.islice(resumed, 12 - k))
+        assert all(_same(h, d) for h, d in zip(host[k:], got, strict=True)), k
+
+
+def test_device_stream_uploads_once_per_epoch():
+    """Within an epoch no array is put on the device, not even explicitly; the next epoch's
+    order is one upload (the guard trips there, so this test can fail)."""
+    x = np.zeros((64, 2, 2, 1), np.uint8)
+    stream = epoch_batches(x, np.arange(64), batch_size=16, seed=0, put=jax.device_put)
+    next(stream)  # the arrays and epoch 0's order
+    with jax.transfer_guard_host_to_device("disallow_explicit"):
+        for _ in range(3):
+            next(stream)
+        with pytest.raises(Exception, match="host-to-device"):
+            next(stream)  # epoch 1's order
+
+
+def test_device_stream_checks_its_placement():
+    x, y = np.zeros((8, 2, 2, 1), np.uint8), np.arange(8)
+    with pytest.raises(ValueError, match="one device"):
+        next(epoch_batches(x, y, batch_size=4, seed=0, put=np.asarray))
+    with pytest.raises(ValueError, match="start_step"):
+        epoch_batches(x, y, batch_size=4, seed=0, start_step=-1, put=jax.device_put)
+    with pytest.raises(ValueError, match="batch_size"):
+        epoch_batches(x, y, batch_size=9, seed=0, put=jax.device_put)

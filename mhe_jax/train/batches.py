@@ -1,10 +1,14 @@
-"""The training batch stream of a run: a fixed order per ``(seed, epoch)``, resumable at a step."""
+"""The training batch stream of a run: a fixed order per ``(seed, epoch)``, resumable at a step,
+gathered on the device when a placement is given."""
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator
+from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from mhe_jax.data import batches, steps_per_epoch
@@ -18,14 +22,75 @@ def epoch_batches(x: np.ndarray, y: np.ndarray, *, batch_size: int, seed: int,
 
     The order depends only on ``(seed, epoch)`` (:func:`mhe_jax.data.batches`, incomplete last
     batches dropped), so the stream started at step k equals the full stream with k batches
-    skipped: resuming is bit-exact. ``put`` (e.g. :class:`mhe_jax.train.DataParallel`) places
-    each array on the devices.
+    skipped: resuming is bit-exact.
+
+    Without ``put`` the batches are host NumPy arrays. With ``put`` they are gathered on the
+    device and no array crosses from the host per step: ``x`` and ``y`` are placed on the
+    device(s) once, each epoch's order (the ``(steps_per_epoch, batch_size)`` indices that
+    :func:`mhe_jax.data.batches` would use) is uploaded once per epoch, and each step is one
+    jitted take ``(x[order[i]], y[order[i]])`` with the position ``i`` kept on the device. A
+    :class:`mhe_jax.train.DataParallel` replicates ``x``, ``y`` and the order on its mesh and
+    shards each batch along its ``data`` axis; any other ``put`` (e.g. ``jax.device_put``)
+    is applied to ``x``, ``y`` and the order, so the batches are committed to a device only
+    if ``put`` commits (a step whose model state is uncommitted then compiles once, not
+    twice). The batches are exactly the host path's: the same values in the same order
+    (``y`` in JAX's integer width).
+
+    Examples:
+        >>> import numpy as np
+        >>> x, y = np.arange(10, dtype=np.uint8)[:, None], np.arange(10)
+        >>> host = epoch_batches(x, y, batch_size=4, seed=0)
+        >>> dev = epoch_batches(x, y, batch_size=4, seed=0, put=jax.device_put, start_step=1)
+        >>> _ = next(host)
+        >>> all(np.array_equal(a, b) for a, b in zip(next(host), next(dev), strict=True))
+        True
     """
     if start_step < 0:
         raise ValueError(f"start_step must be >= 0, got {start_step}")
+    batches(x, y, batch_size, seed, epochs=None)  # checks x, y, batch_size and seed first
     spe = steps_per_epoch(len(x), batch_size)
     stream = batches(x, y, batch_size, seed, epochs=None, start_epoch=start_step // spe)
-    stream = itertools.islice(stream, start_step % spe, None)
     if put is None:
-        return stream
-    return ((put(xb), put(yb)) for xb, yb in stream)
+        return itertools.islice(stream, start_step % spe, None)
+    return _device_batches(np.asarray(x), np.asarray(y), batch_size, seed, start_step, put)
+
+
+def _gather(x, y, order, i):
+    idx = jax.lax.dynamic_index_in_dim(order, i, keepdims=False)
+    return jnp.take(x, idx, axis=0), jnp.take(y, idx, axis=0), i + 1
+
+
+def _device_batches(x: np.ndarray, y: np.ndarray, batch_size: int, seed: Any, start_step: int,
+                    put: Callable) -> Iterator[tuple]:
+    n = len(x)
+    spe = steps_per_epoch(n, batch_size)
+    # The same orders as the host path, computed by the same code: batches of the indices.
+    index = np.arange(n, dtype=np.int32)
+    orders = batches(index, index, batch_size, seed, epochs=None, start_epoch=start_step // spe)
+    replicated = getattr(put, "replicated", None)  # a DataParallel: replicate, shard the batch
+    if replicated is not None:
+        if batch_size % put.num_devices:
+            raise ValueError(f"batch_size {batch_size} is not divisible by the "
+                             f"{put.num_devices} devices of put")
+        x_dev, y_dev = jax.device_put((x, y), replicated)
+        gather = jax.jit(_gather, out_shardings=(put.batch, put.batch, replicated))
+
+        def upload(a):
+            return jax.device_put(a, replicated)
+    else:
+        x_dev, y_dev = put(x), put(y)
+        devices = getattr(getattr(x_dev, "sharding", None), "device_set", set())
+        if len(devices) != 1:
+            raise ValueError("put must place an array on one device (e.g. jax.device_put) or "
+                             f"be a mhe_jax.train.DataParallel; put(x) gave {type(x_dev)} on "
+                             f"{len(devices)} devices")
+        gather = jax.jit(_gather)
+        upload = put  # the same placement (committed to a device or not) as x and y
+    position = start_step % spe
+    while True:
+        order = np.stack([idx for idx, _ in itertools.islice(orders, spe)])  # (spe, batch)
+        order_dev, i = upload((order, np.int32(position)))
+        for _ in range(position, spe):
+            xb, yb, i = gather(x_dev, y_dev, order_dev, i)
+            yield xb, yb
+        position = 0
