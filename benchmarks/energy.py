@@ -116,7 +116,8 @@ def _fmt_speed(r):
            f"half={int(r['half_space'])}  w.T@w {r['matmul_s'] * 1e3:8.1f} ms  "
            f"ours {r['ours_s'] * 1e3:8.1f} ms ({r['ratio']:.2f}x)")
     if "naive_s" in r:
-        txt += f"  naive {r['naive_s'] * 1e3:8.1f} ms ({r['naive_ratio']:.2f}x)  speedup {r['speedup']:.2f}"
+        txt += (f"  naive {r['naive_s'] * 1e3:8.1f} ms ({r['naive_ratio']:.2f}x)"
+                f"  speedup {r['speedup']:.2f}")
     return txt
 
 
@@ -191,7 +192,9 @@ out["f64_grad_rel_err"] = float(jnp.max(jnp.abs(g1 - g0)) / jnp.max(jnp.abs(g0))
 jax.config.update("jax_enable_x64", False)
 w = jax.random.normal(jax.random.key(0), (d, n), jnp.float32)
 ws = jax.device_put(w, NamedSharding(mesh, P(None, "x")))
-for name, fn, arg in [("single_dense", lambda w: jax.value_and_grad(lambda w: mhe_jax.hyperspherical_energy(w, s=1.0, half_space=True, block_size=n))(w), w),
+def dense(w):
+    return mhe_jax.hyperspherical_energy(w, s=1.0, half_space=True, block_size=n)
+for name, fn, arg in [("single_dense", jax.value_and_grad(dense), w),
                       ("single_auto", jax.value_and_grad(single), w),
                       ("sharded", jax.value_and_grad(sharded), ws)]:
     c = jax.jit(fn).lower(arg).compile()
@@ -199,7 +202,9 @@ for name, fn, arg in [("single_dense", lambda w: jax.value_and_grad(lambda w: mh
     out[name + "_temp_mb"] = m.temp_size_in_bytes / 2**20
     out[name + "_arg_mb"] = m.argument_size_in_bytes / 2**20
     jax.block_until_ready(c(arg))
-    t0 = time.perf_counter(); jax.block_until_ready(c(arg)); out[name + "_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    jax.block_until_ready(c(arg))
+    out[name + "_s"] = time.perf_counter() - t0
 print(json.dumps(out))
 """
 
@@ -229,8 +234,8 @@ def machine():
             "cpu_count": os.cpu_count(), "platform": platform.platform()}
     try:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        info["cpu"] = next((l.split(":", 1)[1].strip() for l in lscpu.splitlines()
-                            if l.startswith("Model name")), None)
+        info["cpu"] = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines()
+                            if line.startswith("Model name")), None)
     except OSError:
         pass
     try:
@@ -255,20 +260,22 @@ def speed_markdown(rows) -> str:
              "|---:|---:|---:|---|---|---:|---:|---:|"]
     for r in rows:
         naive = f"{r['naive_ratio']:.2f} | {r['speedup']:.2f}" if r.get("naive_ratio") else "— | —"
-        lines.append(f"| {r['d']} | {r['N']} | {r['s']:.0f} | {r['distance']} | {r['half_space']} | "
-                     f"{r['ratio']:.2f} | {naive} |")
+        lines.append(f"| {r['d']} | {r['N']} | {r['s']:.0f} | {r['distance']} "
+                     f"| {r['half_space']} | {r['ratio']:.2f} | {naive} |")
     return "\n".join(lines)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small shapes and configs (smoke run)")
     p.add_argument("--only", choices=("speed", "memory", "multi"), action="append")
     p.add_argument("--reps", type=int, default=5, help="timed runs per function (median)")
     p.add_argument("--no-naive", action="store_true", help="skip the official-formula port")
     p.add_argument("--shape", action="append", help="d,N (repeatable); default: the issue's four")
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "energy.json"))
-    p.add_argument("--table", action="store_true", help="print the speed table of --out as markdown")
+    p.add_argument("--table", action="store_true",
+                   help="print the speed table of --out as markdown")
     args = p.parse_args(argv)
     if args.table:
         with open(args.out) as f:

@@ -104,7 +104,8 @@ def bench_model(model_name, widths, batch, reps, warmup):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--reps", type=int, default=None)
     p.add_argument("--batch", type=int, default=128)
@@ -120,12 +121,14 @@ def main(argv=None):
     for model_name, widths in cases:
         r = bench_model(model_name, widths, args.batch, reps, warmup=2)
         results.append(r)
-        print(f"\n{model_name} {'/'.join(map(str, widths))}, batch {args.batch}, median of {reps} steps:")
+        print(f"\n{model_name} {'/'.join(map(str, widths))}, batch {args.batch}, "
+              f"median of {reps} steps:")
         print(f"{'variant':<10} {'step (s)':>9} {'× baseline':>11} {'regularizer alone (s)':>22}")
         for v in VARIANTS:
             reg = r["regularizer_seconds"].get(v)
             reg_txt = f"{reg:.4f}" if reg is not None else "-"
-            print(f"{v:<10} {r['step_seconds'][v]:>9.3f} {r['ratio_to_baseline'][v]:>11.3f} {reg_txt:>22}")
+            print(f"{v:<10} {r['step_seconds'][v]:>9.3f} "
+                  f"{r['ratio_to_baseline'][v]:>11.3f} {reg_txt:>22}")
     from mhe_jax.experiments.runner import machine as run_machine
 
     machine = {**run_machine(), "cpu_count": os.cpu_count()}

@@ -1,4 +1,5 @@
-"""The vectorisable atan2 behind the angular distance: accuracy to the last bits, exact derivative."""
+"""The vectorisable atan2 behind the angular distance: accuracy to the last bits, exact
+derivative."""
 
 import jax
 import jax.numpy as jnp

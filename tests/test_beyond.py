@@ -54,7 +54,8 @@ def test_force_is_bounded_for_nearly_coincident_neurons(dtype):
     bound = s * r0 ** (-s - 1)
     for angle in (1e-2, 1e-4, 1e-6, 0.0):
         g = jax.grad(lambda w: energy(w, s=s, min_distance=r0))(two(angle, dtype))
-        assert np.all(np.isfinite(g)) and float(jnp.max(jnp.linalg.norm(g, axis=0))) <= bound * 1.001
+        assert np.all(np.isfinite(g))
+        assert float(jnp.max(jnp.linalg.norm(g, axis=0))) <= bound * 1.001
     g_free = jax.grad(lambda w: energy(w, s=s))(two(1e-3, dtype))
     assert float(jnp.max(jnp.abs(g_free))) > 1e3 * bound  # what the cap prevents
 
@@ -88,7 +89,8 @@ def _train_2d(lam, min_distance, steps=400):
     model = MLP2D(nnx.Rngs(0))
     reg = None if lam is None else mhe_jax.mhe_regularizer(
         0.0, lam, s=2.0, output="classifier/kernel", min_distance=min_distance)
-    opt = nnx.Optimizer(model, make_optimizer(0.05, weight_decay=5e-4, regularizer=reg), wrt=nnx.Param)
+    opt = nnx.Optimizer(model, make_optimizer(0.05, weight_decay=5e-4, regularizer=reg),
+                        wrt=nnx.Param)
     ds = load_digits()
     fns = make_steps(augment=False)
     data = epoch_batches(ds.x_train, ds.y_train, batch_size=64, seed=0)
@@ -114,19 +116,23 @@ def test_output_mhe_s2_in_2d_trains_with_the_force_bound():
 # ------------------------------------------------------------------ CoMHE
 
 
-@pytest.mark.parametrize("s,distance,half", [(2.0, "euclidean", False), (0.0, "angular", True), (1.0, "euclidean", True)])
+@pytest.mark.parametrize("s,distance,half", [(2.0, "euclidean", False), (0.0, "angular", True),
+                                             (1.0, "euclidean", True)])
 def test_orthogonal_full_dimension_projection_is_plain_mhe(s, distance, half):
     w = jnp.asarray(rand((12, 9), 3))
     got = mhe_jax.compressive_energy(w, jax.random.key(0), projections=4, dim=12, kind="orthogonal",
                                      s=s, distance=distance, half_space=half)
-    np.testing.assert_allclose(float(got), float(energy(w, s=s, distance=distance, half_space=half)), rtol=1e-9)
+    np.testing.assert_allclose(float(got),
+                               float(energy(w, s=s, distance=distance, half_space=half)), rtol=1e-9)
 
 
 def test_gaussian_comhe_estimator_variance_falls_as_one_over_p():
     w = jnp.asarray(rand((64, 10), 4))
     keys = jax.random.split(jax.random.key(1), 400)
-    e1 = np.asarray(jax.vmap(lambda k: mhe_jax.compressive_energy(w, k, projections=1, dim=8))(keys))
-    e16 = np.asarray(jax.vmap(lambda k: mhe_jax.compressive_energy(w, k, projections=16, dim=8))(keys))
+    e1 = np.asarray(jax.vmap(
+        lambda k: mhe_jax.compressive_energy(w, k, projections=1, dim=8))(keys))
+    e16 = np.asarray(jax.vmap(
+        lambda k: mhe_jax.compressive_energy(w, k, projections=16, dim=8))(keys))
     ratio = np.var(e1) / np.var(e16)
     assert 10 < ratio < 25, ratio  # 16 expected
     se = np.std(e1) / math.sqrt(len(e1))
@@ -146,26 +152,30 @@ def test_comhe_in_regularizer_draws_fresh_projections():
     u0, state = tx.update(zero, state, params)
     u1, _ = tx.update(zero, state, params)
     assert not np.allclose(u0["a"]["kernel"], u1["a"]["kernel"])
-    want = jax.grad(lambda w: mhe_jax.compressive_energy(w, jax.random.fold_in(jax.random.fold_in(jax.random.key(0), 0), 0),
-                                                         projections=4, dim=8))(params["a"]["kernel"])
+    step_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(0), 0), 0)
+    want = jax.grad(lambda w: mhe_jax.compressive_energy(w, step_key, projections=4, dim=8))(
+        params["a"]["kernel"])
     np.testing.assert_allclose(u0["a"]["kernel"], want, rtol=1e-5)
     with pytest.raises(ValueError, match="kind"):
         mhe_jax.compressive_energy(params["a"]["kernel"], jax.random.key(0), kind="sparse")
     with pytest.raises(ValueError, match="dim"):
-        mhe_jax.compressive_energy(params["a"]["kernel"], jax.random.key(0), kind="orthogonal", dim=100)
+        mhe_jax.compressive_energy(params["a"]["kernel"], jax.random.key(0), kind="orthogonal",
+                                   dim=100)
     del optax
 
 
 # ------------------------------------------------------------------ calibration
 
 
-@pytest.mark.parametrize("d,s,distance", [(3, 0.0, "euclidean"), (3, 1.0, "euclidean"), (10, 2.0, "euclidean"),
-                                          (10, 2.0, "angular"), (5, 0.0, "angular"), (30, 3.0, "euclidean")])
+@pytest.mark.parametrize("d,s,distance", [(3, 0.0, "euclidean"), (3, 1.0, "euclidean"),
+                                          (10, 2.0, "euclidean"), (10, 2.0, "angular"),
+                                          (5, 0.0, "angular"), (30, 3.0, "euclidean")])
 def test_uniform_reference_matches_monte_carlo(d, s, distance):
     rng = np.random.default_rng(0)
     x = helpers.unit(rng.standard_normal((d, 200000)))
     y = helpers.unit(rng.standard_normal((d, 200000)))
-    r = np.linalg.norm(x - y, axis=0) if distance == "euclidean" else np.arccos(np.clip((x * y).sum(0), -1, 1))
+    r = (np.linalg.norm(x - y, axis=0) if distance == "euclidean"
+         else np.arccos(np.clip((x * y).sum(0), -1, 1)))
     vals = -np.log(r) if s == 0 else r ** -s
     ref = mhe_jax.uniform_reference_energy(10, d, s=s, distance=distance)
     assert abs(ref - vals.mean()) < 5 * vals.std() / math.sqrt(vals.size) + 1e-3 * abs(ref)
@@ -176,7 +186,8 @@ def test_uniform_reference_matches_monte_carlo(d, s, distance):
 def test_half_space_reference_and_divergence():
     n, d = 6, 8
     rng = np.random.default_rng(1)
-    vals = [helpers.np_energy(rng.standard_normal((d, n)), 2.0, half_space=True) for _ in range(3000)]
+    vals = [helpers.np_energy(rng.standard_normal((d, n)), 2.0, half_space=True)
+            for _ in range(3000)]
     ref = mhe_jax.uniform_reference_energy(n, d, s=2.0, half_space=True)
     assert abs(np.mean(vals) - ref) < 4 * np.std(vals) / math.sqrt(len(vals))
     with pytest.raises(ValueError, match="diverges"):
@@ -189,7 +200,8 @@ def test_calibrated_cnn9_layers_are_near_one_at_init():
     model = cnn9(10, rngs=nnx.Rngs(0))
     params = nnx.state(model, nnx.Param)
     raw = mhe_jax.layer_energies(params, s=2.0, half_space=True, output=model.output_path)
-    cal = mhe_jax.layer_energies(params, s=2.0, half_space=True, output=model.output_path, calibrate=True)
+    cal = mhe_jax.layer_energies(params, s=2.0, half_space=True, output=model.output_path,
+                                 calibrate=True)
     raw_values = [float(v.energy) for v in raw.values()]
     cal_values = [float(v.energy) for v in cal.values()]
     assert max(cal_values) / min(cal_values) < max(raw_values) / min(raw_values)
@@ -206,6 +218,8 @@ def test_uniformity_loss_matches_wang_isola(normalize):
     xs = x / np.linalg.norm(x, axis=1, keepdims=True) if normalize else x
     d2 = [np.sum((xs[i] - xs[j]) ** 2) for i in range(12) for j in range(i + 1, 12)]
     want = math.log(np.mean(np.exp(-2.0 * np.array(d2))))
-    np.testing.assert_allclose(float(mhe_jax.uniformity_loss(x, normalize=normalize)), want, rtol=1e-9)
+    np.testing.assert_allclose(float(mhe_jax.uniformity_loss(x, normalize=normalize)), want,
+                               rtol=1e-9)
     if normalize:
-        np.testing.assert_allclose(float(mhe_jax.gaussian_energy(x, neuron_axis=0)), want, rtol=1e-9)
+        np.testing.assert_allclose(float(mhe_jax.gaussian_energy(x, neuron_axis=0)), want,
+                                   rtol=1e-9)

@@ -1,4 +1,5 @@
-"""Core energies against float64 brute force, invariances, known optima, degenerate input, errors."""
+"""Core energies against float64 brute force, invariances, known optima, degenerate input and
+errors."""
 
 import itertools
 import math
@@ -72,7 +73,8 @@ def test_output_energy_matches_eq8(s, distance):
     w = rand((6, 10), seed=7)
     labels = np.array([3, 3, 0, 9, 5])
     got = mhe_jax.output_energy(jnp.asarray(w), jnp.asarray(labels), s=s, distance=distance)
-    np.testing.assert_allclose(float(got), helpers.np_output_energy(w, labels, s, distance), rtol=1e-9)
+    np.testing.assert_allclose(float(got), helpers.np_output_energy(w, labels, s, distance),
+                               rtol=1e-9)
 
 
 def test_output_energy_with_all_classes_once_is_full_energy():
@@ -94,7 +96,8 @@ def test_official_relation_to_paper():
     w = 1e3 * rand((10, 7), seed=12)
     np.testing.assert_allclose(
         float(mhe_jax.official_energy(w, "0")), 2 * float(energy(w, s=0.0)), rtol=1e-8)
-    np.testing.assert_allclose(float(mhe_jax.official_energy(w, "2")), float(energy(w, s=2.0)), rtol=1e-8)
+    np.testing.assert_allclose(float(mhe_jax.official_energy(w, "2")), float(energy(w, s=2.0)),
+                               rtol=1e-8)
     assert mhe_jax.OFFICIAL_STRENGTHS["hidden"]["a1"] == 0.1
 
 
@@ -114,7 +117,8 @@ def test_invariances(s, distance, half):
     perm = np.random.default_rng(23).permutation(9)
     scale = np.exp(rand((9,), seed=24) * 3)
     for w2 in (q @ w, w[:, perm], w * scale):
-        np.testing.assert_allclose(float(energy(w2, s=s, distance=distance, half_space=half)), e, rtol=1e-10)
+        np.testing.assert_allclose(float(energy(w2, s=s, distance=distance, half_space=half)), e,
+                                   rtol=1e-10)
 
 
 # ------------------------------------------------------------------ known values
@@ -205,7 +209,8 @@ def test_cosine_rounding_to_one_in_float32_is_finite():
     v = jnp.asarray(rand((64,), 40), jnp.float32)
     w = jnp.stack([v, v * (1 + 1e-7), -v], axis=1)  # c rounds to exactly ±1
     for s, distance, half in GRID:
-        value, grad = jax.value_and_grad(lambda w: energy(w, s=s, distance=distance, half_space=half))(w)
+        value, grad = jax.value_and_grad(
+            lambda w: energy(w, s=s, distance=distance, half_space=half))(w)
         assert np.isfinite(float(value)) and np.all(np.isfinite(grad))
 
 
@@ -235,7 +240,8 @@ def test_traced_s_equals_static_s():
     w = jnp.asarray(rand((6, 5), 51))
     for s, distance, half in GRID:
         traced = jax.jit(lambda w, s: energy(w, s=s, distance=distance, half_space=half))(w, s)
-        np.testing.assert_allclose(float(traced), float(energy(w, s=s, distance=distance, half_space=half)), rtol=1e-12)
+        np.testing.assert_allclose(
+            float(traced), float(energy(w, s=s, distance=distance, half_space=half)), rtol=1e-12)
         g1 = jax.grad(lambda w: energy(w, s=jnp.asarray(s), distance=distance, half_space=half))(w)
         g2 = jax.grad(lambda w: energy(w, s=s, distance=distance, half_space=half))(w)
         np.testing.assert_allclose(g1, g2, rtol=1e-10)
@@ -256,7 +262,8 @@ def test_sampled_energy_is_unbiased(half):
     full_v, full_g = jax.value_and_grad(lambda w: energy(w, s=1.0, half_space=half))(w)
     keys = jax.random.split(jax.random.key(0), 4000)
     vs, gs = jax.vmap(
-        lambda k: jax.value_and_grad(lambda w: energy(w, s=1.0, half_space=half, sample_size=3, key=k))(w)
+        lambda k: jax.value_and_grad(
+            lambda w: energy(w, s=1.0, half_space=half, sample_size=3, key=k))(w)
     )(keys)
     se = np.std(vs) / math.sqrt(len(vs))
     assert abs(float(np.mean(vs)) - float(full_v)) < 4 * se
@@ -264,7 +271,9 @@ def test_sampled_energy_is_unbiased(half):
     z = np.abs(np.mean(gs, axis=0) - full_g) / (g_se + 1e-12)
     assert np.mean(z < 4) > 0.97 and np.max(z) < 6
     # a full-size sample is the exact energy
-    np.testing.assert_allclose(float(energy(w, s=1.0, half_space=half, sample_size=8, key=keys[0])), float(full_v), rtol=1e-12)
+    np.testing.assert_allclose(
+        float(energy(w, s=1.0, half_space=half, sample_size=8, key=keys[0])), float(full_v),
+        rtol=1e-12)
 
 
 # ------------------------------------------------------------------ diagnostics

@@ -262,7 +262,7 @@ def test_large_s_minimiser_is_the_octahedron():
 @pytest.mark.parametrize("angle", [1e-4, 3e-4, 1e-3, 1e-2])
 def test_min_angle_of_close_pairs_in_float32(angle):
     rng = np.random.default_rng(13)
-    for trial in range(5):
+    for _ in range(5):
         q, _ = np.linalg.qr(rng.standard_normal((8, 8)))
         a, b = q[:, 0], q[:, 0] * math.cos(angle) + q[:, 1] * math.sin(angle)
         w = np.stack([a, b, q[:, 2], -q[:, 3]], axis=1) * rng.uniform(0.5, 2.0, 4)

@@ -87,7 +87,8 @@ def test_tiled_float64_matches_reference(case):
     np.testing.assert_allclose(float(v_dense), want, rtol=1e-9)
     np.testing.assert_allclose(float(v), want, rtol=1e-9)
     np.testing.assert_allclose(float(v), float(v_dense), rtol=1e-12)
-    np.testing.assert_allclose(g, g_dense, rtol=1e-10, atol=1e-12 * float(jnp.max(jnp.abs(g_dense))))
+    np.testing.assert_allclose(g, g_dense, rtol=1e-10,
+                               atol=1e-12 * float(jnp.max(jnp.abs(g_dense))))
 
 
 def test_tiled_gradient_matches_finite_differences():
@@ -256,7 +257,8 @@ def check(w, mesh, axis, **kw):
 rng = np.random.default_rng(0)
 mesh8 = Mesh(devices, ("x",))
 w = jnp.asarray(rng.standard_normal((5, 24)))
-grid = ([(s, d, h) for s in (0.0, 1.0, 2.0) for d in ("euclidean", "angular") for h in (False, True)]
+grid = ([(s, d, h) for s in (0.0, 1.0, 2.0) for d in ("euclidean", "angular")
+         for h in (False, True)]
         if FULL else [(0.0, "euclidean", False), (1.0, "angular", True)])
 for s, distance, half in grid:
     v = check(w, mesh8, "x", s=s, distance=distance, half_space=half)
@@ -275,7 +277,8 @@ if FULL:  # eager (op by op on 8 devices: slow to dispatch)
 key = jax.random.key(1)
 vs = float(jax.jit(lambda w, k: mhe_jax.sharded_hyperspherical_energy(
     w, mesh8, "x", s=1.0, sample_size=11, key=k))(w4, key))
-v0 = float(jax.jit(lambda w, k: mhe_jax.hyperspherical_energy(w, s=1.0, sample_size=11, key=k))(w4, key))
+v0 = float(jax.jit(
+    lambda w, k: mhe_jax.hyperspherical_energy(w, s=1.0, sample_size=11, key=k))(w4, key))
 worst = max(worst, abs(vs - v0) / v0)
 try:
     jax.eval_shape(lambda w: mhe_jax.sharded_hyperspherical_energy(w, mesh2d, "nope"), w4)

@@ -243,7 +243,8 @@ KILL_SCRIPT = textwrap.dedent("""
     cfg = apply_overrides(get_config("quickstart/half_mhe"), TINY + sys.argv[2:])
     r = run(cfg, sys.argv[1], progress=False)
     flat = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(nnx.state(r["model"])))[0]
-    np.savez(sys.argv[1] + "/final.npz", **{jax.tree_util.keystr(p): np.asarray(v) for p, v in flat})
+    np.savez(sys.argv[1] + "/final.npz",
+             **{jax.tree_util.keystr(p): np.asarray(v) for p, v in flat})
 """)
 
 
@@ -283,7 +284,8 @@ def _check_kills(tmp_path, kills, extra):
         np.testing.assert_array_equal(got[jax.tree_util.keystr(p)], np.asarray(v))
     res = json.loads((tmp_path / "killed" / "results.json").read_text())
     assert res["test_accuracy"] == ref["test_accuracy"]
-    log = [json.loads(line) for line in (tmp_path / "killed" / "log.jsonl").read_text().splitlines()]
+    log_lines = (tmp_path / "killed" / "log.jsonl").read_text().splitlines()
+    log = [json.loads(line) for line in log_lines]
     assert [e["step"] for e in log if "loss" in e] == list(range(1, res["steps"] + 1))
     return done
 

@@ -68,7 +68,7 @@ def test_thomson_known_minima(thomson_results, n):
 
 
 def test_result_fields_and_sphere(thomson_results):
-    for n, res in thomson_results.items():
+    for res in thomson_results.values():
         norms = np.linalg.norm(np.asarray(res.points), axis=1)
         np.testing.assert_allclose(norms, 1.0, rtol=0, atol=1e-12)
         assert res.points.dtype == jnp.float64
@@ -100,7 +100,7 @@ def test_energy_matches_core_convention(thomson_results):
 def test_average_pair_energy_increases(thomson_results):
     ns = sorted(thomson_results)
     avg = [float(thomson_results[n].energy) / math.comb(n, 2) for n in ns]
-    assert all(b > a for a, b in zip(avg, avg[1:])), avg
+    assert all(b > a for a, b in zip(avg, avg[1:], strict=False)), avg
 
 
 def test_deterministic_for_fixed_key():
@@ -269,7 +269,7 @@ def test_thomson_all_n_2_to_64():
         energies[n] = float(res.energy)
     assert not failures, failures
     avg = [energies[n] / math.comb(n, 2) for n in sorted(energies)]
-    assert all(b > a for a, b in zip(avg, avg[1:]))
+    assert all(b > a for a, b in zip(avg, avg[1:], strict=False))
 
 
 @pytest.mark.slow

@@ -18,8 +18,10 @@ from tests import helpers
 def make_params(dtype=jnp.float32, seed=0):
     k = jax.random.split(jax.random.key(seed), 4)
     return {
-        "conv": {"kernel": jax.random.normal(k[0], (3, 3, 2, 6), dtype), "bias": jnp.zeros(6, dtype)},
-        "Dense_0": {"kernel": jax.random.normal(k[1], (18, 8), dtype), "bias": jnp.zeros(8, dtype)},
+        "conv": {"kernel": jax.random.normal(k[0], (3, 3, 2, 6), dtype),
+                 "bias": jnp.zeros(6, dtype)},
+        "Dense_0": {"kernel": jax.random.normal(k[1], (18, 8), dtype),
+                    "bias": jnp.zeros(8, dtype)},
         "bn": {"scale": jnp.ones(8, dtype)},
         "head": {"kernel": jax.random.normal(k[2], (8, 5), dtype)},
     }
@@ -29,7 +31,8 @@ def loss_fn(params, x, y):
     h = jax.lax.conv_general_dilated(x, params["conv"]["kernel"], (1, 1), "VALID",
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
     h = jnp.tanh(h + params["conv"]["bias"]).reshape(x.shape[0], -1)[:, :18]
-    h = jnp.tanh(h @ params["Dense_0"]["kernel"] + params["Dense_0"]["bias"]) * params["bn"]["scale"]
+    h = (jnp.tanh(h @ params["Dense_0"]["kernel"] + params["Dense_0"]["bias"])
+         * params["bn"]["scale"])
     logits = h @ params["head"]["kernel"]
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
@@ -41,7 +44,8 @@ def batch(seed=1):
 
 CONFIGS = [
     dict(s=s, distance=d, half_space=h, output=o)
-    for s, d, h, o in itertools.product((0.0, 2.0), ("euclidean", "angular"), (False, True), (None, "head/kernel"))
+    for s, d, h, o in itertools.product((0.0, 2.0), ("euclidean", "angular"), (False, True),
+                                        (None, "head/kernel"))
 ]
 
 
@@ -82,7 +86,8 @@ def test_default_selection_and_masks():
     params = make_params()
     zero = jax.tree.map(jnp.zeros_like, params)
     u, _ = mhe_regularizer(1.0).update(zero, mhe_regularizer(1.0).init(params), params)
-    assert float(jnp.abs(u["conv"]["kernel"]).sum()) > 0 and float(jnp.abs(u["head"]["kernel"]).sum()) > 0
+    assert float(jnp.abs(u["conv"]["kernel"]).sum()) > 0
+    assert float(jnp.abs(u["head"]["kernel"]).sum()) > 0
     for leaf in (u["conv"]["bias"], u["Dense_0"]["bias"], u["bn"]["scale"]):
         assert float(jnp.abs(leaf).sum()) == 0
     mask = {"conv": {"kernel": False, "bias": False}, "Dense_0": True, "bn": False, "head": False}
@@ -138,16 +143,19 @@ def test_schedule_strength_follows_step():
 def test_inject_hyperparams():
     params = make_params()
     zero = jax.tree.map(jnp.zeros_like, params)
-    tx = optax.inject_hyperparams(mhe_regularizer, static_args=("sample_size", "neuron_axis", "output", "mask"))(
+    tx = optax.inject_hyperparams(
+        mhe_regularizer, static_args=("sample_size", "neuron_axis", "output", "mask"))(
         hidden_strength=1.0, output_strength=10.0, s=2.0, output="head/kernel", half_space=True)
     state = tx.init(params)
     u, state = jax.jit(tx.update)(zero, state, params)
-    want = jax.grad(lambda p: mhe_penalty(p, 1.0, 10.0, s=2.0, output="head/kernel", half_space=True))(params)
+    want = jax.grad(lambda p: mhe_penalty(p, 1.0, 10.0, s=2.0, output="head/kernel",
+                                          half_space=True))(params)
     chex.assert_trees_all_close(u, want, rtol=1e-5, atol=1e-7)
     state.hyperparams["hidden_strength"] = jnp.asarray(0.5)
     state.hyperparams["s"] = jnp.asarray(0.0)
     u, state = jax.jit(tx.update)(zero, state, params)
-    want = jax.grad(lambda p: mhe_penalty(p, 0.5, 10.0, s=0.0, output="head/kernel", half_space=True))(params)
+    want = jax.grad(lambda p: mhe_penalty(p, 0.5, 10.0, s=0.0, output="head/kernel",
+                                          half_space=True))(params)
     chex.assert_trees_all_close(u, want, rtol=1e-5, atol=1e-7)
 
 
@@ -161,16 +169,19 @@ def test_multisteps_masked_and_apply_if_finite():
     u, state = tx.update(g, state, params)
     assert all(float(jnp.abs(v).sum()) == 0 for v in jax.tree.leaves(u))  # accumulating
     u, state = tx.update(g, state, params)
-    chex.assert_trees_all_close(u, jax.tree.map(lambda a, b: -(a + b), g, reg), rtol=1e-5, atol=1e-7)
+    chex.assert_trees_all_close(u, jax.tree.map(lambda a, b: -(a + b), g, reg),
+                                rtol=1e-5, atol=1e-7)
 
     mask = {"conv": {"kernel": False, "bias": False}, "Dense_0": {"kernel": True, "bias": False},
             "bn": {"scale": False}, "head": {"kernel": True}}
     tx = optax.masked(mhe_regularizer(1.0), mask)
     u, _ = tx.update(g, tx.init(params), params)
-    np.testing.assert_allclose(u["Dense_0"]["kernel"], g["Dense_0"]["kernel"] + reg["Dense_0"]["kernel"], rtol=1e-5)
+    np.testing.assert_allclose(u["Dense_0"]["kernel"],
+                               g["Dense_0"]["kernel"] + reg["Dense_0"]["kernel"], rtol=1e-5)
     np.testing.assert_array_equal(u["conv"]["kernel"], g["conv"]["kernel"])
 
-    tx = optax.apply_if_finite(optax.chain(mhe_regularizer(1.0), optax.sgd(1.0)), max_consecutive_errors=2)
+    tx = optax.apply_if_finite(optax.chain(mhe_regularizer(1.0), optax.sgd(1.0)),
+                               max_consecutive_errors=2)
     u, state = tx.update(g, tx.init(params), params)
     assert bool(state.last_finite)
 
@@ -207,7 +218,8 @@ def test_sampling_is_reproducible_and_changes_with_step():
 
 def test_no_retrace_and_bf16_preserved():
     params = make_params(jnp.bfloat16)
-    tx = optax.chain(mhe_regularizer(1.0, 10.0, output="head/kernel", half_space=True), optax.sgd(0.1))
+    tx = optax.chain(mhe_regularizer(1.0, 10.0, output="head/kernel", half_space=True),
+                     optax.sgd(0.1))
     state = tx.init(params)
 
     @jax.jit
@@ -245,9 +257,11 @@ class SmallCNN(nnx.Module):
 
 def test_nnx_optimizer_regularizer_only_lowers_energies():
     model = SmallCNN(nnx.Rngs(0))
-    tx = optax.chain(mhe_regularizer(1.0, 1.0, output="classifier/kernel", half_space=True), optax.sgd(0.05))
+    tx = optax.chain(mhe_regularizer(1.0, 1.0, output="classifier/kernel", half_space=True),
+                     optax.sgd(0.05))
     opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
-    before = mhe_jax.layer_energies(nnx.state(model, nnx.Param), output="classifier/kernel", half_space=True)
+    before = mhe_jax.layer_energies(nnx.state(model, nnx.Param), output="classifier/kernel",
+                                    half_space=True)
     assert set(before) == {"conv/kernel", "dense/kernel", "classifier/kernel"}
     bias0 = np.asarray(model.dense.bias[...])
 
@@ -258,21 +272,24 @@ def test_nnx_optimizer_regularizer_only_lowers_energies():
 
     for _ in range(300):
         step(model, opt)
-    after = mhe_jax.layer_energies(nnx.state(model, nnx.Param), output="classifier/kernel", half_space=True)
+    after = mhe_jax.layer_energies(nnx.state(model, nnx.Param), output="classifier/kernel",
+                                   half_space=True)
     for path in before:
         assert float(after[path].energy) < float(before[path].energy) - 1e-3, path
         assert float(after[path].min_angle) > float(before[path].min_angle)
     np.testing.assert_array_equal(np.asarray(model.dense.bias[...]), bias0)
     # the penalty also reads nnx.State and its pure form
     st = nnx.state(model, nnx.Param)
-    np.testing.assert_allclose(float(mhe_penalty(st, 1.0)), float(mhe_penalty(nnx.as_pure(st), 1.0)), rtol=1e-6)
+    np.testing.assert_allclose(float(mhe_penalty(st, 1.0)),
+                               float(mhe_penalty(nnx.as_pure(st), 1.0)), rtol=1e-6)
 
 
 def test_layer_energies_values():
     params = jax.tree.map(lambda a: np.asarray(a, np.float64), make_params())
     stats = mhe_jax.layer_energies(params, s=0.0, half_space=True, output="head/kernel")
     np.testing.assert_allclose(float(stats["conv/kernel"].energy),
-                               helpers.np_energy(params["conv"]["kernel"], 0.0, half_space=True), rtol=1e-9)
+                               helpers.np_energy(params["conv"]["kernel"], 0.0, half_space=True),
+                               rtol=1e-9)
     np.testing.assert_allclose(float(stats["head/kernel"].energy),
                                helpers.np_energy(params["head"]["kernel"], 0.0), rtol=1e-9)
 
@@ -281,12 +298,16 @@ def test_baselines():
     params = jax.tree.map(lambda a: np.asarray(a, np.float64), make_params())
     w = params["Dense_0"]["kernel"]
     u = helpers.unit(w)
-    np.testing.assert_allclose(float(mhe_jax.orthonormal_penalty(w)), np.sum((u.T @ u - np.eye(8)) ** 2), rtol=1e-10)
-    np.testing.assert_allclose(float(mhe_jax.orthonormal_penalty(w, normalize=False)), np.sum((w.T @ w - np.eye(8)) ** 2), rtol=1e-10)
+    np.testing.assert_allclose(float(mhe_jax.orthonormal_penalty(w)),
+                               np.sum((u.T @ u - np.eye(8)) ** 2), rtol=1e-10)
+    np.testing.assert_allclose(float(mhe_jax.orthonormal_penalty(w, normalize=False)),
+                               np.sum((w.T @ w - np.eye(8)) ** 2), rtol=1e-10)
     c = u.T @ u
     off = ~np.eye(8, dtype=bool)
-    np.testing.assert_allclose(float(mhe_jax.orthogonality_penalty(w)), np.abs(c[off]).sum(), rtol=1e-10)
-    np.testing.assert_allclose(float(mhe_jax.orthogonality_penalty(w, power=2)), (c[off] ** 2).sum(), rtol=1e-10)
+    np.testing.assert_allclose(float(mhe_jax.orthogonality_penalty(w)), np.abs(c[off]).sum(),
+                               rtol=1e-10)
+    np.testing.assert_allclose(float(mhe_jax.orthogonality_penalty(w, power=2)),
+                               (c[off] ** 2).sum(), rtol=1e-10)
     assert float(mhe_jax.orthonormal_penalty(np.eye(4))) == 0.0
     zero = jax.tree.map(np.zeros_like, params)
     for tx, fn in [
@@ -295,7 +316,8 @@ def test_baselines():
     ]:
         upd, _ = tx.update(zero, tx.init(params), params)
         for k in ("conv", "Dense_0", "head"):
-            np.testing.assert_allclose(upd[k]["kernel"], 0.3 * jax.grad(fn)(params[k]["kernel"]), rtol=1e-9)
+            np.testing.assert_allclose(upd[k]["kernel"], 0.3 * jax.grad(fn)(params[k]["kernel"]),
+                                       rtol=1e-9)
         assert float(np.abs(upd["conv"]["bias"]).sum()) == 0
     with pytest.raises(ValueError, match="power"):
         mhe_jax.orthogonality_regularizer(1.0, power=3)
@@ -385,7 +407,8 @@ def test_nnx_attention_model_right_neurons_and_untouched_leaves():
     def hand(p, qkv_mixed=False):
         a = p["attn"]
         # q/k/v (in, heads, head_dim): heads·head_dim = 8 neurons in R^6; out (heads, hd, out)
-        qkv = [a[n]["kernel"].reshape((12, 4) if qkv_mixed else (6, 8)) for n in ("query", "key", "value")]
+        qkv = [a[n]["kernel"].reshape((12, 4) if qkv_mixed else (6, 8))
+               for n in ("query", "key", "value")]
         hidden = [p["conv"]["kernel"].reshape(-1, 6), *qkv, a["out"]["kernel"].reshape(8, 6),
                   p["linear"]["kernel"]]
         return ref.penalty(hidden, [p["head"]["kernel"]], 0.5, 2.0, s=1.0)
@@ -422,7 +445,8 @@ def test_inject_hyperparams_without_static_args_strength_changed_mid_run():
     step = jax.jit(tx.update)
 
     def want(lam_h):
-        return jax.grad(lambda p: mhe_penalty(p, lam_h, 10.0, output="head", half_space=True))(params)
+        return jax.grad(lambda p: mhe_penalty(p, lam_h, 10.0, output="head",
+                                              half_space=True))(params)
 
     u, state = step(zero, state, params)
     chex.assert_trees_all_close(u, want(1.0), rtol=1e-5, atol=1e-7)
@@ -441,7 +465,8 @@ def test_inject_hyperparams_without_static_args_strength_changed_mid_run():
         u, state = jax.jit(tx.update)(zero, state, params)
         assert float(state.hyperparams["hidden_strength"]) == pytest.approx(lam)
     # structural ints would be injected as arrays: a clear error at init, naming them
-    for kwargs, name in [(dict(sample_size=4), "sample_size"), (dict(neuron_axis=0), "neuron_axis")]:
+    for kwargs, name in [(dict(sample_size=4), "sample_size"),
+                         (dict(neuron_axis=0), "neuron_axis")]:
         with pytest.raises(TypeError, match=f"{name}.*static_args"):
             optax.inject_hyperparams(mhe_regularizer)(1.0, **kwargs).init(params)
     tx = optax.inject_hyperparams(mhe_regularizer)(1.0, neuron_axis=(-1,))  # the tuple form works
@@ -473,7 +498,8 @@ def test_none_leaves_pass_through():
     (dict(hidden_strength=float("nan")), ValueError, "hidden_strength"),
     (dict(hidden_strength=None), ValueError, "hidden_strength"),
     (dict(hidden_strength=1.0, output_strength=-2.0, output="head"), ValueError, "output_strength"),
-    (dict(hidden_strength=1.0, output_strength=(1.0,), output="head"), TypeError, "output_strength"),
+    (dict(hidden_strength=1.0, output_strength=(1.0,), output="head"), TypeError,
+     "output_strength"),
     (dict(hidden_strength=1.0, seed="a"), TypeError, "seed"),
     (dict(hidden_strength=1.0, max_norm=-1.0), ValueError, "max_norm"),
     (dict(hidden_strength=1.0, eps=-1.0), ValueError, "eps"),
@@ -540,7 +566,8 @@ def test_layer_energies_as_floats_in_degrees():
                                helpers.np_energy(params["head"]["kernel"], 0.0), rtol=1e-9)
     U = helpers.unit(params["Dense_0"]["kernel"])
     c = (U.T @ U)[~np.eye(8, dtype=bool)]
-    assert floats["Dense_0/kernel"]["min_angle_deg"] == pytest.approx(np.degrees(np.arccos(c.max())))
+    assert floats["Dense_0/kernel"]["min_angle_deg"] == pytest.approx(
+        np.degrees(np.arccos(c.max())))
     jitted = jax.jit(lambda p: mhe_jax.layer_energies(p, output="head"))(params)
     assert mhe_jax.energies_as_floats(jitted)["head/kernel"] == pytest.approx(
         mhe_jax.layer_energies(params, output="head", as_floats=True, degrees=True)["head/kernel"])
