@@ -15,27 +15,22 @@
 # with `mhe_jax.sphere.minimize_energy` and compares with the best known minima.
 
 # %%
-# Colab, or anywhere mhe_jax is missing: install it from its repository. Nothing is installed
-# when mhe_jax is importable (installed, or CI's smoke run) or when this runs from notebooks/ of
-# a source checkout, which imports the package from the parent directory.
+# Colab, or anywhere mhe_jax is missing: install it from its repository. Run from notebooks/ of a
+# source checkout, the notebook imports the package of the parent directory instead; smoke mode
+# (CI) never installs anything (the next cell's import fails if mhe_jax is missing).
 import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-if importlib.util.find_spec("mhe_jax") is None:
-    if (Path.cwd().parent / "mhe_jax" / "__init__.py").is_file():
-        sys.path.insert(0, str(Path.cwd().parent))
-    elif os.environ.get("MHE_JAX_SMOKE"):
-        raise ImportError("mhe_jax is not importable, and smoke mode installs nothing")
-    else:
-        subprocess.check_call([sys.executable, "-m", "pip", "install", "-q",
-                               "mhe_jax[models] @ git+https://github.com/placeholder-owner/mhe_jax"])
+sys.path += [str(Path.cwd().parent)] if Path("../mhe_jax/__init__.py").is_file() else []
+if importlib.util.find_spec("mhe_jax") is None and not os.environ.get("MHE_JAX_SMOKE"):
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q",
+                           "mhe_jax[models] @ git+https://github.com/placeholder-owner/mhe_jax"])
 
 # %%
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -46,25 +41,13 @@ import numpy as np
 import optax
 
 import mhe_jax
+from mhe_jax.experiments import notebook_setup
 from mhe_jax.sphere import minimize_energy
 
 # MHE_JAX_SMOKE=1: tiny sizes, no network, small or synthetic data (CI runs every notebook so).
-SMOKE = os.environ.get("MHE_JAX_SMOKE", "").strip().lower() not in ("", "0", "false", "no")
-# Figures are shown inline and also saved here (MHE_JAX_NOTEBOOK_OUT, else a fresh temp dir).
-OUT_DIR = Path(os.environ.get("MHE_JAX_NOTEBOOK_OUT")
-               or tempfile.mkdtemp(prefix="mhe_jax_02_"))
-OUT_DIR.mkdir(parents=True, exist_ok=True)
-T_START = time.perf_counter()
-
-
-def show(fig, name):
-    """Save ``fig`` as OUT_DIR/<name>.png, then display it inline."""
-    fig.savefig(OUT_DIR / f"{name}.png", dpi=100, bbox_inches="tight")
-    plt.show()
-
-
-print(f"mhe_jax {mhe_jax.__version__}, jax {jax.__version__}, devices {jax.devices()}")
-print(f"smoke mode: {SMOKE}; figures are saved to {OUT_DIR}")
+# Figures are shown inline and saved to MHE_JAX_NOTEBOOK_OUT (default: a fresh temp folder);
+# show(fig, name) saves one as <name>.png and displays it.
+SMOKE, OUT_DIR, show, T_START = notebook_setup("02_thomson_and_figure1")
 
 # %% [markdown]
 # ## 1. Figure 1: 10 neurons on $S^2$

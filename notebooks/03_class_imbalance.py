@@ -28,46 +28,35 @@
 # class.
 
 # %%
-# Colab, or anywhere mhe_jax is missing: install it from its repository. Nothing is installed
-# when mhe_jax is importable (installed, or CI's smoke run) or when this runs from notebooks/ of
-# a source checkout, which imports the package from the parent directory.
+# Colab, or anywhere mhe_jax is missing: install it from its repository. Run from notebooks/ of a
+# source checkout, the notebook imports the package of the parent directory instead; smoke mode
+# (CI) never installs anything (the next cell's import fails if mhe_jax is missing).
 import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-if importlib.util.find_spec("mhe_jax") is None:
-    if (Path.cwd().parent / "mhe_jax" / "__init__.py").is_file():
-        sys.path.insert(0, str(Path.cwd().parent))
-    elif os.environ.get("MHE_JAX_SMOKE"):
-        raise ImportError("mhe_jax is not importable, and smoke mode installs nothing")
-    else:
-        subprocess.check_call([sys.executable, "-m", "pip", "install", "-q",
-                               "mhe_jax[models] @ git+https://github.com/placeholder-owner/mhe_jax"])
+sys.path += [str(Path.cwd().parent)] if Path("../mhe_jax/__init__.py").is_file() else []
+if importlib.util.find_spec("mhe_jax") is None and not os.environ.get("MHE_JAX_SMOKE"):
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q",
+                           "mhe_jax[models] @ git+https://github.com/placeholder-owner/mhe_jax"])
 
 # %%
 import os
-import tempfile
 import time
 from pathlib import Path
 
-import jax
 from IPython.display import Image, Markdown, display
 
 import mhe_jax
-from mhe_jax.experiments import apply_overrides, get_config
+from mhe_jax.experiments import apply_overrides, get_config, notebook_setup
 from mhe_jax.experiments.fig4 import run_fig4
 
 # MHE_JAX_SMOKE=1: tiny sizes, no network, small or synthetic data (CI runs every notebook so).
-SMOKE = os.environ.get("MHE_JAX_SMOKE", "").strip().lower() not in ("", "0", "false", "no")
-# Figures are shown inline and also saved here (MHE_JAX_NOTEBOOK_OUT, else a fresh temp dir).
-OUT_DIR = Path(os.environ.get("MHE_JAX_NOTEBOOK_OUT")
-               or tempfile.mkdtemp(prefix="mhe_jax_03_"))
-OUT_DIR.mkdir(parents=True, exist_ok=True)
-T_START = time.perf_counter()
-print(f"mhe_jax {mhe_jax.__version__}, jax {jax.__version__}, devices {jax.devices()}")
-print(f"smoke mode: {SMOKE}; figures are saved to {OUT_DIR}")
+# Figures are shown inline and saved to MHE_JAX_NOTEBOOK_OUT (default: a fresh temp folder);
+# show(fig, name) saves one as <name>.png and displays it.
+SMOKE, OUT_DIR, show, T_START = notebook_setup("03_class_imbalance")
 
 # %%
 DATA_DIR = os.environ.get("MHE_JAX_DATA")  # where a local MNIST copy may be; None: the cache

@@ -1,4 +1,5 @@
-"""Experiments: named configs for the paper's tables, a runner, reports, and the CLI."""
+"""Experiments: named configs for the paper's tables, a runner, reports, the CLI and the
+notebooks' setup."""
 
 from mhe_jax.experiments.configs import (
     CONFIGS as CONFIGS,
@@ -11,4 +12,9 @@ from mhe_jax.experiments.configs import (
     RegularizerConfig as RegularizerConfig,
     apply_overrides as apply_overrides,
     get_config as get_config,
+)
+from mhe_jax.experiments.notebook import (
+    NotebookEnv as NotebookEnv,
+    notebook_setup as notebook_setup,
+    smoke_mode as smoke_mode,
 )
