@@ -91,3 +91,16 @@ def np_point_energy(x, s=1.0, distance="euclidean"):
     else:
         r = np.arccos(np.clip(np.sum(x[i] * x[j], axis=1), -1, 1))
     return float(np.sum(-np.log(r) if s == 0 else r ** (-s)))
+
+
+# Bad values of the arguments every mhe_jax.sphere solver checks alike (n, dim, s, distance):
+# (kwargs, exception type, message) rows, shared by test_sphere's and test_basin's
+# test_bad_arguments. Tests must not mutate the dicts (copy them: {**kwargs, ...}).
+SPHERE_BAD_ARGUMENTS = [
+    (dict(n=1), ValueError, "n must be >= 2"),
+    (dict(n=2.5), TypeError, "n must be an int"),
+    (dict(n=4, dim=1), ValueError, "dim must be >= 2"),
+    (dict(n=4, s=-1.0), ValueError, "s must be"),
+    (dict(n=4, s=float("nan")), ValueError, "s must be"),
+    (dict(n=4, distance="cosine"), ValueError, "distance must be one of"),
+]

@@ -169,11 +169,7 @@ def test_log_objective_matches_the_energy():
 @pytest.mark.parametrize(
     "kwargs,exc,match",
     [
-        (dict(n=1), ValueError, "n must be >= 2"),
-        (dict(n=2.5), TypeError, "n must be an int"),
-        (dict(n=4, dim=1), ValueError, "dim must be >= 2"),
-        (dict(n=4, s=-1.0), ValueError, "s must be"),
-        (dict(n=4, distance="cosine"), ValueError, "distance must be one of"),
+        *helpers.SPHERE_BAD_ARGUMENTS,
         (dict(n=4, key="a"), TypeError, "key must be"),
         (dict(n=4, key=True), TypeError, "key must be"),
         (dict(n=4, hops=-1), ValueError, "hops must be >= 0"),
@@ -197,9 +193,8 @@ def test_log_objective_matches_the_energy():
     ],
 )
 def test_bad_arguments(kwargs, exc, match):
-    kwargs.setdefault("key", 0)
     with pytest.raises(exc, match=match):
-        basin_hopping(**kwargs)
+        basin_hopping(**{"key": 0, **kwargs})
 
 
 def test_key_is_required():

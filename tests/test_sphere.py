@@ -214,12 +214,7 @@ def test_tammes_other_dimensions():
 @pytest.mark.parametrize(
     "kwargs,exc,match",
     [
-        (dict(n=1), ValueError, "n must be >= 2"),
-        (dict(n=2.5), TypeError, "n must be an int"),
-        (dict(n=4, dim=1), ValueError, "dim must be >= 2"),
-        (dict(n=4, s=-1.0), ValueError, "s must be"),
-        (dict(n=4, s=float("nan")), ValueError, "s must be"),
-        (dict(n=4, distance="cosine"), ValueError, "distance must be one of"),
+        *helpers.SPHERE_BAD_ARGUMENTS,
         (dict(n=4, restarts=0), ValueError, "restarts must be >= 1"),
         (dict(n=4, init=np.ones((5, 3))), ValueError, "init must have shape"),
         (dict(n=4, init=np.ones((2, 4, 2))), ValueError, "init must have shape"),
