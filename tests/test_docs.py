@@ -102,14 +102,7 @@ def _resolve(path: str) -> object:
     return getattr(importlib.import_module(module), name)
 
 
-# Known gaps (issue 14 stays open until they are filled): xfail, not skipped, so they report
-# XPASS as soon as an example lands.
-MISSING_EXAMPLES = {"mhe_jax.train.fit"}
-
-
-@pytest.mark.parametrize("path", [
-    pytest.param(p, marks=pytest.mark.xfail(reason="issue 14: Examples block still missing"))
-    if p in MISSING_EXAMPLES else p for p in MAIN_FUNCTIONS])
+@pytest.mark.parametrize("path", MAIN_FUNCTIONS)
 def test_main_functions_show_an_example(path):
     doc = inspect.getdoc(_resolve(path)) or ""
     assert "Examples:" in doc and ">>>" in doc, f"{path} has no doctest `Examples:` block"

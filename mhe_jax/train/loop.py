@@ -11,6 +11,7 @@ import jax
 import numpy as np
 
 from mhe_jax.data import normalize
+from mhe_jax.train.checkpoint import Checkpointer
 
 __all__ = ["Every", "fit", "predict_features"]
 
@@ -24,7 +25,8 @@ class Every(NamedTuple):
 
 def fit(model: nnx.Module, optimizer: nnx.Optimizer, batches: Iterable, *, steps: int,
         train_step: Callable, log_every: int | None = None, evals: Sequence[Every] = (),
-        loggers: Sequence[Callable[[dict], None]] = (), checkpointer=None) -> dict:
+        loggers: Sequence[Callable[[dict], None]] = (),
+        checkpointer: Checkpointer | None = None) -> dict:
     """Train ``model`` from ``optimizer.step`` up to ``steps`` steps.
 
     Args:
@@ -48,8 +50,39 @@ def fit(model: nnx.Module, optimizer: nnx.Optimizer, batches: Iterable, *, steps
       "steps", "seconds" (training time, without the final evaluations)}``.
 
     Examples:
-        See ``examples`` in the README: an own NNX model, ``optax`` optimizer with
-        ``mhe_jax.mhe_regularizer``, and a plain batch generator.
+        An own NNX model, an ``optax`` chain with :func:`mhe_jax.mhe_regularizer` (λ_h = λ_o = 1,
+        the classifier kernel named by ``output=``) and a plain generator of random batches:
+
+        >>> import numpy as np, optax, mhe_jax
+        >>> from flax import nnx
+        >>> from mhe_jax.train import fit
+        >>> class MLP(nnx.Module):
+        ...     def __init__(self, rngs):
+        ...         self.hidden = nnx.Linear(4, 8, rngs=rngs)
+        ...         self.out = nnx.Linear(8, 3, rngs=rngs)
+        ...     def __call__(self, x):
+        ...         return self.out(nnx.relu(self.hidden(x)))
+        >>> model = MLP(nnx.Rngs(0))
+        >>> tx = optax.chain(mhe_jax.mhe_regularizer(1.0, 1.0, output="out/kernel"),
+        ...                  optax.sgd(0.1))
+        >>> optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+        >>> @nnx.jit
+        ... def train_step(model, optimizer, batch):
+        ...     x, y = batch
+        ...     def loss_fn(m):
+        ...         return optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
+        ...     loss, grads = nnx.value_and_grad(loss_fn)(model)
+        ...     optimizer.update(model, grads)  # the regularizer reads the params from here
+        ...     return {"loss": loss}
+        >>> def batches(rng=np.random.default_rng(0)):  # x (16, 4), integer labels (16,)
+        ...     while True:
+        ...         yield rng.normal(size=(16, 4)).astype(np.float32), rng.integers(0, 3, 16)
+        >>> result = fit(model, optimizer, batches(), steps=3, train_step=train_step,
+        ...              log_every=1)
+        >>> [record["step"] for record in result["history"]], int(optimizer.step[...])
+        ([1, 2, 3], 3)
+        >>> sorted(result["history"][-1]), result["start_step"]
+        (['loss', 'step'], 0)
     """
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
         raise ValueError(f"steps must be an int >= 0, got {steps!r}")
@@ -99,7 +132,7 @@ def fit(model: nnx.Module, optimizer: nnx.Optimizer, batches: Iterable, *, steps
             "seconds": seconds}
 
 
-def predict_features(model, x, *, batch_size: int = 500) -> np.ndarray:
+def predict_features(model: nnx.Module, x: np.ndarray, *, batch_size: int = 500) -> np.ndarray:
     """``model.features`` on ``x`` (uint8 images) in eval mode, as a NumPy array."""
     fn = nnx.jit(lambda m, xb: m.features(normalize(xb)))
     model.eval()
