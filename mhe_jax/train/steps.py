@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from mhe_jax.data import augment_batch, normalize
 from mhe_jax.train.losses import official_cross_entropy
@@ -73,8 +74,9 @@ def make_steps(
     return StepFns(train_step, eval_step)
 
 
-def evaluate(model, eval_step, x, y, *, batch_size: int = 500, num_classes: int | None = None,
-             put=None) -> dict:
+def evaluate(model: nnx.Module, eval_step: Callable[[nnx.Module, Any], ArrayLike],
+             x: np.ndarray, y: ArrayLike, *, batch_size: int = 500,
+             num_classes: int | None = None, put: DataParallel | None = None) -> dict:
     """Accuracy on ``(x, y)`` in eval mode, overall and per class (NaN for an absent class)."""
     model.eval()
     preds = []
@@ -92,11 +94,13 @@ def evaluate(model, eval_step, x, y, *, batch_size: int = 500, num_classes: int 
     return {"accuracy": float(np.mean(pred == y)), "per_class_accuracy": per_class}
 
 
-def accuracy_eval(eval_step, x, y, *, num_classes: int | None = None, batch_size: int = 500,
-                  put=None, prefix: str = "test") -> Callable[[nnx.Module], dict]:
+def accuracy_eval(eval_step: Callable[[nnx.Module, Any], ArrayLike], x: np.ndarray,
+                  y: ArrayLike, *, num_classes: int | None = None, batch_size: int = 500,
+                  put: DataParallel | None = None,
+                  prefix: str = "test") -> Callable[[nnx.Module], dict]:
     """``fn(model) -> {"<prefix>_accuracy", "<prefix>_per_class_accuracy"}`` for ``fit(evals=)``."""
 
-    def fn(model):
+    def fn(model: nnx.Module) -> dict:
         ev = evaluate(model, eval_step, x, y, batch_size=batch_size, num_classes=num_classes,
                       put=put)
         return {f"{prefix}_accuracy": ev["accuracy"],
@@ -108,7 +112,8 @@ def accuracy_eval(eval_step, x, y, *, num_classes: int | None = None, batch_size
 class DataParallel:
     """Shard batches over all local devices along a ``data`` mesh axis; replicate the model."""
 
-    def __init__(self, devices=None):
+    # jax.Device is a runtime alias (a variable to type checkers), hence Sequence[Any].
+    def __init__(self, devices: Sequence[Any] | None = None):
         devices = devices if devices is not None else jax.local_devices()
         self.num_devices = len(devices)
         self.mesh = jax.make_mesh((self.num_devices,), ("data",), devices=devices,
@@ -116,13 +121,14 @@ class DataParallel:
         self.batch = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("data"))
         self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
 
-    def __call__(self, array):
+    def __call__(self, array: jax.Array | np.ndarray) -> jax.Array:
         if array.shape[0] % self.num_devices:
             raise ValueError(
                 f"batch size {array.shape[0]} is not divisible by the {self.num_devices} devices"
             )
         return jax.device_put(array, self.batch)
 
-    def replicate(self, *modules):
+    def replicate(self, *modules: nnx.Module) -> None:
+        """Put every array of each module's state on all devices (replicated), in place."""
         for m in modules:
             nnx.update(m, jax.device_put(nnx.state(m), self.replicated))
