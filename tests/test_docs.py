@@ -160,8 +160,6 @@ def _missing_annotations(function) -> list[str]:
     return missing
 
 
-@pytest.mark.xfail(reason="issue 14: 30 public functions (train/, models/, configs) still lack "
-                   "type hints (listed on failure)")
 def test_public_api_is_fully_annotated():
     gaps = []
     for path in _public_paths():
