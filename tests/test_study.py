@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import jax
 import numpy as np
 import pytest
 
@@ -270,6 +271,18 @@ def test_study_grid_resumes_a_half_finished_grid(tmp_path, monkeypatch, capsys):
     assert all("training" in line for line in printed[1:])
     assert done.read_bytes() == finished_bytes  # not retrained
     assert json.loads((half / "results.json").read_text())["resumed_from"] == 2
+    # every run's log starts with the initialization (once, also in the resumed run)
+    _, model = _tiny_model()  # seed 0's model before training
+    init = _initial_stats(model)
+    for run_dir in (done.parent, half):
+        run = study.load_run(run_dir)
+        assert [r["step"] for r in study.layer_records(run)] == [0, 2, 4]
+        for path, st in study.layer_records(run)[0]["layers"].items():
+            assert st["energy_full"] == pytest.approx(init[path]["energy"], rel=1e-5)
+            assert st["min_angle_deg"] == pytest.approx(init[path]["min_angle_deg"], abs=1e-3)
+            assert {"is_output", "neurons", "dim"} <= set(st)
+        assert 0.0 <= run.results["train_accuracy"] <= 1.0  # the training set, evaluated
+        assert study.final_train_accuracy(run) == run.results["train_accuracy"]
     for seed, method in ((1, "baseline"), (1, "mhe")):
         res = json.loads((study.run_dir_for(out, "quickstart", method, seed) / "results.json")
                          .read_text())
@@ -304,6 +317,34 @@ def test_quickstart_figure_from_synthetic_runs(tmp_path):
     shapes = {p: (10 if p.startswith("classifier") else 4, 27) for p in LAYERS}
     png = report.plot_quickstart(runs, tmp_path / "q.png", layer_shapes=shapes, title="t")
     assert png.stat().st_size > 30_000
+    fig = report.quickstart_figure(runs, layer_shapes=shapes, title="t")
+    axes = {ax.get_gid(): ax for ax in fig.get_axes() if ax.get_gid()}
+    methods = ["baseline", "mhe", "half_mhe"]
+
+    def method_lines(ax):
+        return {ln.get_gid(): ln for ln in ax.get_lines() if ln.get_gid() in methods}
+
+    def optimum_lines(ax):
+        return [ln.get_ydata()[0] for ln in ax.get_lines() if ln.get_gid() == "optimum"]
+
+    for path in LAYERS:  # one panel per layer and quantity, one curve per method, from step 0
+        n = shapes[path][0]
+        for kind in ("angle", "energy"):
+            lines = method_lines(axes[f"{kind}:{path}"])
+            assert sorted(lines) == sorted(methods)
+            assert all(ln.get_xdata()[0] == 0 for ln in lines.values())
+        assert optimum_lines(axes[f"angle:{path}"]) == pytest.approx(
+            [report.simplex_angle_deg(n)])
+        energy = method_lines(axes[f"energy:{path}"])["half_mhe"].get_ydata()  # full space
+        assert energy[0] == pytest.approx(0.5 - report.simplex_energy(n))
+        assert axes[f"energy:{path}"].get_yscale() == "log"
+    assert optimum_lines(axes["summary:classifier_angle"]) == pytest.approx([96.379], abs=1e-3)
+    hidden = method_lines(axes["summary:hidden_angle"])["mhe"]  # mean over the hidden layers
+    assert hidden.get_xdata()[0] == 0 and hidden.get_ydata()[0] == pytest.approx(70 + 2)
+    acc = axes["summary:accuracy"]  # a bar per method, with error bars over the two seeds
+    assert [b.get_gid() for b in acc.patches] == methods
+    assert acc.patches[0].get_height() == pytest.approx(100 - 10.5)
+    assert sum(type(c).__name__ == "ErrorbarContainer" for c in acc.containers) == 3
     with pytest.raises(ValueError, match="per-layer records"):
         old = study.load_run(make_run(tmp_path / "x", "mhe", 0, 1.0, steps=5, flat=True))
         report.plot_quickstart([old], tmp_path / "none.png")
@@ -319,3 +360,75 @@ def test_optimum_references():
         assert report.simplex_energy(n) == pytest.approx(float(st.energy), rel=1e-6)
         assert report.simplex_angle_deg(n) == pytest.approx(math.degrees(float(st.min_angle)),
                                                             abs=1e-4)
+
+
+# ----------------------------------------------------------------------------- runner's records
+
+
+def _tiny_model():
+    from mhe_jax.experiments.configs import apply_overrides, get_config
+    from mhe_jax.experiments.runner import build_model
+
+    cfg = apply_overrides(get_config("quickstart/half_mhe"), TINY)
+    return cfg, build_model(cfg, 10, 1, 8)
+
+
+def _initial_stats(model) -> dict:
+    import flax.nnx as nnx
+
+    import mhe_jax
+
+    params = nnx.state(model, nnx.Param)
+    return mhe_jax.layer_energies(params, output="classifier/kernel", as_floats=True,
+                                  degrees=True)
+
+
+def test_energy_logger_records_full_space_energy_role_and_shape():
+    """Beside the run's own energy: the full-space one, the layer's role and its (N, d); a
+    half-space run's hidden energies differ from their full-space ones, a full-space run logs
+    one energy twice."""
+    import flax.nnx as nnx
+
+    import mhe_jax
+    from mhe_jax.experiments.configs import get_config
+    from mhe_jax.experiments.runner import build_regularizer
+    from mhe_jax.train import energy_logger
+
+    cfg, model = _tiny_model()
+    _, half_options = build_regularizer(cfg.regularizer, model.output_path)
+    _, full_options = build_regularizer(get_config("quickstart/mhe").regularizer,
+                                        model.output_path)
+    assert half_options["half_space"] is True and full_options["half_space"] is False
+    half = energy_logger(**half_options)(model)["layers"]
+    full = energy_logger(**full_options)(model)["layers"]
+    init = _initial_stats(model)
+    kernels = {mhe_jax.path_str(kp): np.shape(v) for kp, v in
+               jax.tree_util.tree_flatten_with_path(nnx.state(model, nnx.Param))[0]}
+    assert set(half) == set(full) == set(init) and len(half) == 11  # 9 convs, fc, classifier
+    for path, st in half.items():
+        shape = kernels[path]
+        assert (st["neurons"], st["dim"]) == (shape[-1], math.prod(shape[:-1]))
+        assert st["is_output"] == (path == "classifier/kernel") == full[path]["is_output"]
+        assert st["energy_full"] == pytest.approx(init[path]["energy"], rel=1e-5)
+        assert full[path]["energy"] == full[path]["energy_full"] == pytest.approx(
+            st["energy_full"], rel=1e-6)
+        if st["is_output"]:  # the classifier is full space in every run
+            assert st["energy"] == pytest.approx(st["energy_full"], rel=1e-6)
+        else:
+            assert abs(st["energy"] - st["energy_full"]) > 1e-3 * st["energy_full"]
+    from tests.helpers import np_energy  # float64 brute force of the s = 2 Euclidean energy
+
+    w = np.asarray(nnx.state(model, nnx.Param)["fc"]["conv"]["kernel"][...], np.float64)
+    assert half["fc/conv/kernel"]["energy_full"] == pytest.approx(np_energy(w, s=2.0), rel=1e-5)
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.hidden = nnx.Linear(4, 3, rngs=rngs)
+            self.head = nnx.Linear(3, 2, rngs=rngs)
+
+    net = Net(nnx.Rngs(0))
+    regex = energy_logger(output="he.d")(net)["layers"]
+    assert all("is_output" not in st for st in regex.values())  # not a path: role left out
+    axes = energy_logger(output="head", neuron_axis=-1)(net)["layers"]
+    assert all("neurons" not in st for st in axes.values())  # own axes: shape left out
+    assert axes["head/kernel"]["is_output"] and not axes["hidden/kernel"]["is_output"]

@@ -167,17 +167,41 @@ def _short(path: str) -> str:
 
 def plot_quickstart(runs: Sequence, out_png, *,
                     layer_shapes: dict[str, tuple[int, int]] | None = None,
-                    title: str | None = None, max_columns: int = 6):
-    """Per layer (one panel each): min angle and full-space energy against step, one line per
-    method (mean over seeds, thin lines per seed), the optimum dashed; and test accuracy per
-    method with error bars (sample std) over seeds.
+                    title: str | None = None, max_columns: int = 6) -> Path:
+    """:func:`quickstart_figure` saved as ``out_png`` (returned)."""
+    fig = quickstart_figure(runs, layer_shapes=layer_shapes, title=title, max_columns=max_columns)
+    return _save(fig, out_png, dpi=90)
 
-    ``runs``: :class:`~mhe_jax.experiments.study.StudyRun` objects (several seeds per method
-    allowed). ``layer_shapes``: ``{path: (neurons, dim)}`` for the optimum; without it (or a
-    record's ``neurons``/``dim``) only the classifier gets its simplex line (N = classes).
-    Energy panels show the energy above the optimum on a log axis when the optimum is known.
-    The step axis is symlog so that step 0 (the initialization) is visible.
+
+def quickstart_figure(runs: Sequence, *, layer_shapes: dict[str, tuple[int, int]] | None = None,
+                      title: str | None = None, max_columns: int = 6):
+    """The quickstart's figure: what MHE does to every layer, per method, from step 0.
+
+    Top row: the hidden layers' min angle (°, mean over the hidden layers), the classifier's
+    min angle (°) with the simplex optimum ``arccos(−1/(N − 1))`` dashed, and test accuracy
+    (%) per method with error bars (sample std) over seeds. Below, one panel per layer: its
+    min angle (optimum dashed where ``N ≤ d + 1``), then one per layer: its full-space s = 2
+    energy (above the optimum, on a log axis, where the optimum is known). One thick line per
+    method (the mean over seeds), thin lines per seed when there are several. The step axis
+    is symlog so that step 0 (the initialization) is visible.
+
+    Args:
+      runs: :class:`~mhe_jax.experiments.study.StudyRun` objects (several seeds per method
+        allowed), whose logs have per-layer records.
+      layer_shapes: ``{path: (neurons, dim)}`` for the optimum, where the records lack
+        ``neurons``/``dim``; without either only the classifier gets its simplex line
+        (N = number of classes).
+      title: the figure's title.
+      max_columns: panels per row of the per-layer grid.
+
+    Returns:
+      A matplotlib ``Figure``; axes carry a ``gid``: ``"summary:hidden_angle"``,
+      ``"summary:classifier_angle"``, ``"summary:accuracy"``, ``"angle:<path>"``,
+      ``"energy:<path>"``; method lines carry the method as ``gid``, optimum lines
+      ``"optimum"``.
     """
+    from matplotlib.lines import Line2D
+
     from mhe_jax.experiments.study import METHOD_ORDER, _full_energy, is_output_layer, layer_records
 
     plt = _pyplot()
@@ -190,107 +214,152 @@ def plot_quickstart(runs: Sequence, out_png, *,
     paths0 = first[-1]["layers"]
     is_out = {p: is_output_layer(p, st) for p, st in paths0.items()}
     order = _layer_order(list(paths0), is_out)
+    hidden = [p for p in order if not is_out[p]]
+    outputs = [p for p in order if is_out[p]]
     shapes = dict(layer_shapes or {})
     for p, st in paths0.items():
         if "neurons" in st and "dim" in st:
             shapes.setdefault(p, (int(st["neurons"]), int(st["dim"])))
     classes = next((len(r.results["per_class_accuracy"]) for r in runs
                     if r.results and r.results.get("per_class_accuracy")), None)
-    for p in order:
-        if is_out[p] and p not in shapes and classes:
+    for p in outputs:
+        if p not in shapes and classes:
             shapes[p] = (classes, classes)  # only N matters for the simplex when d ≥ N − 1
 
     def optimum(p):
         if p not in shapes:
             return None
         n, d = shapes[p]
-        return (simplex_angle_deg(n), simplex_energy(n)) if n <= d + 1 and n >= 2 else None
+        return (simplex_angle_deg(n), simplex_energy(n)) if 2 <= n <= d + 1 else None
 
-    ncols = min(max_columns, len(order) + 1)
-    nrows_each = math.ceil((len(order) + 1) / ncols)
-    fig, axes = plt.subplots(2 * nrows_each, ncols, figsize=(3.1 * ncols, 2.5 * 2 * nrows_each),
-                             squeeze=False)
-    angle_axes = axes[:nrows_each].ravel()
-    energy_axes = axes[nrows_each:].ravel()
-    for kind, panel_axes in (("angle", angle_axes), ("energy", energy_axes)):
-        for ax, p in zip(panel_axes, order, strict=False):  # spare panels
-            opt = optimum(p)
-            for i, m in enumerate(methods):
-                color = method_color(m, i)
-                curves = []
-                for r in (r for r in runs if r.method == m):
-                    pts = []
-                    for rec in layer_records(r):
-                        st = rec["layers"].get(p)
-                        if st is None:
-                            continue
-                        if kind == "angle":
-                            y = st["min_angle_deg"]
-                        else:
-                            y = _full_energy(r, p, st)
-                            if y is None:
-                                continue
-                            if opt is not None:
-                                y = max(y - opt[1], 1e-7)
-                        pts.append((rec["step"], y))
-                    if pts:
-                        curves.append(dict(pts))
-                        ax.plot(*zip(*pts, strict=True), color=color, lw=0.7, alpha=0.35)
-                if curves:
-                    common = sorted(set.intersection(*(set(c) for c in curves)))
-                    ax.plot(common, [np.mean([c[s] for c in curves]) for s in common], color=color,
-                            lw=2, label=m, marker="o", ms=3)
-            if kind == "angle" and opt is not None:
-                ax.axhline(opt[0], color="k", ls="--", lw=1)
-            if kind == "energy" and opt is not None:
-                ax.set_yscale("log")
-            ax.set_xscale("symlog", linthresh=max(1, _first_positive_step(runs)))
-            ax.set_xlim(left=0)
-            label = "classifier" if is_out[p] else _short(p)
-            shape = (f" (N={shapes[p][0]}, d={shapes[p][1]})" if p in shapes and not is_out[p]
-                     else "")
-            if kind == "angle":
-                ax.set_title(f"{label}{shape}: min angle (°)", fontsize=9)
-            else:
-                what = "energy − optimum" if opt is not None else "energy"
-                ax.set_title(f"{label}: {what}", fontsize=9)
-            ax.tick_params(labelsize=7)
-            ax.grid(alpha=0.3)
-        for ax in panel_axes[len(order):]:
-            ax.axis("off")
-    # test accuracy, with error bars over seeds, in the first free panel of the angle block
-    acc_ax = angle_axes[len(order)]
-    acc_ax.axis("on")
+    linthresh = max(1, _first_positive_step(runs))
+
+    def step_axis(ax):
+        ax.set_xscale("symlog", linthresh=linthresh)
+        ax.set_xlim(left=0)
+        ax.grid(alpha=0.3)
+
+    def draw(ax, series_of, lw=2.0, ms=3):
+        """One line per method: ``series_of(run) -> [(step, y)]``, mean over the seeds."""
+        for i, m in enumerate(methods):
+            color = method_color(m, i)
+            curves = [dict(pts) for r in runs if r.method == m and (pts := series_of(r))]
+            if len(curves) > 1:
+                for c in curves:
+                    ax.plot(list(c), list(c.values()), color=color, lw=0.7, alpha=0.35)
+            if curves:
+                common = sorted(set.intersection(*(set(c) for c in curves)))
+                ax.plot(common, [float(np.mean([c[s] for c in curves])) for s in common],
+                        color=color, lw=lw, marker="o", ms=ms, label=m, gid=m)
+        step_axis(ax)
+
+    def angle_series(paths):
+        def fn(r):
+            pts = []
+            for rec in layer_records(r):
+                v = [rec["layers"][p]["min_angle_deg"] for p in paths if p in rec["layers"]]
+                if len(v) == len(paths):
+                    pts.append((rec["step"], float(np.mean(v))))
+            return pts
+        return fn
+
+    def energy_series(p, opt):
+        def fn(r):
+            pts = []
+            for rec in layer_records(r):
+                st = rec["layers"].get(p)
+                y = None if st is None else _full_energy(r, p, st)
+                if y is not None:
+                    pts.append((rec["step"], max(y - opt[1], 1e-7) if opt else y))
+            return pts
+        return fn
+
+    def reference(ax, y, text=None):
+        ax.axhline(y, color="k", ls="--", lw=1, gid="optimum")
+        if text:
+            ax.annotate(text, (0.02, y), xycoords=("axes fraction", "data"), fontsize=9,
+                        va="top", xytext=(0, -3), textcoords="offset points")
+
+    ncols = min(max_columns, len(order))
+    rows_each = math.ceil(len(order) / ncols)
+    fig = plt.figure(figsize=(3.1 * ncols, 3.4 + 2.3 * 2 * rows_each), layout="constrained")
+    top, grid = fig.subfigures(2, 1, height_ratios=[3.4, 2.3 * 2 * rows_each])
+
+    # --- top row: the effect at a glance
+    ax_h, ax_c, ax_a = top.subplots(1, 3, width_ratios=[1.2, 1.2, 0.8])
+    ax_h.set_gid("summary:hidden_angle")
+    ax_c.set_gid("summary:classifier_angle")
+    ax_a.set_gid("summary:accuracy")
+    if hidden:
+        draw(ax_h, angle_series(hidden))
+    ax_h.set_title(f"hidden layers ({len(hidden)}): min angle (°), mean over layers",
+                   fontsize=10)
+    if outputs:
+        draw(ax_c, angle_series(outputs))
+        opt = optimum(outputs[0])
+        if opt is not None:
+            reference(ax_c, opt[0], f"optimum (simplex, N = {shapes[outputs[0]][0]}): "
+                                    f"{opt[0]:.1f}°")
+    ax_c.set_title("classifier: min angle (°)", fontsize=10)
+    for ax in (ax_h, ax_c):
+        ax.set_xlabel("step (symlog: 0 = initialization)", fontsize=8)
+        ax.tick_params(labelsize=8)
     for i, m in enumerate(methods):
         accs = [100 * r.results["test_accuracy"] for r in runs if r.method == m and r.results]
         if not accs:
             continue
         sd = float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0
-        acc_ax.bar(i, np.mean(accs), yerr=sd if len(accs) > 1 else None, color=method_color(m, i),
-                   alpha=0.8, capsize=4)
-        acc_ax.scatter([i] * len(accs), accs, color="k", s=8, zorder=3)
-        acc_ax.text(i, max(accs) + 0.3, f"{np.mean(accs):.1f}", ha="center", va="bottom",
-                    fontsize=8)
-    n_seeds = max((sum(1 for r in runs if r.method == m and r.results) for m in methods), default=0)
-    acc_ax.set_xticks(range(len(methods)), methods, fontsize=8)
+        ax_a.bar(i, np.mean(accs), yerr=sd if len(accs) > 1 else None,
+                 color=method_color(m, i), alpha=0.8, capsize=4, gid=m)
+        ax_a.scatter([i] * len(accs), accs, color="k", s=8, zorder=3)
+        ax_a.text(i, max(accs) + 0.2, f"{np.mean(accs):.1f}", ha="center", va="bottom",
+                  fontsize=9)
+    n_seeds = max((sum(1 for r in runs if r.method == m and r.results) for m in methods),
+                  default=0)
+    ax_a.set_xticks(range(len(methods)), methods, fontsize=8)
     all_acc = [100 * r.results["test_accuracy"] for r in runs if r.results]
     if all_acc:
-        acc_ax.set_ylim(max(0.0, min(all_acc) - 5), min(100.0, max(all_acc) + 3))
-    acc_ax.set_title(f"test accuracy (%), {n_seeds} seed{'s' if n_seeds != 1 else ''}"
-                     + (" ± std" if n_seeds > 1 else ""), fontsize=9)
-    acc_ax.grid(alpha=0.3, axis="y")
-    handles, labels = angle_axes[0].get_legend_handles_labels()
-    from matplotlib.lines import Line2D
+        ax_a.set_ylim(max(0.0, min(all_acc) - 5), min(100.0, max(all_acc) + 2))
+    ax_a.set_title(f"test accuracy (%, axis not from 0), {n_seeds} "
+                   f"seed{'s' if n_seeds != 1 else ''}"
+                   + (", mean ± std" if n_seeds > 1 else ""), fontsize=10)
+    ax_a.grid(alpha=0.3, axis="y")
+    ax_a.tick_params(labelsize=8)
 
+    # --- every layer: min angle, then energy
+    axes = grid.subplots(2 * rows_each, ncols, squeeze=False)
+    angle_axes, energy_axes = axes[:rows_each].ravel(), axes[rows_each:].ravel()
+    for ax, p in zip(angle_axes, order, strict=False):
+        ax.set_gid(f"angle:{p}")
+        draw(ax, angle_series([p]), lw=1.6, ms=2)
+        opt = optimum(p)
+        if opt is not None:
+            reference(ax, opt[0])
+        shape = f" (N={shapes[p][0]}, d={shapes[p][1]})" if p in shapes else ""
+        ax.set_title(f"{'classifier' if is_out[p] else _short(p)}{shape}: min angle (°)",
+                     fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax, p in zip(energy_axes, order, strict=False):
+        ax.set_gid(f"energy:{p}")
+        opt = optimum(p)
+        draw(ax, energy_series(p, opt), lw=1.6, ms=2)
+        if opt is not None:
+            ax.set_yscale("log")
+        what = "energy − optimum" if opt is not None else "energy"
+        ax.set_title(f"{'classifier' if is_out[p] else _short(p)}: {what}", fontsize=8)
+        ax.tick_params(which="both", labelsize=6)
+    for ax in [*angle_axes[len(order):], *energy_axes[len(order):]]:
+        ax.axis("off")
+    grid.suptitle("per layer: min angle (°), then full-space s = 2 energy (mean over pairs of "
+                  "1/‖ŵ_i − ŵ_j‖²); step axis symlog, 0 = initialization", fontsize=9)
+
+    handles = [Line2D([], [], color=method_color(m, i), lw=2, marker="o", ms=3)
+               for i, m in enumerate(methods)]
     handles.append(Line2D([], [], color="k", ls="--", lw=1))
-    labels.append("optimum (simplex)")
-    fig.legend(handles, labels, loc="upper center", ncol=len(labels), frameon=False, fontsize=10,
-               bbox_to_anchor=(0.5, 1.0))
-    fig.supxlabel("step (symlog axis: step 0 = initialization)", fontsize=9)
+    ax_h.legend(handles, [*methods, "optimum (simplex)"], loc="upper left", fontsize=9)
     if title:
-        fig.suptitle(title, y=1.035, fontsize=12)
-    fig.tight_layout(rect=(0, 0, 1, 0.97))
-    return _save(fig, out_png, dpi=90)
+        fig.suptitle(title, fontsize=12)
+    return fig
 
 
 def _first_positive_step(runs) -> int:

@@ -51,6 +51,11 @@ _NEEDS_DATA_DIR = {"cifar10_jpeg": "the cifar10_jpeg .npz file",
                    "imagenet": "a folder with train/ and val/ class folders"}
 
 
+# results.json's "train_accuracy" evaluates the whole training set (eval mode, no augmentation)
+# at the end when it has at most this many images (CIFAR and MNIST do; ImageNet does not).
+_TRAIN_EVAL_MAX = 60_000
+
+
 class ResumeError(ConfigError):
     """The checkpoint to resume was written by a run whose config differs (fields named)."""
 
@@ -61,10 +66,14 @@ def load_dataset(cfg: ExperimentConfig):
     Returns ``(dataset, imbalance_counts or None)``.
     """
     d = cfg.data
-    if d.dataset in _NEEDS_DATA_DIR and d.data_dir is None:
-        raise ConfigError(
-            f"data.data_dir is required for dataset {d.dataset!r} ({_NEEDS_DATA_DIR[d.dataset]}): "
-            "--set data.data_dir=PATH")
+
+    def required_dir() -> str:
+        if d.data_dir is None:
+            raise ConfigError(
+                f"data.data_dir is required for dataset {d.dataset!r} "
+                f"({_NEEDS_DATA_DIR[d.dataset]}): --set data.data_dir=PATH")
+        return d.data_dir
+
     if d.dataset == "digits":
         ds = D.load_digits(size=d.image_size or 8)
     elif d.dataset == "cifar10":
@@ -72,20 +81,25 @@ def load_dataset(cfg: ExperimentConfig):
     elif d.dataset == "cifar100":
         ds = D.load_cifar100(d.data_dir)
     elif d.dataset == "cifar10_jpeg":
-        ds = D.load_cifar10_jpeg_npz(d.data_dir)
+        ds = D.load_cifar10_jpeg_npz(required_dir())
     elif d.dataset == "mnist":
         ds = D.load_mnist(d.data_dir)
     else:  # imagenet: any ImageFolder layout <data_dir>/{train,val}/<class>/*
-        ds = D.load_image_folder(d.data_dir,
-                                 **({} if d.image_size is None else {"size": d.image_size}))
+        root = required_dir()
+        ds = (D.load_image_folder(root) if d.image_size is None
+              else D.load_image_folder(root, size=d.image_size))
     if d.train_per_class is not None:
         ds, _ = D.per_class_subset(ds, d.train_per_class, seed=d.subset_seed)
     if d.imbalance is None:
         return ds, None
     if d.imbalance == "fig4":
         keep = d.imbalance_keep
-        kw = {"keep_count": int(keep)} if keep >= 1 else {"keep_fraction": float(keep)}
-        out = D.mnist_fig4_imbalance(ds, cls=d.imbalance_class, seed=cfg.seed, **kw)
+        if keep >= 1:
+            out = D.mnist_fig4_imbalance(ds, cls=d.imbalance_class, seed=cfg.seed,
+                                         keep_count=int(keep))
+        else:
+            out = D.mnist_fig4_imbalance(ds, cls=d.imbalance_class, seed=cfg.seed,
+                                         keep_fraction=float(keep))
     elif d.imbalance == "single":
         out = D.cifar10_single_class_imbalance(ds, cls=d.imbalance_class, ratio=d.imbalance_keep)
     else:  # multiple
@@ -224,20 +238,31 @@ def run(cfg: ExperimentConfig, out_dir, *, resume: ResumeMode = "auto", progress
     fns = make_steps(augment=cfg.data.augment, label_smoothing=cfg.optim.label_smoothing,
                      pass_labels=cfg.regularizer.eq8, seed=cfg.seed, learning_rate=lr)
     batches = epoch_batches(ds.x_train, ds.y_train, batch_size=cfg.data.batch_size,
-                            seed=cfg.seed, start_step=start, put=put)
+                            seed=cfg.seed, start_step=start,
+                            put=put if put is not None else jax.device_put)  # on-device stream
     test = accuracy_eval(fns.eval, ds.x_test, ds.y_test, num_classes=ds.num_classes, put=put)
     evals = [Every(log.eval_every, test)]
-    if log.energy_every is not None:
-        evals.insert(0, Every(log.energy_every, energy_logger(**energy_kwargs)))
-    loggers = [JsonlLogger(out / "log.jsonl", keep_until=start)]
+    energies = None if log.energy_every is None else energy_logger(**energy_kwargs)
+    if energies is not None:
+        evals.insert(0, Every(log.energy_every, energies))
+    loggers: list[JsonlLogger | ProgressBar] = [JsonlLogger(out / "log.jsonl", keep_until=start)]
     if progress:
         loggers.append(ProgressBar(cfg.optim.steps, initial=start,
                                    desc=f"{cfg.name} seed {cfg.seed}"))
     t0 = time.time()
     try:
+        if energies is not None and start == 0:  # the initialization: curves start at step 0
+            initial = {"step": 0, **energies(model)}
+            for logger in loggers:
+                logger(initial)
         result = fit(model, optimizer, batches, steps=cfg.optim.steps, train_step=fns.train,
                      log_every=log.log_every, evals=evals, loggers=loggers,
                      checkpointer=checkpointer)
+        train_accuracy = None
+        if len(ds.x_train) <= _TRAIN_EVAL_MAX:
+            train_accuracy = accuracy_eval(fns.eval, ds.x_train, ds.y_train,
+                                           num_classes=ds.num_classes, put=put,
+                                           prefix="train")(model)["train_accuracy"]
     finally:
         for logger in loggers:
             logger.close()
@@ -249,6 +274,7 @@ def run(cfg: ExperimentConfig, out_dir, *, resume: ResumeMode = "auto", progress
         "name": cfg.name, "method": cfg.regularizer.method,
         "test_accuracy": final["test_accuracy"],
         "test_error": 100.0 * (1.0 - final["test_accuracy"]),
+        "train_accuracy": train_accuracy,
         "per_class_accuracy": final["test_per_class_accuracy"], "steps": cfg.optim.steps,
         "train_seconds": result["seconds"], "wall_seconds": time.time() - t0,
         "resumed_from": start, "imbalance_counts": counts, "paper": cfg.paper,

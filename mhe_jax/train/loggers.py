@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import flax.nnx as nnx
 import jax
+import numpy as np
 
 import mhe_jax
 
@@ -23,7 +26,7 @@ class JsonlLogger:
     run will redo, and a line cut short by a kill), so the log reads as one uninterrupted run.
     """
 
-    def __init__(self, path, *, keep_until: int | None = None):
+    def __init__(self, path: str | os.PathLike[str], *, keep_until: int | None = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         kept = []
@@ -64,19 +67,75 @@ class ProgressBar:
         self.bar.close()
 
 
-def energy_logger(**energy_kwargs) -> Callable[[nnx.Module], dict]:
-    """``fn(model) -> {"layers": {path: {"energy", "min_angle_deg", "mean_abs_cosine"}}}``.
+_FULL_SPACE = {"s": 2.0, "distance": "euclidean", "half_space": False}
+# options of layer_energies that choose the layers and their neuron axes (kept for energy_full)
+_SELECTION = ("output", "mask", "neuron_axis", "layout")
+
+
+def energy_logger(**energy_kwargs: Any) -> Callable[[nnx.Module], dict]:
+    """``fn(model) -> {"layers": {path: stats}}``: every layer's energy, for ``fit(evals=)``.
 
     :func:`mhe_jax.layer_energies` of the model's ``nnx.Param`` state (jitted once) with
-    ``energy_kwargs`` (s, distance, half_space, output, ...), for ``fit(evals=[Every(n, fn)])``.
+    ``energy_kwargs`` (s, distance, half_space, output, ...). Per layer, ``stats`` holds
+
+    * ``"energy"``: the energy of ``energy_kwargs`` (half-space for hidden layers with
+      ``half_space=True``: the run's own objective);
+    * ``"energy_full"``: the full-space s = 2 Euclidean energy, mean over pairs ``i ≠ j`` of
+      ``1/‖ŵ_i − ŵ_j‖²`` (same layer selection), comparable between runs of any options;
+    * ``"min_angle_deg"``: the smallest angle between two neurons (full space, degrees) and
+      ``"mean_abs_cosine"``;
+    * ``"neurons"``, ``"dim"``: N and the vector length d of the layer's ``(d, N)`` neuron
+      matrix (the flax layout, kernel ``(..., N)``; left out when ``layout`` or
+      ``neuron_axis`` is given);
+    * ``"is_output"``: whether the layer is the output layer, when ``output`` is a path
+      (``"classifier"`` or ``"classifier/kernel"``: that path and the paths under it) that
+      names at least one layer; left out otherwise (a regular expression or a callable).
+
+    Examples:
+        >>> import flax.nnx as nnx
+        >>> from mhe_jax.train import energy_logger
+        >>> class Net(nnx.Module):
+        ...     def __init__(self, rngs):
+        ...         self.hidden = nnx.Linear(4, 3, rngs=rngs)
+        ...         self.head = nnx.Linear(3, 2, rngs=rngs)
+        >>> log = energy_logger(half_space=True, output="head")(Net(nnx.Rngs(0)))["layers"]
+        >>> sorted(log), log["head/kernel"]["is_output"], log["hidden/kernel"]["neurons"]
+        (['head/kernel', 'hidden/kernel'], True, 3)
+        >>> h = log["hidden/kernel"]
+        >>> h["energy"] != h["energy_full"]  # half-space vs full-space energy
+        True
     """
-    stats_fn = jax.jit(lambda params: mhe_jax.layer_energies(params, **energy_kwargs))
+    own_is_full = (all(energy_kwargs.get(k, v) == v for k, v in _FULL_SPACE.items())
+                   and not set(energy_kwargs) - {*_FULL_SPACE, *_SELECTION})
+    full_kwargs = {**{k: energy_kwargs[k] for k in _SELECTION if k in energy_kwargs},
+                   **_FULL_SPACE}
+
+    def stats_of(params):
+        own = mhe_jax.layer_energies(params, **energy_kwargs)
+        return own, (own if own_is_full else mhe_jax.layer_energies(params, **full_kwargs))
+
+    stats_fn = jax.jit(stats_of)
+    output = energy_kwargs.get("output")
+    flax_axes = "layout" not in energy_kwargs and "neuron_axis" not in energy_kwargs
 
     def fn(model):
-        stats = jax.device_get(stats_fn(nnx.state(model, nnx.Param)))
-        return {"layers": {
-            path: {"energy": float(st.energy), "min_angle_deg": math.degrees(float(st.min_angle)),
-                   "mean_abs_cosine": float(st.mean_abs_cosine)}
-            for path, st in stats.items()}}
+        params = nnx.state(model, nnx.Param)
+        own, full = jax.device_get(stats_fn(params))
+        shapes = {mhe_jax.path_str(kp): np.shape(leaf)
+                  for kp, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+        out = {path: {"energy": float(st.energy), "energy_full": float(full[path].energy),
+                      "min_angle_deg": math.degrees(float(st.min_angle)),
+                      "mean_abs_cosine": float(st.mean_abs_cosine)}
+               for path, st in own.items()}
+        if flax_axes:
+            for path, entry in out.items():
+                shape = shapes[path]
+                entry["neurons"], entry["dim"] = int(shape[-1]), int(np.prod(shape[:-1]))
+        if isinstance(output, str):
+            flags = {p: p == output or p.startswith(output + "/") for p in out}
+            if any(flags.values()):
+                for path, entry in out.items():
+                    entry["is_output"] = flags[path]
+        return {"layers": out}
 
     return fn
