@@ -90,10 +90,13 @@ for name, cfg in configs.items():
 #
 # `runner.run` shards every batch over all local devices when there is more than one
 # (`mhe_jax.train.DataParallel`: model and optimizer state replicated, the batch split along
-# its first axis): a Colab TPU's 8 cores, or several GPUs. This is the path that
-# `tests/test_notebooks.py` runs, on 8 CPU devices
-# (`XLA_FLAGS=--xla_force_host_platform_device_count=8`). The global batch must divide by the
-# number of devices.
+# its first axis, gathered on the devices from the training set held there): a Colab TPU's
+# 8 cores, or several GPUs. This is the path that `tests/test_notebooks.py` runs, on 8 CPU
+# devices (`XLA_FLAGS=--xla_force_host_platform_device_count=8`), and the one that
+# `benchmarks/device.py` times. `tests/test_device_path.py` checks that on 8 devices its steps
+# equal the single-device steps to float32 rounding, BatchNorm included: the batch statistics
+# are over the global batch, not per device. The global batch must divide by the number of
+# devices.
 
 # %%
 n_devices = jax.local_device_count()
