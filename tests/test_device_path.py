@@ -291,3 +291,32 @@ def test_data_parallel_8_devices_equals_single_device(tmp_path):
     worst = max(leaves, key=leaves.get)
     print(f"worst leaf {worst}: {leaves[worst]:.2e}; losses {ma} {mb}")
     assert leaves[worst] < 2e-5, (worst, leaves[worst])
+
+
+def _x64_setters(source: str) -> list[int]:
+    """Lines that call ``jax.config.update("jax_enable_x64", ...)`` or ``jax.enable_x64(...)``."""
+    import ast
+
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            named = any(isinstance(a, ast.Constant) and a.value == "jax_enable_x64"
+                        for a in node.args)
+            if node.func.attr == "enable_x64" or (node.func.attr == "update" and named):
+                lines.append(node.lineno)
+    return lines
+
+
+def test_the_library_never_turns_on_float64():
+    """No module of mhe_jax turns on ``jax_enable_x64`` (TPUs have no float64) except one
+    scoped CPU-pinned computation: every other precision follows the user's setting."""
+    probe = 'import jax\njax.config.update("jax_enable_x64", True)\nwith jax.enable_x64(True):\n 0'
+    assert _x64_setters(probe) == [2, 3]  # the matcher finds both forms
+    root = Path(__file__).resolve().parents[1] / "mhe_jax"
+    found = {str(f.relative_to(root)): _x64_setters(f.read_text()) for f in root.rglob("*.py")}
+    # the one exception: a p-value computed in a scoped enable_x64 on the CPU device
+    # (jax.default_device(jax.devices("cpu")[0])), which every machine has
+    allowed = {"experiments/study.py"}
+    assert "jax.default_device(jax.devices(\"cpu\")[0]), jax.enable_x64(True)" in (
+        root / "experiments" / "study.py").read_text()
+    assert len(found) > 20 and {k: v for k, v in found.items() if v and k not in allowed} == {}
