@@ -283,7 +283,8 @@ def quickstart_figure(runs: Sequence, *, layer_shapes: dict[str, tuple[int, int]
     ncols = min(max_columns, len(order))
     rows_each = math.ceil(len(order) / ncols)
     fig = plt.figure(figsize=(3.1 * ncols, 3.4 + 2.3 * 2 * rows_each), layout="constrained")
-    top, grid = fig.subfigures(2, 1, height_ratios=[3.4, 2.3 * 2 * rows_each])
+    subfigures = np.asarray(fig.subfigures(2, 1, height_ratios=[3.4, 2.3 * 2 * rows_each]))
+    top, grid = subfigures[0], subfigures[1]
 
     # --- top row: the effect at a glance
     ax_h, ax_c, ax_a = top.subplots(1, 3, width_ratios=[1.2, 1.2, 0.8])
