@@ -2,7 +2,8 @@
 
     python benchmarks/device.py --data /path/cifar10_jpeg.npz            # ~10 min budget
     python benchmarks/device.py --data PATH --budget-minutes 60 --out benchmarks/device.json
-    python benchmarks/device.py --smoke                                  # CPU, tiny, ~1 min
+    python benchmarks/device.py --smoke                     # CPU, tiny: ~2 CPU-minutes
+    python benchmarks/device.py --smoke --methods baseline  # the CI subset: ~1 CPU-minute
 
 Three parts, in this order, each timed with ``block_until_ready`` after compilation:
 
@@ -25,7 +26,9 @@ Three parts, in this order, each timed with ``block_until_ready`` after compilat
     with a note. The paper's numbers (Table 1, s = 2) are printed alongside.
 
 Everything goes to ``--out`` (JSON) and a table on stdout. ``--smoke`` runs all three parts with
-tiny sizes on whatever backend is present (digits data when ``--data`` is absent).
+tiny sizes on whatever backend is present (digits data when ``--data`` is absent);
+``--methods baseline`` (or ``baseline,mhe``) restricts (b) and (c) to those rows. Its cost on a
+CPU is compilation (about ten CNN-9 train/eval programs), not the tiny steps.
 """
 
 from __future__ import annotations
@@ -104,23 +107,24 @@ def step_flops(widths, batch: int, method: str = "baseline", arch: str = "cnn9")
             "estimated_step_seconds": est, "assumed_utilisation": ASSUMED_UTILISATION}
 
 
-def part_train_step(smoke: bool, reps: int, log=print) -> dict:
+def part_train_step(smoke: bool, reps: int, log=print, methods=METHODS) -> dict:
     if smoke:
         cases, batch = [("cnn9", (4, 8, 16))], 8
     else:
         cases, batch = [("cnn9", (64, 128, 256)), ("resnet32", (16, 32, 64))], 128
     rows = []
     for arch, widths in cases:
-        r = step_bench.bench_model(arch, widths, batch, reps, warmup=2)
+        r = step_bench.bench_model(arch, widths, batch, reps, warmup=1 if smoke else 2,
+                                   variants=methods)
         rows.append(r)
         log(f"{arch} {'/'.join(map(str, widths))} batch {batch}: " + ", ".join(
             f"{v} {r['step_seconds'][v] * 1e3:.2f} ms ({r['ratio_to_baseline'][v]:.3f}x)"
-            for v in step_bench.VARIANTS))
-    flops = [step_flops(cases[0][1], batch, m) for m in (METHODS[:1] if smoke else METHODS)]
+            for v in r["step_seconds"]))
+    flops = [step_flops(cases[0][1], batch, m) for m in (methods[:1] if smoke else methods)]
     for f in flops:
         log(f"{f['method']}: {f['flops'] / 1e9:.2f} GFLOP per step; at "
             f"{ASSUMED_UTILISATION:.0%} of H100/H200 TF32 peak "
-            f"{f['estimated_step_seconds']['h100_h200_tf32'] * 1e3:.3f} ms/step")
+            f"{f['estimated_step_seconds']['h100_h200_tf32'] * 1e3:.3g} ms/step")
     return {"results": rows, "flops": flops}
 
 
@@ -163,20 +167,20 @@ def _paper_error(method: str):
 
 
 def part_table1(data: str | None, smoke: bool, deadline: float, step_seconds: dict,
-                runs_dir: str, min_steps: int, log=print) -> list[dict]:
+                runs_dir: str, min_steps: int, log=print, methods=METHODS) -> list[dict]:
     from mhe_jax.experiments.configs import get_config
     from mhe_jax.experiments.runner import run
 
     rows = []
-    for i, method in enumerate(METHODS):
+    for i, method in enumerate(methods):
         cfg = get_config(f"repro/cifar10_cnn9_full/{method}")
         if smoke:
             data_changes = ({"data_dir": data, "train_per_class": 20} if data
                             else {"dataset": "digits", "data_dir": None})
             cfg = cfg.replace(data={**data_changes, "batch_size": 16},
                               model={"widths": (4, 8, 16)},
-                              optim={"steps": 8, "boundaries": (4, 6), "warmup_steps": 2},
-                              logging={"log_every": 4, "eval_every": None, "energy_every": 4,
+                              optim={"steps": 4, "boundaries": (2, 3), "warmup_steps": 1},
+                              logging={"log_every": 2, "eval_every": None, "energy_every": None,
                                        "checkpoint_every": None})
         else:
             if data is None:
@@ -184,7 +188,7 @@ def part_table1(data: str | None, smoke: bool, deadline: float, step_seconds: di
             cfg = cfg.replace(data={"data_dir": data}, logging={"checkpoint_every": None})
         full = cfg.optim.steps
         left = deadline - time.time()
-        share = left / (len(METHODS) - i)
+        share = left / (len(methods) - i)
         per_step = step_seconds.get(method)
         note = None
         steps = full
@@ -239,7 +243,7 @@ def table(result: dict) -> str:
             lines.append(f"{r['model']} {'/'.join(map(str, r['widths']))} batch {r['batch']}: "
                          + "  ".join(f"{v} {r['step_seconds'][v] * 1e3:.2f} "
                                      f"({r['ratio_to_baseline'][v]:.3f}x)"
-                                     for v in step_bench.VARIANTS))
+                                     for v in r["step_seconds"]))
         for f in ts["flops"]:
             lines.append(f"FLOPs/step {f['method']}: {f['flops'] / 1e9:.2f} G")
     if result.get("table1"):
@@ -266,12 +270,20 @@ def main(argv=None) -> dict:
     p.add_argument("--min-steps", type=int, default=500,
                    help="skip a (c) run that would get fewer steps than this")
     p.add_argument("--runs-dir", default=None, help="run directories of (c) (default: a temp dir)")
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help="comma-separated subset of baseline,mhe,half_mhe for (b) and (c) "
+                        "(baseline always included)")
     args = p.parse_args(argv)
     if args.budget_minutes <= 0:
         p.error("--budget-minutes must be > 0")
     if args.data is not None and not os.path.isfile(args.data):
         p.error(f"--data: no such file {args.data!r}")
     only = set(args.only or ("energy", "train_step", "table1"))
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    if not methods or methods[0] != "baseline" or not set(methods) <= set(METHODS) \
+            or len(set(methods)) != len(methods):
+        p.error(f"--methods must start with baseline and name each of {METHODS} at most "
+                f"once, got {args.methods!r}")
     reps = args.reps or (2 if args.smoke else 5)
     t_start = time.time()
     deadline = t_start + 60 * args.budget_minutes
@@ -289,17 +301,18 @@ def main(argv=None) -> dict:
     step_seconds: dict = {}
     if "train_step" in only:
         print("\n## (b) train-step overhead")
-        result["train_step"] = part_train_step(args.smoke, reps)
+        result["train_step"] = part_train_step(args.smoke, reps, methods=methods)
         step_seconds = dict(result["train_step"]["results"][0]["step_seconds"])
     if "table1" in only:
         if not step_seconds and not args.smoke:  # (c) is sized from the measured step time
-            r = step_bench.bench_model("cnn9", (64, 128, 256), 128, 3, warmup=2)
+            r = step_bench.bench_model("cnn9", (64, 128, 256), 128, 3, warmup=2,
+                                       variants=methods)
             step_seconds = dict(r["step_seconds"])
             result["table1_step_seconds"] = step_seconds
         print("\n## (c) Table 1 CIFAR-10 rows")
         runs_dir = args.runs_dir or tempfile.mkdtemp(prefix="mhe_device_runs_")
         result["table1"] = part_table1(args.data, args.smoke, deadline, step_seconds, runs_dir,
-                                       args.min_steps)
+                                       args.min_steps, methods=methods)
         result["runs_dir"] = runs_dir
     result["seconds"] = time.time() - t_start
     print(table(result))

@@ -78,26 +78,29 @@ def _median_time(fn, reps):
     return statistics.median(times)
 
 
-def bench_model(model_name, widths, batch, reps, warmup):
-    fns = {v: _setup(model_name, widths, v, batch) for v in VARIANTS}
-    for v in VARIANTS:  # compile + warm-up
+def bench_model(model_name, widths, batch, reps, warmup, variants=VARIANTS):
+    """Median step seconds of each of ``variants`` (which must include "baseline")."""
+    if "baseline" not in variants:
+        raise ValueError(f"variants must include 'baseline', got {variants!r}")
+    fns = {v: _setup(model_name, widths, v, batch) for v in variants}
+    for v in variants:  # compile + warm-up
         for _ in range(warmup):
             fns[v][0]()
             if fns[v][1] is not None:
                 fns[v][1]()
-    samples = {v: [] for v in VARIANTS}
-    reg_samples = {v: [] for v in VARIANTS if fns[v][1] is not None}
+    samples = {v: [] for v in variants}
+    reg_samples = {v: [] for v in variants if fns[v][1] is not None}
     for _ in range(reps):  # interleaved rounds
-        for v in VARIANTS:
+        for v in variants:
             samples[v].append(_median_time(fns[v][0], 1))
         for v in reg_samples:
             reg_samples[v].append(_median_time(fns[v][1], 3))
-    step = {v: statistics.median(samples[v]) for v in VARIANTS}
+    step = {v: statistics.median(samples[v]) for v in variants}
     reg = {v: statistics.median(reg_samples[v]) for v in reg_samples}
     return {
         "model": model_name, "widths": list(widths), "batch": batch, "reps": reps,
         "step_seconds": step,
-        "ratio_to_baseline": {v: step[v] / step["baseline"] for v in VARIANTS},
+        "ratio_to_baseline": {v: step[v] / step["baseline"] for v in variants},
         "regularizer_seconds": reg,
         "regularizer_fraction_of_baseline_step": {v: reg[v] / step["baseline"] for v in reg},
     }

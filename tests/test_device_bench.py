@@ -1,0 +1,65 @@
+"""``python benchmarks/device.py --smoke`` (issue 16 §4): all three parts run and report."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(tmp_path, *args):
+    out = tmp_path / "device.json"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "device.py"), "--smoke", "--out", str(out),
+         "--runs-dir", str(tmp_path / "runs"), *args],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(out.read_text()), proc.stdout
+
+
+def _check(result, stdout, parts, methods=("baseline", "mhe", "half_mhe")):
+    assert result["smoke"] is True and result["machine"]["backend"] == "cpu"
+    if "energy" in parts:
+        rows = result["energy"]
+        assert rows and all(r["ours_s"] > 0 and r["matmul_s"] > 0 and "naive_s" in r
+                            for r in rows)
+        assert "## (a) energy value_and_grad vs one w.T @ w" in stdout
+    if "train_step" in parts:
+        ts = result["train_step"]
+        (r,) = ts["results"]
+        assert r["model"] == "cnn9" and tuple(r["step_seconds"]) == methods
+        assert ts["flops"][0]["flops"] > 0
+        assert "## (b) train step (ms) and ratio to baseline" in stdout
+    if "table1" in parts:
+        rows = result["table1"]
+        assert tuple(r["method"] for r in rows) == methods
+        assert all(r["steps"] == 4 and 0 <= r["test_error"] <= 100 and not r["full_recipe"]
+                   and r["paper_test_error"] is not None for r in rows)
+        assert "## (c) Table 1, CIFAR-10, CNN-9 (test error %)" in stdout
+    for part in {"energy", "train_step", "table1"} - set(parts):
+        assert part not in result
+
+
+@pytest.mark.slow
+def test_device_smoke_runs_all_three_parts(tmp_path):
+    result, stdout = _run(tmp_path)
+    _check(result, stdout, ("energy", "train_step", "table1"))
+
+
+def test_device_smoke_subset_runs_all_three_parts(tmp_path):
+    """The fast variant for CI: the same three parts, baseline rows only in (b) and (c)."""
+    result, stdout = _run(tmp_path, "--methods", "baseline")
+    _check(result, stdout, ("energy", "train_step", "table1"), methods=("baseline",))
+
+
+def test_device_methods_option_is_checked(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "device.py"), "--smoke",
+                           "--methods", "mhe"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "--methods must start with baseline" in proc.stderr
