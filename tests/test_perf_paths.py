@@ -292,7 +292,9 @@ _EIGHT = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
 
 def _check_sharded(r):
     assert r["worst"] < 1e-12, r
-    assert r["ref_err"] < 1e-10, r
+    # against the unguarded NumPy brute force: the float64 eps guard (r^2 + 1e-12) alone moves
+    # s = 0, angular, half-space by 1.3e-10 here (single device, no sharding involved)
+    assert r["ref_err"] < 1e-9, r
     assert r["bad_axis"], r
 
 
