@@ -137,9 +137,9 @@ def test_quickstart_is_two_commands():
     ]
     assert len(commands) == 2, f"Quickstart must be exactly two commands, got {commands}"
     assert "python -m mhe_jax.experiments quickstart" in commands[0]
-    assert commands[1].endswith('python -m pytest -m "not slow"')
+    assert commands[1].endswith('python -m pytest -m "not slow" -n auto')
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
-    assert 'python -m pytest -m "not slow"' in ci, ".ci/run runs the README's test command"
+    assert 'python -m pytest -m "not slow" -n auto' in ci, ".ci/run runs the README's test command"
 
 
 def test_relative_links_point_to_files():
