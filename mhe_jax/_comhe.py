@@ -22,9 +22,9 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike, DTypeLike
 
-from mhe_jax import _energy
-from mhe_jax._neurons import normalize_columns, scale_free
-from mhe_jax._spec import EnergySpec, ProjectionSpec
+from mhe_jax._energy import energy_from_spec
+from mhe_jax._neurons import as_neuron_matrix, normalize_columns, scale_free
+from mhe_jax._spec import EnergySpec, ProjectionSpec, resolve_spec
 
 __all__ = ["compressive_energy", "random_projections"]
 
@@ -105,10 +105,10 @@ def compressive_energy(
         layout = dict(projections=projections, dim=dim, kind=kind)
         if any(v != d for v, d in zip(layout.values(), (20, 40, "gaussian"), strict=True)):
             raise TypeError("pass the projection options either as keywords or in spec=, not both")
-        spec = _energy.resolve_spec(spec, defaults, given)
+        spec = resolve_spec(spec, defaults, given)
         if spec.projection is None:
             spec = spec.replace(projection=ProjectionSpec())
-    return compressive_from_spec(_energy.as_neuron_matrix(w, neuron_axis), key, spec)
+    return compressive_from_spec(as_neuron_matrix(w, neuron_axis), key, spec)
 
 
 def compressive_from_spec(W, key, spec: EnergySpec):
@@ -125,6 +125,6 @@ def compressive_from_spec(W, key, spec: EnergySpec):
     inner = spec.replace(projection=None, calibrate=False)
 
     def one(a):
-        return _energy.energy_from_spec(jnp.matmul(a, Wn, precision=spec.lax_precision), inner)
+        return energy_from_spec(jnp.matmul(a, Wn, precision=spec.lax_precision), inner)
 
     return jnp.mean(jax.vmap(one)(A))

@@ -18,10 +18,8 @@ closer than about 1e-3 rad lose relative accuracy in their distance (absolute er
 ``2 − 2c``). This only matters when ``eps`` is below ``θ²``; with the default float32
 ``eps = 1e-6`` the guard dominates below ~1e-3 rad anyway. See benchmarks/RESULTS.md.
 
-This module also re-exports, for the layers that imported them from here before the split,
-``normalize_columns``, ``as_neuron_matrix``, ``gram``, ``offdiag``, ``make_kernel``, the pair
-sums and the diagnostics; new code should import from the modules named above (or the public
-``mhe_jax`` names).
+Other modules import the pieces from the modules named above (or the public ``mhe_jax``
+names), never through this one.
 """
 
 from __future__ import annotations
@@ -33,38 +31,16 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from mhe_jax import _checks
-from mhe_jax._diagnostics import (  # noqa: F401  (re-exports, see the module docstring)
-    EnergyStats,
-    energy_stats,
-    mean_abs_cosine,
-    min_angle,
-)
-from mhe_jax._kernels import (  # noqa: F401
-    Kernel,
-    default_eps,
-    kernel_from_spec,
-    make_kernel,
-    pair_function,
-    pair_value,
-)
-from mhe_jax._neurons import (  # noqa: F401
+from mhe_jax._kernels import kernel_from_spec, pair_value
+from mhe_jax._neurons import (
     as_neuron_matrix,
     gram,
-    inverse_norms,
     normalize_columns,
-    offdiag,
     sample_columns,
     scale_free,
 )
-from mhe_jax._official import OFFICIAL_STRENGTHS, official_energy  # noqa: F401
-from mhe_jax._pairsum import (  # noqa: F401
-    mean_energy,
-    mean_from_sum,
-    normalized_mean_energy,
-    normalized_pairwise_sum,
-    pairwise_sum,
-)
-from mhe_jax._spec import EnergySpec, resolve_spec  # noqa: F401  (resolve_spec: re-export)
+from mhe_jax._pairsum import normalized_mean_energy
+from mhe_jax._spec import EnergySpec, resolve_spec
 
 Array = jax.Array
 
@@ -74,12 +50,6 @@ __all__ = [
     "output_energy",
     "energy_from_spec",
     "uniformity_loss",
-    "official_energy",
-    "energy_stats",
-    "EnergyStats",
-    "min_angle",
-    "mean_abs_cosine",
-    "OFFICIAL_STRENGTHS",
 ]
 
 

@@ -32,11 +32,11 @@ from jax.custom_derivatives import SymbolicZero
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jax.typing import ArrayLike
 
-from mhe_jax import _energy, _tiled
+from mhe_jax import _tiled
 from mhe_jax._kernels import kernel_from_spec, pair_function
 from mhe_jax._neurons import as_neuron_matrix, normalize_columns, sample_columns, scale_free
 from mhe_jax._pairsum import mean_from_sum
-from mhe_jax._spec import PRECISIONS, EnergySpec
+from mhe_jax._spec import PRECISIONS, EnergySpec, resolve_spec
 
 Array = jax.Array
 
@@ -90,7 +90,7 @@ def sharded_hyperspherical_energy(
     else:
         defaults = dict(s=2.0, distance="euclidean", half_space=False, eps=None, sample_size=None,
                         min_distance=None, block_size=None)
-        spec = _energy.resolve_spec(spec, defaults, given, kernel="riesz")
+        spec = resolve_spec(spec, defaults, given, kernel="riesz")
     if spec.projection is not None or spec.calibrate:
         raise ValueError("sharded_hyperspherical_energy: spec.projection / spec.calibrate are "
                          "not supported (use hyperspherical_energy)")

@@ -28,7 +28,8 @@ import optax
 from jax.typing import ArrayLike
 
 from mhe_jax import _checks, _energy, _layouts, _tree
-from mhe_jax._spec import EnergySpec
+from mhe_jax._diagnostics import energy_stats
+from mhe_jax._spec import EnergySpec, resolve_spec
 
 __all__ = [
     "RegularizerState",
@@ -253,7 +254,7 @@ def _energy_spec(spec, **given) -> EnergySpec:
         given["half_space"] = True
     if spec is None:
         given["half_space"] = _half_space_for_hidden(given["half_space"])
-    return _energy.resolve_spec(spec, _SPEC_DEFAULTS, given)
+    return resolve_spec(spec, _SPEC_DEFAULTS, given)
 
 
 def _mhe(hidden_strength, output_strength, output, spec: EnergySpec) -> _MHEPenalty:
@@ -486,7 +487,7 @@ def layer_energies(
     for layer in layers:
         W = layer.matrix(leaves[layer.index])
         layer_half = spec.half_space and not layer.is_output
-        st = _energy.energy_stats(W, spec=spec.replace(half_space=layer_half, calibrate=False))
+        st = energy_stats(W, spec=spec.replace(half_space=layer_half, calibrate=False))
         if spec.calibrate:
             d, n = W.shape
             ref = _energy.calibration_reference(spec, n, d, half_space=layer_half)

@@ -18,7 +18,10 @@ import pytest
 from jax.test_util import check_grads
 
 import mhe_jax
-from mhe_jax import _energy, _tiled, hyperspherical_energy as energy
+from mhe_jax import _tiled, hyperspherical_energy as energy
+from mhe_jax._kernels import make_kernel
+from mhe_jax._neurons import normalize_columns
+from mhe_jax._pairsum import mean_energy, normalized_mean_energy
 from tests import helpers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -153,13 +156,13 @@ def test_fused_normalisation_matches_unfused():
     w = jnp.asarray(rand((7, 9), seed=7))
     w = w.at[:, 3].set(0.0)  # a zero neuron: zero gradient either way
     for s, distance, half in [(0.0, "angular", True), (2.0, "euclidean", False)]:
-        k, p = _energy.make_kernel("riesz", distance, half, s, None, w.dtype)
+        k, p = make_kernel("riesz", distance, half, s, None, w.dtype)
         for norm_eps in (0.0, 1e-4):
             def unfused(w):
-                return _energy.mean_energy(k, p, _energy.normalize_columns(w, norm_eps), 9)
+                return mean_energy(k, p, normalize_columns(w, norm_eps), 9)
 
             def fused(w):
-                return _energy.normalized_mean_energy(k, p, w, 9, None, norm_eps)
+                return normalized_mean_energy(k, p, w, 9, None, norm_eps)
 
             v0, g0 = jax.value_and_grad(unfused)(w)
             v1, g1 = jax.value_and_grad(fused)(w)
