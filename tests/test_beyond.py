@@ -194,6 +194,7 @@ def test_half_space_reference_and_divergence():
         mhe_jax.uniform_reference_energy(10, 2, s=2.0)
 
 
+@pytest.mark.slow  # full-width CNN-9 (~45 s in CI); the calibration itself is tested above
 def test_calibrated_cnn9_layers_are_near_one_at_init():
     from mhe_jax.models import cnn9
 

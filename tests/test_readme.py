@@ -41,6 +41,7 @@ BLOCKED = {
     "mkdocstrings": "mkdocstrings",
     "nbmake": "nbmake",
     "pytest": "pytest",
+    "pytest-xdist": "xdist",
     "ruff": "ruff",
     "pyright": "pyright",
     "build": "build",
