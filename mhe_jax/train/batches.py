@@ -50,11 +50,11 @@ def epoch_batches(x: np.ndarray, y: np.ndarray, *, batch_size: int, seed: int,
     if start_step < 0:
         raise ValueError(f"start_step must be >= 0, got {start_step}")
     batches(x, y, batch_size, seed, epochs=None)  # checks x, y, batch_size and seed first
+    if put is not None:
+        return _device_batches(np.asarray(x), np.asarray(y), batch_size, seed, start_step, put)
     spe = steps_per_epoch(len(x), batch_size)
     stream = batches(x, y, batch_size, seed, epochs=None, start_epoch=start_step // spe)
-    if put is None:
-        return itertools.islice(stream, start_step % spe, None)
-    return _device_batches(np.asarray(x), np.asarray(y), batch_size, seed, start_step, put)
+    return itertools.islice(stream, start_step % spe, None)
 
 
 def _gather(x, y, order, i):
