@@ -16,8 +16,8 @@ from mhe_jax.experiments.configs import (
     result_differences,
 )
 
-# The study of issue 15 (run by a separate checkout) uses these values, written in the old flat
-# spelling: the nested configs must resolve to exactly them.
+# The 40-epoch pilot of issue 15's study (run by a separate checkout) used these values, written
+# in the old flat spelling: the nested configs must resolve to exactly them.
 STUDY_FLAT = {
     "dataset": "cifar10_jpeg", "data_dir": None, "image_size": None, "imbalance": None,
     "imbalance_class": 0, "imbalance_keep": 0.1, "train_per_class": 500, "subset_seed": 0,
@@ -39,8 +39,8 @@ def _get(cfg, dotted):
 
 
 @pytest.mark.parametrize("method", sorted(STUDY_STRENGTHS))
-def test_study_configs_resolve_to_their_original_values(method):
-    cfg = get_config(f"repro/cifar10_small/{method}")
+def test_study_pilot_configs_resolve_to_their_original_values(method):
+    cfg = get_config(f"repro/cifar10_small_40ep/{method}")
     for key, value in STUDY_FLAT.items():
         assert _get(cfg, FLAT_KEYS[key]) == value, key
     assert cfg.regularizer.method == method
@@ -48,6 +48,17 @@ def test_study_configs_resolve_to_their_original_values(method):
     # the old flat overrides of the running study still mean the same thing
     c2 = apply_overrides(cfg, ["seed=2", "data_dir=/x/cifar10_jpeg.npz"])
     assert (c2.seed, c2.data.data_dir) == (2, "/x/cifar10_jpeg.npz")
+
+
+@pytest.mark.parametrize("method", sorted(STUDY_STRENGTHS))
+def test_study_configs_are_the_pilot_at_80_epochs(method):
+    pilot, cfg = (get_config(f"{p}/{method}") for p in ("repro/cifar10_small_40ep",
+                                                         "repro/cifar10_small"))
+    n_epochs = cfg.optim.steps * cfg.data.batch_size / (500 * 10)
+    assert (cfg.optim.steps, cfg.optim.boundaries, round(n_epochs)) == (3120, (1560, 2340), 80)
+    assert cfg.logging.train_eval_every == cfg.logging.eval_every == 312
+    diffs = result_differences(pilot, cfg)
+    assert [d.split(":")[0] for d in diffs] == ["optim.boundaries"]  # steps: a non-result field
 
 
 def test_at_most_12_top_level_fields_and_frozen_sections():

@@ -196,12 +196,18 @@ def cmd_study(args):
         if args.runs:
             raise UsageError("--runs is only for --report-only; the grid runs into --out")
         seeds = _parse_ints(args.seeds, "--seeds")
+        if args.workers < 1:
+            raise UsageError(f"--workers must be >= 1, got {args.workers}")
+        try:
+            study.split_cpus(args.workers)
+        except ValueError as e:
+            raise UsageError(f"--workers: {e}") from None
         for m in methods:  # every config and override checked before anything trains
             config_for(f"{args.configs}/{m}", [*args.set, f"seed={seeds[0]}"])
         summary = study.run_study(args.configs, methods, seeds, args.out, overrides=args.set,
                                   progress=not args.no_progress, baseline=args.baseline,
                                   report_out=args.report_out, command=_command_line(),
-                                  config_for=config_for)
+                                  config_for=config_for, workers=args.workers)
     print(summary["markdown"])
     for f in summary["files"]:
         print(f"wrote {f}")
@@ -291,6 +297,10 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--methods", default="baseline,mhe,half_mhe")
     st.add_argument("--seeds", default="0,1,2")
     st.add_argument("--baseline", default="baseline", help="the method differences are taken to")
+    st.add_argument("--workers", type=int, default=1,
+                    help="train this many runs at once, each pinned to its share of the CPUs "
+                         "(on a CPU-only machine 2 single-core runs train ~1.4x faster than one "
+                         "run on 2 cores)")
     st.add_argument("--out", default="runs/cifar10_small",
                     help="runs go to <out>/seed<S>/<prefix>/<method>; the report to <out>")
     st.add_argument("--report-only", action="store_true",

@@ -52,7 +52,8 @@ _NEEDS_DATA_DIR = {"cifar10_jpeg": "the cifar10_jpeg .npz file",
 
 
 # results.json's "train_accuracy" evaluates the whole training set (eval mode, no augmentation)
-# at the end when it has at most this many images (CIFAR and MNIST do; ImageNet does not).
+# at the end when it has at most this many images (CIFAR and MNIST do; ImageNet does not), or
+# when logging.train_eval_every is set (then also every that many steps).
 _TRAIN_EVAL_MAX = 60_000
 
 
@@ -242,6 +243,11 @@ def run(cfg: ExperimentConfig, out_dir, *, resume: ResumeMode = "auto", progress
                             put=put if put is not None else jax.device_put)  # on-device stream
     test = accuracy_eval(fns.eval, ds.x_test, ds.y_test, num_classes=ds.num_classes, put=put)
     evals = [Every(log.eval_every, test)]
+    train_eval = None
+    if log.train_eval_every is not None or len(ds.x_train) <= _TRAIN_EVAL_MAX:
+        train_eval = accuracy_eval(fns.eval, ds.x_train, ds.y_train,
+                                   num_classes=ds.num_classes, put=put, prefix="train")
+        evals.append(Every(log.train_eval_every, train_eval))
     energies = None if log.energy_every is None else energy_logger(**energy_kwargs)
     if energies is not None:
         evals.insert(0, Every(log.energy_every, energies))
@@ -258,11 +264,7 @@ def run(cfg: ExperimentConfig, out_dir, *, resume: ResumeMode = "auto", progress
         result = fit(model, optimizer, batches, steps=cfg.optim.steps, train_step=fns.train,
                      log_every=log.log_every, evals=evals, loggers=loggers,
                      checkpointer=checkpointer)
-        train_accuracy = None
-        if len(ds.x_train) <= _TRAIN_EVAL_MAX:
-            train_accuracy = accuracy_eval(fns.eval, ds.x_train, ds.y_train,
-                                           num_classes=ds.num_classes, put=put,
-                                           prefix="train")(model)["train_accuracy"]
+        train_accuracy = result["final"].get("train_accuracy")
     finally:
         for logger in loggers:
             logger.close()
