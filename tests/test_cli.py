@@ -137,6 +137,11 @@ def test_study_and_report_user_errors(capsys, tmp_path):
     assert "quickstart/mhf" in line and "quickstart/mhe" in line
     line = _user_error(capsys, ["study", "--configs", "quickstart", "--seeds", "0,x"])
     assert "--seeds" in line
+    for bad in ("0", "100000"):
+        line = _user_error(capsys, ["study", "--configs", "quickstart", "--workers", bad,
+                                    "--out", str(tmp_path / "w")])
+        assert "--workers" in line
+    assert not (tmp_path / "w").exists()
     line = _user_error(capsys, ["report", str(tmp_path / "none")])
     assert "no such file" in line
     line = _user_error(capsys, ["report", str(tmp_path)])

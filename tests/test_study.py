@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import jax
 import numpy as np
@@ -261,14 +262,18 @@ def test_study_grid_resumes_a_half_finished_grid(tmp_path, monkeypatch, capsys):
     half = study.run_dir_for(out, "quickstart", "mhe", 0)
     assert not (half / "results.json").exists() and (half / "checkpoints").is_dir()
     capsys.readouterr()
-    # 3. the whole 2 x 2 grid from the command line: only the three missing runs train
+    # 3. the whole 2 x 2 grid from the command line, two runs at a time in worker processes:
+    # only the three missing runs train (the killed one resumes)
+    workers = min(2, len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else 2
     cli(["study", "--configs", "quickstart", "--methods", "baseline,mhe", "--seeds", "0,1",
-         "--out", str(out), "--no-progress", *[a for t in TINY for a in ("--set", t)]])
+         "--out", str(out), "--no-progress", "--workers", str(workers),
+         *[a for t in TINY for a in ("--set", t)]])
     printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("seed ")]
     assert printed[0].startswith("seed 0 baseline: finished, skipped")
-    assert [line.split(":")[0] for line in printed] == [
-        "seed 0 baseline", "seed 0 mhe", "seed 1 baseline", "seed 1 mhe"]  # seed-major
-    assert all("training" in line for line in printed[1:])
+    started = [line.split(":")[0] for line in printed if ": training" in line]
+    assert started == ["seed 0 mhe", "seed 1 baseline", "seed 1 mhe"]  # seed-major
+    assert sorted(line.split(":")[0] for line in printed if line.endswith(": finished")) == \
+        sorted(started)
     assert done.read_bytes() == finished_bytes  # not retrained
     assert json.loads((half / "results.json").read_text())["resumed_from"] == 2
     # every run's log starts with the initialization (once, also in the resumed run)
@@ -303,6 +308,36 @@ def test_study_grid_resumes_a_half_finished_grid(tmp_path, monkeypatch, capsys):
     report_md = (tmp_path / "report" / "study.md").read_text()
     assert "| 1 | mhe |" in report_md and "| mhe | 2 |" in report_md  # per seed; mean of 2
     assert (tmp_path / "report" / "curves.png").stat().st_size > 10_000
+
+
+def test_parallel_study_names_failed_runs_and_keeps_their_output(tmp_path, capsys):
+    from mhe_jax.experiments.configs import apply_overrides, get_config
+
+    # the child fails at its first step: the data file does not exist
+    cfg = apply_overrides(get_config("repro/cifar10_small/baseline"),
+                          [f"data.data_dir={tmp_path / 'missing.npz'}"])
+    todo = [((0, "baseline"), cfg, tmp_path / "a"), ((1, "baseline"), cfg, tmp_path / "b"),
+            ((2, "baseline"), cfg, tmp_path / "c")]
+    with pytest.raises(RuntimeError, match=r"seed 0 baseline \(exit code 1; see .*train.out\)"
+                       r".*not started: 1"):
+        study.run_parallel(todo, study.split_cpus(1) * 2, poll_seconds=0.05)
+    assert "missing.npz" in (tmp_path / "a" / "train.out").read_text()
+    assert not (tmp_path / "c").exists()  # nothing new starts after a failure
+
+
+def test_split_cpus(tmp_path):
+    if not hasattr(os, "sched_getaffinity"):
+        assert study.split_cpus(3) == [None] * 3
+        return
+    cpus = os.sched_getaffinity(0)
+    groups = study.split_cpus(len(cpus))
+    assert all(len(g) == 1 for g in groups) and set().union(*groups) == cpus
+    assert study.split_cpus(1) == [cpus]
+    with pytest.raises(ValueError, match="workers=.* more than"):
+        study.split_cpus(len(cpus) + 1)
+    with pytest.raises(ValueError, match="workers must be an int >= 1"):
+        study.run_study("quickstart", ["baseline"], [0], tmp_path / "out", workers=0)
+    assert not (tmp_path / "out").exists()
 
 
 def test_quickstart_figure_from_synthetic_runs(tmp_path):
