@@ -16,7 +16,9 @@ Three parts, in this order, each timed with ``block_until_ready`` after compilat
     step from XLA's cost analysis and the implied step time at an assumed throughput.
 (c) Table 1, CIFAR-10, CNN-9 64/128/256: ``repro/cifar10_cnn9_full/{baseline,mhe,half_mhe}``
     (the official recipe, 42.5k steps, the JPEG copy of CIFAR-10 given by ``--data``) through
-    the public :func:`mhe_jax.experiments.runner.run`. The time each run may use is the budget
+    the public :func:`mhe_jax.experiments.runner.run`, with the training set on the device
+    and ``steps_per_call = call_length(cfg)`` (the steps between two log / eval points, at most
+    100, in one jitted ``lax.scan``: no per-step Python). The time each run may use is the budget
     left divided by the runs left; its step count is predicted from the step time measured in
     (b) (plus a fixed allowance for compilation and evaluation). If the full recipe does not
     fit, the run is SHORTENED, never cut silently: ``optim.steps``, the learning-rate
@@ -144,8 +146,13 @@ def scaled_config(cfg, steps: int):
     o, lg = cfg.optim, cfg.logging
     f = steps / o.steps
 
+    # log_every is kept (more log records, not fewer) and the scaled eval / energy intervals
+    # are multiples of it, so every jitted call of runner.call_length(cfg) steps is alike
+    log_every = None if lg.log_every is None else min(steps, lg.log_every)
+    unit = log_every or 1
+
     def every(n):
-        return None if n is None else max(1, min(steps, round(n * f)))
+        return None if n is None else max(unit, min(steps, round(n * f / unit) * unit))
 
     bounds = []
     for b in o.boundaries:
@@ -156,7 +163,7 @@ def scaled_config(cfg, steps: int):
     bounds = tuple(b for b in bounds if b < steps)
     return cfg.replace(
         optim={"steps": steps, "boundaries": bounds, "warmup_steps": round(o.warmup_steps * f)},
-        logging={"log_every": every(lg.log_every), "eval_every": every(lg.eval_every),
+        logging={"log_every": log_every, "eval_every": every(lg.eval_every),
                  "energy_every": every(lg.energy_every), "checkpoint_every": None})
 
 
@@ -169,7 +176,7 @@ def _paper_error(method: str):
 def part_table1(data: str | None, smoke: bool, deadline: float, step_seconds: dict,
                 runs_dir: str, min_steps: int, log=print, methods=METHODS) -> list[dict]:
     from mhe_jax.experiments.configs import get_config
-    from mhe_jax.experiments.runner import run
+    from mhe_jax.experiments.runner import call_length, run
 
     rows = []
     for i, method in enumerate(methods):
@@ -209,13 +216,15 @@ def part_table1(data: str | None, smoke: bool, deadline: float, step_seconds: di
                         f"{per_step * 1e3:.2f} ms/step and a {share:.0f} s share")
                 log(f"{method}: {note}")
         t0 = time.time()
+        k = call_length(cfg)  # one jitted lax.scan between log / eval points (<= 100 steps)
         res = run(cfg, os.path.join(runs_dir, method), resume="restart", progress=False,
-                  command=" ".join(sys.argv))
+                  command=" ".join(sys.argv), steps_per_call=k)
         row = {"method": method, "config": cfg.name, "steps": res["steps"],
                "full_recipe": res["steps"] == full and not smoke, "note": note,
                "test_error": res["test_error"], "paper_test_error": _paper_error(method),
                "train_seconds": res["train_seconds"], "wall_seconds": time.time() - t0,
                "steps_per_second": res["steps"] / res["train_seconds"],
+               "steps_per_call": k,
                "dataset": cfg.data.dataset, "widths": list(cfg.model.widths)}
         rows.append(row)
         log(f"{method}: {row['steps']} steps, test error {row['test_error']:.2f} % "

@@ -142,6 +142,12 @@ def test_study_and_report_user_errors(capsys, tmp_path):
                                     "--out", str(tmp_path / "w")])
         assert "--workers" in line
     assert not (tmp_path / "w").exists()
+    for bad in ("0", "x"):
+        for cmd in (["run", "quickstart/mhe"], ["study", "--configs", "quickstart"]):
+            line = _user_error(capsys, [*cmd, "--steps-per-call", bad, "--out",
+                                        str(tmp_path / "w")])
+            assert "--steps-per-call" in line
+    assert not (tmp_path / "w").exists()
     line = _user_error(capsys, ["report", str(tmp_path / "none")])
     assert "no such file" in line
     line = _user_error(capsys, ["report", str(tmp_path)])

@@ -41,6 +41,7 @@ def _check(result, stdout, parts, methods=("baseline", "mhe", "half_mhe")):
         assert tuple(r["method"] for r in rows) == methods
         assert all(r["steps"] == 4 and 0 <= r["test_error"] <= 100 and not r["full_recipe"]
                    and r["paper_test_error"] is not None for r in rows)
+        assert all(r["steps_per_call"] == 2 for r in rows)  # one jitted scan per log interval
         assert "## (c) Table 1, CIFAR-10, CNN-9 (test error %)" in stdout
     for part in {"energy", "train_step", "table1"} - set(parts):
         assert part not in result
@@ -63,3 +64,26 @@ def test_device_methods_option_is_checked(tmp_path):
                            "--methods", "mhe"], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2 and "--methods must start with baseline" in proc.stderr
+
+
+def test_budget_scaled_schedule_keeps_one_call_length():
+    """A shortened Table 1 run keeps log_every and makes the other intervals multiples of it,
+    so every jitted call trains runner.call_length(cfg) = 100 steps."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import device
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    from mhe_jax.experiments.configs import get_config
+    from mhe_jax.experiments.runner import call_length
+
+    full = get_config("repro/cifar10_cnn9_full/mhe")
+    assert call_length(full) == 100
+    for steps in (1000, 4321, 20000):
+        cfg = device.scaled_config(full, steps)
+        lg = cfg.logging
+        assert lg.log_every == 100 and lg.eval_every % 100 == 0 and lg.energy_every % 100 == 0
+        assert call_length(cfg) == 100 and cfg.optim.steps == steps
+        assert cfg.optim.boundaries == tuple(round(b * steps / 42500)
+                                             for b in full.optim.boundaries)
+    assert call_length(device.scaled_config(full, 60)) == 60

@@ -133,6 +133,69 @@ def test_resume_is_bit_exact(tmp_path):
                  nnx.to_pure_dict(nnx.state(opt_c)))
 
 
+def test_steps_in_one_jitted_call_equal_single_steps(tmp_path):
+    """fit(steps_per_call=K) with make_steps' train_many (lax.scan over K steps, half-space MHE,
+    BatchNorm, augmentation): the same parameters, optimizer state and records as K = 1 to
+    float32 rounding (XLA fuses the scanned step differently), also when resuming mid-call
+    from a checkpoint; wrong step functions are refused."""
+
+    def close(a, b):  # within 1e-3 of each leaf's largest value (measured: up to 1.1e-4)
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-3 * max(np.abs(b).max(), 1e-30))
+
+    cfg = tiny("half_mhe", "seed=2")
+    fns = make_steps(augment=True, seed=2)
+    results = {}
+    for k in (1, 4):
+        ds, _, model, opt, _ = build(cfg)
+        data = epoch_batches(ds.x_train, ds.y_train, batch_size=32, seed=2, put=jax.device_put)
+        out = fit(model, opt, data, steps=11, log_every=3, steps_per_call=k,
+                  train_step=fns.train if k == 1 else fns.train_many,
+                  evals=[Every(5, lambda m: {"x": 1.0})],
+                  checkpointer=Checkpointer(tmp_path / f"k{k}", every=2))
+        results[k] = (model, opt, out["history"])
+    (ma, oa, ha), (mb, ob, hb) = results[1], results[4]
+    jax.tree.map(close, _params(ma), _params(mb))
+    jax.tree.map(close, nnx.to_pure_dict(nnx.state(oa)),
+                 nnx.to_pure_dict(nnx.state(ob)))
+    assert [r["step"] for r in hb] == [r["step"] for r in ha] == [3, 5, 6, 9, 10, 11]
+    assert [r.get("loss") for r in hb] == pytest.approx([r.get("loss") for r in ha], rel=1e-5)
+    assert Checkpointer(tmp_path / "k4").steps() == Checkpointer(tmp_path / "k1").steps()
+    # stopped at step 5, resumed with K = 4 (calls of 4 and 2 steps)
+    ds, _, mc, oc, _ = build(cfg)
+    data = epoch_batches(ds.x_train, ds.y_train, batch_size=32, seed=2, put=jax.device_put)
+    fit(mc, oc, data, steps=5, train_step=fns.train_many, steps_per_call=4,
+        checkpointer=Checkpointer(tmp_path / "r"))
+    ds, _, mc, oc, _ = build(cfg.replace(seed=9))
+    assert Checkpointer(tmp_path / "r").restore(mc, oc)[0] == 5
+    data = epoch_batches(ds.x_train, ds.y_train, batch_size=32, seed=2, start_step=5,
+                         put=jax.device_put)
+    fit(mc, oc, data, steps=11, train_step=fns.train_many, steps_per_call=4)
+    jax.tree.map(close, _params(ma), _params(mc))
+    with pytest.raises(ValueError, match="steps_per_call must be an int >= 1"):
+        fit(mc, oc, data, steps=12, train_step=fns.train_many, steps_per_call=0)
+    # a step that takes the stacked batches as one big batch would train silently wrong
+    with pytest.raises(ValueError, match="train_step must take 2 batches stacked.*train_many"):
+        fit(mc, oc, data, steps=13, train_step=lambda m, o, b: {"loss": jax.numpy.zeros(())},
+            steps_per_call=2)
+
+
+def test_call_length_divides_every_logging_interval(tmp_path):
+    from mhe_jax.experiments.runner import call_length, run
+
+    cfg = tiny("baseline")  # log 1, energy 3
+    assert call_length(cfg) == 1
+    c = cfg.replace(logging={"log_every": 30, "energy_every": 45, "eval_every": None})
+    assert call_length(c) == 15 and call_length(c, cap=10) == 5
+    c = c.replace(logging={"log_every": None, "energy_every": None, "checkpoint_every": None})
+    assert call_length(c) == 6 and call_length(c.replace(optim={"steps": 400})) == 100
+    with pytest.raises(ValueError, match="cap"):
+        call_length(c, cap=0)
+    with pytest.raises(ValueError, match="steps_per_call must be an int >= 1 or 'auto'"):
+        run(cfg, tmp_path / "x", steps_per_call=0)
+    assert not (tmp_path / "x").exists()  # refused before anything is written
+
+
 def test_interrupted_save_keeps_previous_checkpoint(tmp_path):
     cfg = tiny("mhe")
     ds, _, model, opt, _ = build(cfg)

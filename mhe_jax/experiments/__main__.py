@@ -73,12 +73,33 @@ def _data_error(e: BaseException) -> UsageError:
     return UsageError(f"{msg} — fix: point the run at the data with --set {DATA_DIR_KEY}=PATH")
 
 
-def _run(name, overrides, out_dir, progress, resume: ResumeMode = "auto"):
+def _run(name, overrides, out_dir, progress, resume: ResumeMode = "auto",
+         steps_per_call: int | Literal["auto"] = 1):
     from mhe_jax.experiments.runner import run
 
     cfg = config_for(name, overrides)
     out = Path(out_dir)
-    return run(cfg, out, progress=progress, resume=resume, command=_command_line()), out
+    return run(cfg, out, progress=progress, resume=resume, command=_command_line(),
+               steps_per_call=steps_per_call), out
+
+
+def _steps_per_call(text: str) -> int | Literal["auto"]:
+    if text == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise UsageError(f"--steps-per-call {text!r}: expected an integer >= 1 or 'auto'")
+    return value
+
+
+def steps_per_call_option(parser) -> None:
+    parser.add_argument("--steps-per-call", default="1", metavar="K",
+                        help="train K steps per jitted call (lax.scan; for GPU/TPU, where a "
+                             "small model's step is as short as its Python dispatch), or "
+                             "'auto': the largest divisor of the logging intervals up to 100")
 
 
 def _parse_ints(text: str, what: str) -> list[int]:
@@ -196,6 +217,7 @@ def cmd_study(args):
         if args.runs:
             raise UsageError("--runs is only for --report-only; the grid runs into --out")
         seeds = _parse_ints(args.seeds, "--seeds")
+        k = _steps_per_call(args.steps_per_call)
         if args.workers < 1:
             raise UsageError(f"--workers must be >= 1, got {args.workers}")
         try:
@@ -207,7 +229,8 @@ def cmd_study(args):
         summary = study.run_study(args.configs, methods, seeds, args.out, overrides=args.set,
                                   progress=not args.no_progress, baseline=args.baseline,
                                   report_out=args.report_out, command=_command_line(),
-                                  config_for=config_for, workers=args.workers)
+                                  config_for=config_for, workers=args.workers,
+                                  steps_per_call=k)
     print(summary["markdown"])
     for f in summary["files"]:
         print(f"wrote {f}")
@@ -236,8 +259,10 @@ def cmd_run(args):
         raise UsageError("--restart and --resume-anyway contradict each other: give one")
     resume: ResumeMode = ("restart" if args.restart else
                           "force" if args.resume_anyway else "auto")
+    k = _steps_per_call(args.steps_per_call)
     for name in names:
-        r, out = _run(name, args.set, Path(args.out) / name, not args.no_progress, resume=resume)
+        r, out = _run(name, args.set, Path(args.out) / name, not args.no_progress, resume=resume,
+                      steps_per_call=k)
         paper = (r.get("paper") or {}).get("value")
         print(f"{name}: test error {r['test_error']:.2f} % (paper: "
               f"{'—' if paper is None else f'{paper} %'}) -> {out}")
@@ -309,6 +334,7 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--report-out", default=None,
                     help="where study.md and the PNGs go (default: the runs folder)")
     set_option(st)
+    steps_per_call_option(st)
     st.add_argument("--no-progress", action="store_true")
     ls = add("list", cmd_list, "list named configs (glob pattern)")
     ls.add_argument("pattern", nargs="?", default="*")
@@ -316,6 +342,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("name")
     set_option(r)
     r.add_argument("--out", default="runs")
+    steps_per_call_option(r)
     r.add_argument("--restart", action="store_true",
                    help="start from step 0, deleting the run's checkpoints and log")
     r.add_argument("--resume-anyway", action="store_true",

@@ -9,6 +9,7 @@ the current one (:func:`mhe_jax.experiments.configs.result_differences`).
 from __future__ import annotations
 
 import json
+import math
 import platform
 import shutil
 import time
@@ -44,8 +45,8 @@ from mhe_jax.train import (
     step_decay_schedule,
 )
 
-__all__ = ["ResumeError", "run", "build", "load_dataset", "build_model", "build_regularizer",
-           "build_optimizer", "machine"]
+__all__ = ["ResumeError", "run", "call_length", "build", "load_dataset", "build_model",
+           "build_regularizer", "build_optimizer", "machine"]
 
 _NEEDS_DATA_DIR = {"cifar10_jpeg": "the cifar10_jpeg .npz file",
                    "imagenet": "a folder with train/ and val/ class folders"}
@@ -175,7 +176,7 @@ ResumeMode = Literal["auto", "force", "restart"]
 
 
 def run(cfg: ExperimentConfig, out_dir, *, resume: ResumeMode = "auto", progress: bool = True,
-        command: str | None = None) -> dict:
+        command: str | None = None, steps_per_call: int | Literal["auto"] = 1) -> dict:
     """Train ``cfg``; write ``config.json``, ``log.jsonl``, ``results.json`` and checkpoints.
 
     Args:
@@ -189,6 +190,10 @@ def run(cfg: ExperimentConfig, out_dir, *, resume: ResumeMode = "auto", progress
         ``"restart"`` deletes ``checkpoints/`` and ``log.jsonl`` and starts from scratch.
       progress: show a tqdm bar.
       command: the command line, stored in results.json.
+      steps_per_call: train this many steps in one jitted call (``lax.scan``; see
+        :func:`mhe_jax.train.fit`): for accelerators, where a small model's step is as short
+        as its Python dispatch. The same run to float32 rounding; best a divisor of the
+        logging intervals: ``"auto"`` is :func:`call_length`'s (at most 100).
 
     Returns:
       The results.json dict plus ``"model"`` (the trained model).
@@ -197,6 +202,11 @@ def run(cfg: ExperimentConfig, out_dir, *, resume: ResumeMode = "auto", progress
         raise ValueError(f"resume must be 'auto', 'force' or 'restart', got {resume!r}")
     if not isinstance(cfg, ExperimentConfig):
         raise TypeError(f"cfg must be an ExperimentConfig, got {type(cfg).__name__}")
+    if steps_per_call == "auto":
+        steps_per_call = call_length(cfg)
+    if (not isinstance(steps_per_call, int) or isinstance(steps_per_call, bool)
+            or steps_per_call < 1):
+        raise ValueError(f"steps_per_call must be an int >= 1 or 'auto', got {steps_per_call!r}")
     out = Path(out_dir)
     ds, counts = load_dataset(cfg)  # first: a missing data path fails before anything is written
     out.mkdir(parents=True, exist_ok=True)
@@ -261,9 +271,10 @@ def run(cfg: ExperimentConfig, out_dir, *, resume: ResumeMode = "auto", progress
             initial = {"step": 0, **energies(model)}
             for logger in loggers:
                 logger(initial)
-        result = fit(model, optimizer, batches, steps=cfg.optim.steps, train_step=fns.train,
+        result = fit(model, optimizer, batches, steps=cfg.optim.steps,
+                     train_step=fns.train if steps_per_call == 1 else fns.train_many,
                      log_every=log.log_every, evals=evals, loggers=loggers,
-                     checkpointer=checkpointer)
+                     checkpointer=checkpointer, steps_per_call=steps_per_call)
         train_accuracy = result["final"].get("train_accuracy")
     finally:
         for logger in loggers:
@@ -286,6 +297,23 @@ def run(cfg: ExperimentConfig, out_dir, *, resume: ResumeMode = "auto", progress
     }
     (out / "results.json").write_text(json.dumps(summary, indent=1, default=_json_default))
     return {**summary, "model": model}
+
+
+def call_length(cfg: ExperimentConfig, cap: int = 100) -> int:
+    """The largest ``steps_per_call`` up to ``cap`` that divides every logging interval of
+    ``cfg`` (log, eval, energy, training-set eval, checkpoint), so every jitted call has the
+    same length and compiles once (a shorter one only at a resumed start and at the end)."""
+    if not isinstance(cap, int) or cap < 1:
+        raise ValueError(f"cap must be an int >= 1, got {cap!r}")
+    lg = cfg.logging
+    g = 0
+    for n in (lg.log_every, lg.eval_every, lg.energy_every, lg.train_eval_every,
+              lg.checkpoint_every):
+        if n is not None:
+            g = math.gcd(g, n)
+    if g == 0:
+        return min(cap, cfg.optim.steps) or 1
+    return max(d for d in range(1, min(g, cap) + 1) if g % d == 0)
 
 
 def _resume_differences(cfg: ExperimentConfig, step: int, meta: dict) -> list[str]:

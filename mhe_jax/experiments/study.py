@@ -30,7 +30,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -574,7 +574,7 @@ def config_differences(stored: dict, config, *, finished: bool) -> list[str]:
 def run_study(prefix: str, methods: Sequence[str], seeds: Sequence[int], out_dir, *,
               overrides: Sequence[str] = (), progress: bool = True, baseline: str = "baseline",
               report_out=None, command: str | None = None, config_for=None,
-              workers: int = 1) -> dict:
+              workers: int = 1, steps_per_call: int | Literal["auto"] = 1) -> dict:
     """Run ``PREFIX/METHOD`` for every seed (seed-major), then :func:`write_report`.
 
     A run folder with ``results.json`` is skipped; one without is resumed from its latest
@@ -584,7 +584,8 @@ def run_study(prefix: str, methods: Sequence[str], seeds: Sequence[int], out_dir
 
     ``workers > 1`` trains that many runs at once, each in its own process (see
     :func:`run_parallel`) pinned to its own share of this process's CPUs; the runs and their
-    results are the same as with ``workers=1``.
+    results are the same as with ``workers=1``. ``steps_per_call`` is passed to
+    :func:`mhe_jax.experiments.runner.run`.
     Returns the report's summary plus ``"trained"`` and ``"skipped"``: ``[(seed, method)]``.
     """
     from mhe_jax.experiments.configs import ConfigError
@@ -623,12 +624,13 @@ def run_study(prefix: str, methods: Sequence[str], seeds: Sequence[int], out_dir
             skipped.append((seed, method))
         elif cpu_groups is None:
             print(f"seed {seed} {method}: training ({d}) ...", flush=True)
-            run(cfg, d, progress=progress, resume="auto", command=command)
+            run(cfg, d, progress=progress, resume="auto", command=command,
+                steps_per_call=steps_per_call)
             trained.append((seed, method))
         else:
             todo.append(((seed, method), cfg, d))
     if todo:
-        trained += run_parallel(todo, cpu_groups, command=command)
+        trained += run_parallel(todo, cpu_groups, command=command, steps_per_call=steps_per_call)
     summary = write_report(out_dir, report_out or out_dir, methods=methods, baseline=baseline,
                            title=f"Study: {prefix}, seeds {', '.join(map(str, seeds))}",
                            command=command)
@@ -668,7 +670,7 @@ def _worker_main() -> None:
     from mhe_jax.experiments.runner import run
 
     run(ExperimentConfig.from_dict(spec["config"]), spec["run_dir"], progress=False,
-        resume="auto", command=spec["command"])
+        resume="auto", command=spec["command"], steps_per_call=spec["steps_per_call"])
 
 
 def _worker_command(cpus) -> list[str]:
@@ -679,7 +681,8 @@ def _worker_command(cpus) -> list[str]:
             pin + "from mhe_jax.experiments.study import _worker_main; _worker_main()"]
 
 
-def run_parallel(todo, cpu_groups, *, command: str | None = None, poll_seconds: float = 1.0):
+def run_parallel(todo, cpu_groups, *, command: str | None = None, poll_seconds: float = 1.0,
+                 steps_per_call: int | Literal["auto"] = 1):
     """Train ``todo = [(key, cfg, run_dir)]`` in worker processes, one per CPU group at a time.
 
     Each run's output goes to ``run_dir/train.out``. A failed run does not stop the others
@@ -708,7 +711,8 @@ def run_parallel(todo, cpu_groups, *, command: str | None = None, poll_seconds: 
                                             stderr=subprocess.STDOUT)
                 assert proc.stdin is not None
                 proc.stdin.write(json.dumps({"config": cfg.to_dict(), "run_dir": str(d),
-                                             "command": command}).encode())
+                                             "command": command,
+                                             "steps_per_call": steps_per_call}).encode())
                 proc.stdin.close()
                 cpus = "" if cpu_groups[group] is None else (
                     f" on CPU {','.join(map(str, sorted(cpu_groups[group])))}")

@@ -8,6 +8,7 @@ from typing import NamedTuple
 
 import flax.nnx as nnx
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from mhe_jax.data import normalize
@@ -26,7 +27,7 @@ class Every(NamedTuple):
 def fit(model: nnx.Module, optimizer: nnx.Optimizer, batches: Iterable, *, steps: int,
         train_step: Callable, log_every: int | None = None, evals: Sequence[Every] = (),
         loggers: Sequence[Callable[[dict], None]] = (),
-        checkpointer: Checkpointer | None = None) -> dict:
+        checkpointer: Checkpointer | None = None, steps_per_call: int = 1) -> dict:
     """Train ``model`` from ``optimizer.step`` up to ``steps`` steps.
 
     Args:
@@ -44,6 +45,12 @@ def fit(model: nnx.Module, optimizer: nnx.Optimizer, batches: Iterable, *, steps
       loggers: callables receiving each record (``JsonlLogger``, ``ProgressBar``, ``print``).
       checkpointer: a :class:`mhe_jax.train.Checkpointer`, saved every ``checkpointer.every``
         steps and at the end.
+      steps_per_call: train this many steps per call of ``train_step``, which then takes the
+        batches stacked along a new leading axis (on the batches' device: ``jnp.stack``) and
+        returns its metrics stacked the same way, e.g. :func:`mhe_jax.train.make_steps`'s
+        ``train_many``. A call ends early at a log, eval or checkpoint point and at the end, so
+        the records are those of ``steps_per_call=1``; a call of another length compiles once
+        more, so choose a divisor of the intervals.
 
     Returns:
       ``{"history": [records], "final": merged eval results at the end, "start_step",
@@ -90,6 +97,9 @@ def fit(model: nnx.Module, optimizer: nnx.Optimizer, batches: Iterable, *, steps
                                                   for i, e in enumerate(evals)]:
         if n is not None and (not isinstance(n, int) or n < 1):
             raise ValueError(f"{name} must be an int >= 1 or None, got {n!r}")
+    if (not isinstance(steps_per_call, int) or isinstance(steps_per_call, bool)
+            or steps_per_call < 1):
+        raise ValueError(f"steps_per_call must be an int >= 1, got {steps_per_call!r}")
     start = int(optimizer.step[...])
     if start > steps:
         raise ValueError(f"the optimizer is at step {start}, past steps={steps}")
@@ -110,12 +120,28 @@ def fit(model: nnx.Module, optimizer: nnx.Optimizer, batches: Iterable, *, steps
         return merged
 
     save_every = getattr(checkpointer, "every", None)
+    intervals = [n for n in [log_every, save_every, *(e.steps for e in evals)] if n is not None]
+
+    def call_length(step: int) -> int:  # steps until the next point where the host acts
+        return min([steps - step, steps_per_call]
+                   + [n - step % n for n in intervals])
+
     data = iter(batches)
     model.train()
     t0 = time.perf_counter()
-    for step in range(start, steps):
-        metrics = train_step(model, optimizer, next(data))
-        done = step + 1
+    step = start
+    while step < steps:
+        if steps_per_call == 1:
+            metrics = train_step(model, optimizer, next(data))
+            done = step + 1
+        else:
+            n = call_length(step)
+            chunk = [next(data) for _ in range(n)]
+            metrics = train_step(model, optimizer,
+                                 jax.tree.map(lambda *xs: jnp.stack(xs), *chunk))
+            _check_stacked(metrics, n)
+            metrics = jax.tree.map(lambda m: m[-1], metrics)
+            done = step + n
         if log_every is not None and done % log_every == 0:
             host = jax.device_get(metrics)
             record({"step": done, **{k: float(v) for k, v in host.items()}})
@@ -123,6 +149,7 @@ def fit(model: nnx.Module, optimizer: nnx.Optimizer, batches: Iterable, *, steps
             run_evals(done, final=False)
             if checkpointer is not None and save_every is not None and done % save_every == 0:
                 checkpointer.save(done, model, optimizer)
+        step = done
     jax.block_until_ready(nnx.state(model))
     seconds = time.perf_counter() - t0
     if checkpointer is not None and start < steps:
@@ -130,6 +157,15 @@ def fit(model: nnx.Module, optimizer: nnx.Optimizer, batches: Iterable, *, steps
     final = run_evals(steps, final=True)
     return {"history": history, "final": final, "start_step": start, "steps": steps,
             "seconds": seconds}
+
+
+def _check_stacked(metrics, k: int) -> None:
+    for leaf in jax.tree.leaves(metrics):
+        if np.ndim(leaf) < 1 or np.shape(leaf)[0] != k:
+            raise ValueError(
+                f"with steps_per_call > 1, train_step must take {k} batches stacked along a new "
+                f"leading axis and return metrics stacked the same way (e.g. make_steps(...)"
+                f".train_many); it returned a metric of shape {np.shape(leaf)}")
 
 
 def predict_features(model: nnx.Module, x: np.ndarray, *, batch_size: int = 500) -> np.ndarray:

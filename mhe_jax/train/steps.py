@@ -20,6 +20,9 @@ __all__ = ["StepFns", "make_steps", "evaluate", "accuracy_eval", "DataParallel"]
 class StepFns(NamedTuple):
     train: Callable  # (model, optimizer, (images_uint8, labels)) -> {"loss", "accuracy"[, "lr"]}
     eval: Callable  # (model, images_uint8) -> predicted labels (B,)
+    # (model, optimizer, (images (K, B, ...), labels (K, B))) -> metrics stacked (K,): K steps
+    # of ``train`` in one jitted lax.scan (``fit(..., steps_per_call=K)``)
+    train_many: Callable
 
 
 def make_steps(
@@ -42,11 +45,19 @@ def make_steps(
     batch loss and accuracy as device scalars (and ``lr``, the step's learning rate, when the
     schedule ``learning_rate`` is given). With ``pass_labels`` the batch labels reach the
     optimizer as the extra argument ``labels`` (Eq. 8 output-layer MHE, or SphereFace+).
+
+    ``train_many`` is the same step ``K`` times in one jitted ``lax.scan``, for batches stacked
+    along a new leading axis of length ``K`` (``fit(..., steps_per_call=K)``): one dispatch
+    and no host round trip for ``K`` steps, which matters on an accelerator, where a small
+    model's step takes about as long as Python takes to launch it. It computes what ``K``
+    calls of ``train`` compute, to float32 rounding (XLA fuses the scanned step differently;
+    after 11 steps of a tiny CNN-9 with half-space MHE at lr 0.05 the parameters and momentum
+    traces agree to about 1e-5 to 1e-4 of each array's largest value, the batch losses to
+    1e-5).
     """
     base_key = jax.random.key(seed)
 
-    @nnx.jit
-    def train_step(model, optimizer, batch):
+    def one_step(model, optimizer, batch):
         images, labels = batch
         count = optimizer.step[...]
         if augment:
@@ -68,10 +79,23 @@ def make_steps(
         return metrics
 
     @nnx.jit
+    def train_many(model, optimizer, batches):
+        graphdef, state = nnx.split((model, optimizer))
+
+        def body(state, batch):
+            m, opt = nnx.merge(graphdef, state)
+            metrics = one_step(m, opt, batch)
+            return nnx.state((m, opt)), metrics
+
+        state, metrics = jax.lax.scan(body, state, batches)
+        nnx.update((model, optimizer), state)
+        return metrics
+
+    @nnx.jit
     def eval_step(model, images):
         return jnp.argmax(model(normalize(images)), -1)
 
-    return StepFns(train_step, eval_step)
+    return StepFns(nnx.jit(one_step), eval_step, train_many)
 
 
 def evaluate(model: nnx.Module, eval_step: Callable[[nnx.Module, Any], ArrayLike],
@@ -84,9 +108,9 @@ def evaluate(model: nnx.Module, eval_step: Callable[[nnx.Module, Any], ArrayLike
         xb = x[i:i + batch_size]
         if put is not None and len(xb) % put.num_devices == 0:
             xb = put(xb)
-        preds.append(np.asarray(eval_step(model, xb)))
-    model.train()
-    pred = np.concatenate(preds)
+        preds.append(eval_step(model, xb))  # device arrays: one fetch at the end, so the
+    model.train()                               # batches' copies and steps overlap
+    pred = np.concatenate(jax.device_get(preds))
     y = np.asarray(y)
     k = num_classes or int(y.max()) + 1
     per_class = [float(np.mean(pred[y == c] == c)) if np.any(y == c) else float("nan")
