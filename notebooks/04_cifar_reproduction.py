@@ -125,9 +125,12 @@ for cfg in {cfg.data.dataset: cfg for cfg in configs.values()}.values():
 # ## Runs
 #
 # `runner.run(cfg, out_dir)` builds data, model and optimizer from the config, trains with
-# `mhe_jax.train.fit` and writes the run directory (`python -m mhe_jax.experiments run NAME`
-# does the same). A finished run (with `results.json`) is
-# skipped; an interrupted one resumes from its last checkpoint.
+# `mhe_jax.train.fit` and writes the run directory (`python -m mhe_jax.experiments run NAME
+# --steps-per-call auto` does the same). A finished run (with `results.json`) is
+# skipped; an interrupted one resumes from its last checkpoint. `steps_per_call` trains the
+# steps between two log or eval points (`runner.call_length(cfg)`, at most 100) in one jitted
+# `lax.scan`, as `benchmarks/device.py` does: on a GPU or TPU a small CNN's step is about as
+# short as Python takes to launch it, so per-step calls would leave the device idle.
 
 # %%
 for name, cfg in configs.items():
@@ -135,7 +138,7 @@ for name, cfg in configs.items():
     if (out / "results.json").is_file() and not SMOKE:
         print(f"{name}: finished earlier ({out}), skipped")
         continue
-    r = runner.run(cfg, out, progress=not SMOKE)
+    r = runner.run(cfg, out, progress=not SMOKE, steps_per_call=runner.call_length(cfg))
     print(f"{name}: test error {r['test_error']:.2f}% (paper {cfg.paper.get('value')}%), "
           f"{r['wall_seconds']:.0f} s")
 

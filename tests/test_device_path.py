@@ -168,6 +168,16 @@ def test_fit_does_no_host_transfer_between_log_points(tiny):
     assert [len(counts[2]), len(counts[8])] == [1, 1], counts
     assert len(counts[12]) > 1  # 4 more steps, 2 log points: their metrics are fetched
     assert int(optimizer.step[...]) == start + 12
+    # K = 4 steps per jitted call (jnp.stack of the on-device batches, one lax.scan): no
+    # transfer either, and the one fetch before the loop
+    for k in (4, 2):  # compile the two call lengths (4, 4, 2) outside the guards
+        fns.train_many(model, optimizer, jax.tree.map(lambda *b: jnp.stack(b), *[batch] * k))
+    start = int(optimizer.step[...])
+    with device_to_host_fetches(refuse=False) as fetches, \
+            jax.transfer_guard_host_to_device("disallow"):
+        fit(model, optimizer, data, steps=start + 10, train_step=fns.train_many,
+            steps_per_call=4)
+    assert len(fetches) == 1 and int(optimizer.step[...]) == start + 10, fetches
     host = epoch_batches(x, y, batch_size=16, seed=0)
     with pytest.raises(Exception, match="host-to-device"), \
             jax.transfer_guard_host_to_device("disallow"):
@@ -232,7 +242,7 @@ rng = np.random.default_rng(0)
 x = rng.integers(0, 256, (32, 8, 8, 1), dtype=np.uint8)
 y = rng.integers(0, 10, 32).astype(np.int32)
 runs = {}
-for name in ("single", "data_parallel"):  # runner.run's construction, same seed -> same init
+for name in ("single", "data_parallel", "data_parallel_scan"):  # runner.run's construction
     model = build_model(cfg, 10, 1, 8)
     opt, lr = build_optimizer(cfg, model)
     fns = make_steps(augment=True, seed=0, learning_rate=lr)
@@ -243,22 +253,28 @@ for name in ("single", "data_parallel"):  # runner.run's construction, same seed
     if put is not None:
         batch = next(epoch_batches(x, y, batch_size=16, seed=0, put=put))
         assert len(batch[0].sharding.device_set) == 8 and batch[0].shape == (16, 8, 8, 1)
-    # two steps through fit, as runner.run trains (the second one sees updated BN stats)
-    history = fit(model, opt, data, steps=2, train_step=fns.train, log_every=1)["history"]
+    # two steps through fit, as runner.run trains (the second one sees updated BN stats);
+    # "_scan": both steps in one jitted lax.scan (runner.run(steps_per_call=2))
+    if name.endswith("_scan"):
+        history = fit(model, opt, data, steps=2, train_step=fns.train_many, log_every=2,
+                      steps_per_call=2)["history"]
+    else:
+        history = fit(model, opt, data, steps=2, train_step=fns.train, log_every=1)["history"]
     metrics = [{k: v for k, v in e.items() if k != "step"} for e in history]
     if put is not None:
         assert len(model.layers[0].conv.kernel[...].sharding.device_set) == 8
     leaves = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(nnx.state((model, opt))))[0]
     runs[name] = ({jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves}, metrics)
-(a, ma), (b, mb) = runs["single"], runs["data_parallel"]
-assert a.keys() == b.keys()
-out = {"metrics": [ma, mb], "leaves": {}}
-for k in a:
-    if a[k].dtype.kind == "f":  # max |difference| relative to the leaf's largest value
-        scale = float(np.abs(a[k]).max()) or 1.0
-        out["leaves"][k] = float(np.abs(a[k] - b[k]).max()) / scale
-    else:
-        assert np.array_equal(a[k], b[k]), k
+(a, ma), (b, mb), (c, mc) = runs["single"], runs["data_parallel"], runs["data_parallel_scan"]
+assert a.keys() == b.keys() == c.keys()
+out = {"metrics": [ma, mb, mc], "leaves": {}, "leaves_scan": {}}
+for other, key in ((b, "leaves"), (c, "leaves_scan")):
+    for k in a:
+        if a[k].dtype.kind == "f":  # max |difference| relative to the leaf's largest value
+            scale = float(np.abs(a[k]).max()) or 1.0
+            out[key][k] = float(np.abs(a[k] - other[k]).max()) / scale
+        else:
+            assert np.array_equal(a[k], other[k]), k
 json.dump(out, open(sys.argv[1], "w"))
 """
 
@@ -270,7 +286,9 @@ def test_data_parallel_8_devices_equals_single_device(tmp_path):
     parameters, BatchNorm running statistics, optimizer state and metrics agree to float32
     rounding (measured: at most ~3e-6 of each leaf's largest value, loss within 5e-7). With
     per-device batch statistics over 2 examples the BatchNorm outputs, and so every leaf,
-    would differ at order 1: the statistics are over the global batch."""
+    would differ at order 1: the statistics are over the global batch. The same two steps as
+    one jitted ``lax.scan`` (``train_many``, ``steps_per_call=2``) over the 8 devices agree
+    as well."""
     script = tmp_path / "dp8.py"
     script.write_text(DATA_PARALLEL_8)
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
@@ -280,8 +298,12 @@ def test_data_parallel_8_devices_equals_single_device(tmp_path):
                           text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads((tmp_path / "out.json").read_text())
-    (ma, mb), leaves = out["metrics"], out["leaves"]
-    assert len(ma) == len(mb) == 2
+    (ma, mb, mc), leaves = out["metrics"], out["leaves"]
+    assert len(ma) == len(mb) == 2 and len(mc) == 1
+    # the two steps as one jitted scan over the 8 devices: the same state and last metrics
+    assert mc[0]["loss"] == pytest.approx(ma[1]["loss"], rel=1e-5, abs=1e-6)
+    worst_scan = max(out["leaves_scan"].values())
+    assert worst_scan < 2e-5, worst_scan
     for a, b in zip(ma, mb, strict=True):
         assert a.keys() == b.keys() == {"loss", "accuracy", "lr"}
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-6, abs=1e-6)

@@ -161,6 +161,26 @@ def test_report_numbers(grid, tmp_path):
         assert (out / png).stat().st_size > 10_000
 
 
+def test_train_accuracy_gain_is_the_last_quarter_of_the_training_set_curve(tmp_path):
+    d = make_run(tmp_path, "baseline", 0, 30.0, steps=100)
+    run = study.load_run(d)
+    assert math.isnan(study.train_accuracy_gain(run))  # no training-set evaluations logged
+    with open(d / "log.jsonl", "a") as f:
+        for step, acc in ((25, 0.5), (50, 0.6), (75, 0.7), (100, 0.72)):
+            f.write(json.dumps({"step": step, "train_accuracy": acc}) + "\n")
+    res = json.loads((d / "results.json").read_text())
+    (d / "results.json").write_text(json.dumps({**res, "train_accuracy": 0.73}))
+    run = study.load_run(d)
+    assert study.train_accuracy_gain(run) == pytest.approx(3.0)  # 73 % at the end - 70 % at 75
+    assert study.train_accuracy_gain(run, fraction=0.5) == pytest.approx(13.0)
+    row = study.run_metrics(run, use_checkpoint=False)
+    assert row["train_accuracy"] == pytest.approx(73.0) and row["train_gain"] == pytest.approx(3)
+    study.write_report(tmp_path, tmp_path / "r")
+    assert "train acc. gain, last 25 % of steps (points)" in (tmp_path / "r" / "study.md"
+                                                             ).read_text()
+    assert "+3.0" in (tmp_path / "r" / "study.md").read_text()
+
+
 def test_report_pairs_only_common_seeds_and_lists_unfinished(tmp_path):
     make_run(tmp_path, "baseline", 0, 30.0)
     make_run(tmp_path, "baseline", 1, 31.0)

@@ -371,7 +371,7 @@ def _first_positive_step(runs) -> int:
 # --------------------------------------------------------------------------- study figures
 
 
-def _per_method_curves(ax, runs, methods, series_fn):
+def _per_method_curves(ax, runs, methods, series_fn, *, ls="-", label_suffix=""):
     for i, m in enumerate(methods):
         color = method_color(m, i)
         curves = []
@@ -379,17 +379,17 @@ def _per_method_curves(ax, runs, methods, series_fn):
             pts = series_fn(r)
             if pts:
                 curves.append(dict(pts))
-                ax.plot(*zip(*pts, strict=True), color=color, lw=0.8, alpha=0.35)
+                ax.plot(*zip(*pts, strict=True), color=color, lw=0.8, alpha=0.35, ls=ls)
         if curves:
             common = sorted(set.intersection(*(set(c) for c in curves)))
             ax.plot(common, [np.mean([c[s] for c in curves]) for s in common], color=color, lw=2,
-                    label=f"{m} (mean of {len(curves)})")
+                    ls=ls, label=f"{m}{label_suffix} (mean of {len(curves)})")
 
 
 def plot_study_curves(runs: Sequence, out_png, *, methods: Sequence[str] | None = None):
-    """Test error (%), training loss, hidden layers' mean min angle (°) and the classifier's
-    min angle (°) against step: thin lines per seed, thick the mean over seeds; unfinished runs
-    included."""
+    """Test error (%) (and, dashed, the training set's where the log has it), training loss,
+    hidden layers' mean min angle (°) and the classifier's min angle (°) against step: thin
+    lines per seed, thick the mean over seeds; unfinished runs included."""
     from mhe_jax.experiments.study import is_output_layer, layer_records
 
     plt = _pyplot()
@@ -405,6 +405,10 @@ def plot_study_curves(runs: Sequence, out_png, *, methods: Sequence[str] | None 
     def test_error(r):
         return [(e["step"], 100 * (1 - e["test_accuracy"])) for e in r.log if "test_accuracy" in e]
 
+    def train_error(r):  # the training set in eval mode (logging.train_eval_every)
+        return [(e["step"], 100 * (1 - e["train_accuracy"])) for e in r.log
+                if "train_accuracy" in e]
+
     def angle(output):
         def fn(r):
             pts = []
@@ -417,6 +421,10 @@ def plot_study_curves(runs: Sequence, out_png, *, methods: Sequence[str] | None 
         return fn
 
     _per_method_curves(axes[0], runs, methods, test_error)
+    has_train = any(train_error(r) for r in runs)
+    if has_train:
+        _per_method_curves(axes[0], runs, methods, train_error, ls="--",
+                           label_suffix=", training set")
     _per_method_curves(axes[1], runs, methods, angle(False))
     _per_method_curves(axes[2], runs, methods, angle(True))
     _per_method_curves(axes[3], runs, methods, train_loss)
@@ -425,7 +433,8 @@ def plot_study_curves(runs: Sequence, out_png, *, methods: Sequence[str] | None 
     if classes and classes >= 2:
         axes[2].axhline(simplex_angle_deg(classes), color="k", ls="--", lw=1,
                         label=f"simplex optimum ({simplex_angle_deg(classes):.1f}°)")
-    titles = ("test error (%)", "hidden layers: min angle (°), mean over layers",
+    titles = ("error (%): test" + (", training set dashed (eval mode)" if has_train else ""),
+              "hidden layers: min angle (°), mean over layers",
               "classifier: min angle (°)", "training loss (batch, running mean of 5 logs)")
     for ax, t in zip(axes, titles, strict=True):
         ax.set_title(t)

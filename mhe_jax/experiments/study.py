@@ -311,10 +311,24 @@ def final_train_accuracy(run: StudyRun) -> float:
     return statistics.fmean(tail or [recs[-1]["accuracy"]])
 
 
+def train_accuracy_gain(run: StudyRun, fraction: float = 0.25) -> float:
+    """Plateau check: the training-set accuracy at the end minus that at the last training-set
+    evaluation at or before ``(1 − fraction)`` of the steps, in points (NaN without training-set
+    evaluations in the log, ``logging.train_eval_every``)."""
+    recs = sorted((r["step"], r["train_accuracy"]) for r in run.log if "train_accuracy" in r)
+    if not recs or not run.steps:
+        return math.nan
+    final = (run.results or {}).get("train_accuracy")
+    end = float(final) if final is not None else recs[-1][1]
+    earlier = [a for step, a in recs if step <= (1 - fraction) * run.steps]
+    return 100.0 * (end - earlier[-1]) if earlier else math.nan
+
+
 METRICS = (  # key, column header, format
     ("test_error", "test error (%)", "{:.2f}"),
     ("worst_class_error", "worst-class error (%)", "{:.1f}"),
     ("train_accuracy", "final train acc. (%)", "{:.1f}"),
+    ("train_gain", "train acc. gain, last 25 % of steps (points)", "{:+.1f}"),
     ("hidden_min_angle", "hidden min angle (°)", "{:.2f}"),
     ("hidden_energy", "hidden energy", "{:.5f}"),
     ("classifier_min_angle", "classifier min angle (°)", "{:.2f}"),
@@ -335,6 +349,7 @@ def run_metrics(run: StudyRun, *, use_checkpoint: bool = True) -> dict[str, floa
         "test_error": float(res["test_error"]),
         "worst_class_error": 100.0 * (1.0 - min(per_class)) if per_class else math.nan,
         "train_accuracy": 100.0 * final_train_accuracy(run),
+        "train_gain": train_accuracy_gain(run),
         "hidden_min_angle": _nanmean(v["min_angle_deg"] for v in hidden),
         "hidden_energy": _nanmean(v["energy"] for v in hidden),
         "classifier_min_angle": _nanmean(v["min_angle_deg"] for v in output),
@@ -447,8 +462,11 @@ def markdown(summary: dict, *, title: str = "Study", command: str | None = None,
         "- Errors are in % of the test set (lower is better); worst-class error is the error of "
         "the class with the lowest test accuracy. Differences are in percentage points; a negative "
         "difference means the method has lower error than the baseline.",
-        "- Final train accuracy (%): the mean batch accuracy (augmented batches, train mode) over "
-        "the last 10 % of the steps, unless the run evaluated the training set.",
+        "- Final train accuracy (%): the whole training set evaluated at the end (eval mode, no "
+        "augmentation) where results.json has it, else the mean batch accuracy (augmented "
+        "batches, train mode) over the last 10 % of the steps. Train acc. gain: that final "
+        "accuracy minus the training set's at 75 % of the steps (a plateau check; needs "
+        "logging.train_eval_every).",
         "- Min angle (°): the smallest angle between two neurons of a layer (full space); hidden = "
         "mean over the hidden layers of each layer's min angle. Energy: the full-space s = 2 "
         "Euclidean energy, mean of 1/‖ŵ_i − ŵ_j‖² over pairs, at the end of training (hidden: mean "
