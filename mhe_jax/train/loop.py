@@ -140,10 +140,11 @@ def fit(model: nnx.Module, optimizer: nnx.Optimizer, batches: Iterable, *, steps
             metrics = train_step(model, optimizer,
                                  jax.tree.map(lambda *xs: jnp.stack(xs), *chunk))
             _check_stacked(metrics, n)
-            metrics = jax.tree.map(lambda m: m[-1], metrics)
             done = step + n
         if log_every is not None and done % log_every == 0:
             host = jax.device_get(metrics)
+            if steps_per_call > 1:  # the call's last step (sliced on the host: no upload)
+                host = jax.tree.map(lambda m: m[-1], host)
             record({"step": done, **{k: float(v) for k, v in host.items()}})
         if done < steps:
             run_evals(done, final=False)
