@@ -161,15 +161,18 @@ def test_run_resume_flags_reach_the_runner(monkeypatch, capsys, tmp_path, flags,
 
     seen = {}
 
-    def fake_run(cfg, out, *, resume, progress, command):
-        seen.update(name=cfg.name, resume=resume, out=out)
+    def fake_run(cfg, out, *, resume, progress, command, steps_per_call):
+        seen.update(name=cfg.name, resume=resume, out=out, steps_per_call=steps_per_call)
         return {"test_error": 1.0, "paper": {}}
 
     monkeypatch.setattr(runner, "run", fake_run)
     cli(["run", "quickstart/mhe", "--out", str(tmp_path), *flags])
     assert seen == {"name": "quickstart/mhe", "resume": expected,
-                    "out": tmp_path / "quickstart/mhe"}
+                    "out": tmp_path / "quickstart/mhe", "steps_per_call": 1}
     assert "test error 1.00 %" in capsys.readouterr().out
+    for text, value in (("auto", "auto"), ("25", 25)):
+        cli(["run", "quickstart/mhe", "--out", str(tmp_path), "--steps-per-call", text, *flags])
+        assert seen["steps_per_call"] == value
 
 
 def test_restart_and_resume_anyway_contradict(capsys):

@@ -134,10 +134,11 @@ def test_resume_is_bit_exact(tmp_path):
 
 
 def test_steps_in_one_jitted_call_equal_single_steps(tmp_path):
-    """fit(steps_per_call=K) with make_steps' train_many (lax.scan over K steps, half-space MHE,
-    BatchNorm, augmentation): the same parameters, optimizer state and records as K = 1 to
-    float32 rounding (XLA fuses the scanned step differently), also when resuming mid-call
-    from a checkpoint; wrong step functions are refused."""
+    """fit(steps_per_call=4) with make_steps' train_many (lax.scan over 4 steps, half-space MHE,
+    BatchNorm, augmentation): the same parameters, optimizer state, records and checkpoints as
+    single steps to float32 rounding (XLA fuses the scanned step differently), also when
+    resumed from a checkpoint; wrong step functions are refused. (Calls that end early at a
+    log / eval point: tests/test_device_path.py, lengths 4, 4, 2.)"""
 
     def close(a, b):  # within 1e-3 of each leaf's largest value (measured: up to 1.1e-4)
         a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
@@ -145,38 +146,37 @@ def test_steps_in_one_jitted_call_equal_single_steps(tmp_path):
 
     cfg = tiny("half_mhe", "seed=2")
     fns = make_steps(augment=True, seed=2)
-    results = {}
-    for k in (1, 4):
-        ds, _, model, opt, _ = build(cfg)
-        data = epoch_batches(ds.x_train, ds.y_train, batch_size=32, seed=2, put=jax.device_put)
-        out = fit(model, opt, data, steps=11, log_every=3, steps_per_call=k,
+
+    def train(k, steps, ckpt, model=None, opt=None, start=0):
+        if model is None:
+            _, _, model, opt, _ = build(cfg)
+        data = epoch_batches(ds.x_train, ds.y_train, batch_size=32, seed=2, start_step=start,
+                             put=jax.device_put)
+        out = fit(model, opt, data, steps=steps, log_every=4, steps_per_call=k,
                   train_step=fns.train if k == 1 else fns.train_many,
-                  evals=[Every(5, lambda m: {"x": 1.0})],
-                  checkpointer=Checkpointer(tmp_path / f"k{k}", every=2))
-        results[k] = (model, opt, out["history"])
-    (ma, oa, ha), (mb, ob, hb) = results[1], results[4]
+                  evals=[Every(8, lambda m: {"x": 1.0})], checkpointer=ckpt)
+        return model, opt, out["history"]
+
+    ds = build(cfg)[0]
+    ma, oa, ha = train(1, 8, Checkpointer(tmp_path / "k1", every=4))
+    mb, ob, hb = train(4, 8, Checkpointer(tmp_path / "k4", every=4))
     jax.tree.map(close, _params(ma), _params(mb))
-    jax.tree.map(close, nnx.to_pure_dict(nnx.state(oa)),
-                 nnx.to_pure_dict(nnx.state(ob)))
-    assert [r["step"] for r in hb] == [r["step"] for r in ha] == [3, 5, 6, 9, 10, 11]
+    jax.tree.map(close, nnx.to_pure_dict(nnx.state(oa)), nnx.to_pure_dict(nnx.state(ob)))
+    assert [r["step"] for r in hb] == [r["step"] for r in ha] == [4, 8, 8]
     assert [r.get("loss") for r in hb] == pytest.approx([r.get("loss") for r in ha], rel=1e-5)
     assert Checkpointer(tmp_path / "k4").steps() == Checkpointer(tmp_path / "k1").steps()
-    # stopped at step 5, resumed with K = 4 (calls of 4 and 2 steps)
-    ds, _, mc, oc, _ = build(cfg)
-    data = epoch_batches(ds.x_train, ds.y_train, batch_size=32, seed=2, put=jax.device_put)
-    fit(mc, oc, data, steps=5, train_step=fns.train_many, steps_per_call=4,
-        checkpointer=Checkpointer(tmp_path / "r"))
-    ds, _, mc, oc, _ = build(cfg.replace(seed=9))
-    assert Checkpointer(tmp_path / "r").restore(mc, oc)[0] == 5
-    data = epoch_batches(ds.x_train, ds.y_train, batch_size=32, seed=2, start_step=5,
-                         put=jax.device_put)
-    fit(mc, oc, data, steps=11, train_step=fns.train_many, steps_per_call=4)
+    # stopped at step 4, resumed from its checkpoint into a model of another init
+    train(4, 4, Checkpointer(tmp_path / "r"))
+    _, _, mc, oc, _ = build(cfg.replace(seed=9))
+    assert Checkpointer(tmp_path / "r").restore(mc, oc)[0] == 4
+    mc, oc, _ = train(4, 8, None, mc, oc, start=4)
     jax.tree.map(close, _params(ma), _params(mc))
+    data = epoch_batches(ds.x_train, ds.y_train, batch_size=32, seed=2, put=jax.device_put)
     with pytest.raises(ValueError, match="steps_per_call must be an int >= 1"):
         fit(mc, oc, data, steps=12, train_step=fns.train_many, steps_per_call=0)
     # a step that takes the stacked batches as one big batch would train silently wrong
     with pytest.raises(ValueError, match="train_step must take 2 batches stacked.*train_many"):
-        fit(mc, oc, data, steps=13, train_step=lambda m, o, b: {"loss": jax.numpy.zeros(())},
+        fit(mc, oc, data, steps=10, train_step=lambda m, o, b: {"loss": jax.numpy.zeros(())},
             steps_per_call=2)
 
 
