@@ -180,6 +180,7 @@ def test_restart_and_resume_anyway_contradict(capsys):
     assert "--restart" in line and "--resume-anyway" in line
 
 
+@pytest.mark.slow  # CI time (~20 min); run with -m slow
 def test_resume_with_changed_config_is_one_line(capsys, tmp_path):
     """A checkpoint written by another config: the runner's ResumeError, as one line."""
     tiny = [*TINY, "logging.checkpoint_every=2"]

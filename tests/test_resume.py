@@ -204,6 +204,7 @@ def test_resume_checks_the_saved_config(tmp_path):
         _run(tiny(), out, resume=True)  # type: ignore[arg-type]
 
 
+@pytest.mark.slow  # CI time (~20 min); run with -m slow
 def test_growing_steps_continues_exactly_like_a_fresh_longer_run(tmp_path):
     _run(tiny(), tmp_path / "a")
     longer = _run(tiny("optim.steps=9"), tmp_path / "a")

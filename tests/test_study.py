@@ -318,11 +318,24 @@ def test_study_grid_resumes_a_half_finished_grid(tmp_path, monkeypatch, capsys):
     with pytest.raises(ConfigError, match="optim.lr"):
         study.run_study("quickstart", ["baseline", "mhe"], [0, 1], out,
                         overrides=[*TINY, "optim.lr=0.5"], progress=False)
-    # 6. seed 1 again from scratch, two runs at a time in worker processes (--workers 2, one
-    # CPU each): the same results as in this process (to float32 rounding: one thread sums
-    # the convolutions in another order)
-    seed1 = {m: json.loads((study.run_dir_for(out, "quickstart", m, 1) / "results.json")
-                           .read_text()) for m in ("baseline", "mhe")}
+    # 5. report only, into another folder
+    cli(["study", "--report-only", "--runs", str(out), "--methods", "baseline,mhe",
+         "--report-out", str(tmp_path / "report")])
+    report_md = (tmp_path / "report" / "study.md").read_text()
+    assert "| 1 | mhe |" in report_md and "| mhe | 2 |" in report_md  # per seed; mean of 2
+    assert (tmp_path / "report" / "curves.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_parallel_study_equals_the_in_process_study(tmp_path, capsys):
+    """Two tiny runs with --workers 2 (worker processes, one CPU each) give the in-process
+    results, to float32 rounding (one thread sums the convolutions in another order)."""
+    from mhe_jax.experiments.__main__ import main as cli
+
+    ref = study.run_study("quickstart", ["baseline", "mhe"], [1], tmp_path / "seq",
+                          overrides=TINY, progress=False)
+    assert ref["trained"] == [(1, "baseline"), (1, "mhe")]
+    capsys.readouterr()
     par = tmp_path / "parallel"
     workers = min(2, len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else 2
     cli(["study", "--configs", "quickstart", "--methods", "baseline,mhe", "--seeds", "1",
@@ -333,22 +346,18 @@ def test_study_grid_resumes_a_half_finished_grid(tmp_path, monkeypatch, capsys):
         "seed 1 baseline", "seed 1 mhe"]
     assert sorted(line for line in printed if line.endswith(": finished")) == [
         "seed 1 baseline: finished", "seed 1 mhe: finished"]
-    for m, ref in seed1.items():
+    for m in ("baseline", "mhe"):
+        want = json.loads((study.run_dir_for(tmp_path / "seq", "quickstart", m, 1)
+                           / "results.json").read_text())
         d = study.run_dir_for(par, "quickstart", m, 1)
         res = json.loads((d / "results.json").read_text())
         assert (d / "train.out").exists()
-        assert res["test_accuracy"] == pytest.approx(ref["test_accuracy"], abs=0.003)
-        assert res["train_accuracy"] == pytest.approx(ref["train_accuracy"], abs=0.003)
-        assert res["final_layers"].keys() == ref["final_layers"].keys()
-        for path, st in ref["final_layers"].items():
+        assert res["test_accuracy"] == pytest.approx(want["test_accuracy"], abs=0.003)
+        assert res["train_accuracy"] == pytest.approx(want["train_accuracy"], abs=0.003)
+        assert res["final_layers"].keys() == want["final_layers"].keys()
+        for path, st in want["final_layers"].items():
             for k in ("energy", "min_angle_deg"):
                 assert res["final_layers"][path][k] == pytest.approx(st[k], rel=1e-4), (m, path)
-    # 5. report only, into another folder
-    cli(["study", "--report-only", "--runs", str(out), "--methods", "baseline,mhe",
-         "--report-out", str(tmp_path / "report")])
-    report_md = (tmp_path / "report" / "study.md").read_text()
-    assert "| 1 | mhe |" in report_md and "| mhe | 2 |" in report_md  # per seed; mean of 2
-    assert (tmp_path / "report" / "curves.png").stat().st_size > 10_000
 
 
 def test_parallel_study_names_failed_runs_and_keeps_their_output(tmp_path, capsys):

@@ -264,6 +264,7 @@ def test_angle_to_nearest():
     assert angle_to_nearest(kernel, 3) == pytest.approx(110.0)
 
 
+@pytest.mark.slow  # CI time (~20 min); run with -m slow
 def test_cli_fig4(tmp_path, capsys):
     tiny_fig4 = ["optim.steps=4", "model.widths=4,8", "data.batch_size=16",
                  "logging.energy_every=2", "logging.log_every=2"]
