@@ -218,8 +218,6 @@ def cmd_study(args):
             raise UsageError("--runs is only for --report-only; the grid runs into --out")
         seeds = _parse_ints(args.seeds, "--seeds")
         k = _steps_per_call(args.steps_per_call)
-        if args.workers < 1:
-            raise UsageError(f"--workers must be >= 1, got {args.workers}")
         try:
             study.split_cpus(args.workers)
         except ValueError as e:

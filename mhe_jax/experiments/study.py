@@ -609,9 +609,8 @@ def run_study(prefix: str, methods: Sequence[str], seeds: Sequence[int], out_dir
     from mhe_jax.experiments.configs import ConfigError
     from mhe_jax.experiments.runner import run
 
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"workers must be an int >= 1, got {workers!r}")
-    cpu_groups = split_cpus(workers) if workers > 1 else None
+    groups = split_cpus(workers)  # validates workers
+    cpu_groups = groups if workers > 1 else None
 
     if config_for is None:
         from mhe_jax.experiments.configs import apply_overrides, get_config
@@ -666,6 +665,8 @@ def split_cpus(workers: int) -> list[set[int]] | list[None]:
     (XLA's CPU convolutions scale sub-linearly with threads; measured with CNN-9 16/32/64 on
     the 2-core development machine: 0.37 s a step alone on both cores, 0.53 s each side by side).
     """
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be an int >= 1, got {workers!r}")
     if not hasattr(os, "sched_getaffinity"):
         return [None] * workers
     cpus = sorted(os.sched_getaffinity(0))

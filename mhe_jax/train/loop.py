@@ -122,7 +122,7 @@ def fit(model: nnx.Module, optimizer: nnx.Optimizer, batches: Iterable, *, steps
     save_every = getattr(checkpointer, "every", None)
     intervals = [n for n in [log_every, save_every, *(e.steps for e in evals)] if n is not None]
 
-    def call_length(step: int) -> int:  # steps until the next point where the host acts
+    def steps_to_host_point(step: int) -> int:  # to the next log / eval / save, or the end
         return min([steps - step, steps_per_call]
                    + [n - step % n for n in intervals])
 
@@ -135,7 +135,7 @@ def fit(model: nnx.Module, optimizer: nnx.Optimizer, batches: Iterable, *, steps
             metrics = train_step(model, optimizer, next(data))
             done = step + 1
         else:
-            n = call_length(step)
+            n = steps_to_host_point(step)
             chunk = [next(data) for _ in range(n)]
             metrics = train_step(model, optimizer,
                                  jax.tree.map(lambda *xs: jnp.stack(xs), *chunk))
