@@ -2,8 +2,8 @@
 
     python benchmarks/device.py --data /path/cifar10_jpeg.npz            # ~10 min budget
     python benchmarks/device.py --data PATH --budget-minutes 60 --out benchmarks/device.json
-    python benchmarks/device.py --smoke                     # CPU, tiny: ~2 CPU-minutes
-    python benchmarks/device.py --smoke --methods baseline  # the CI subset: ~1 CPU-minute
+    python benchmarks/device.py --smoke                     # CPU, tiny: ~2 CPU-minutes (CI)
+    python benchmarks/device.py --smoke --methods baseline  # baseline rows only: ~1 CPU-minute
 
 Three parts, in this order, each timed with ``block_until_ready`` after compilation:
 
