@@ -55,8 +55,8 @@ def test_reference_values_match_shared_table():
 # ---------------------------------------------------------------------------- global search
 
 
-@pytest.mark.parametrize("n", sorted(BAD_STARTS))
-def test_hops_out_of_a_local_minimum(n):
+@pytest.mark.parametrize("n,move", [(32, "relocate"), (64, "relocate"), (32, "cap")])
+def test_hops_out_of_a_local_minimum(n, move):
     key, index, local_energy = BAD_STARTS[n]
     want = THOMSON[n]
     x0 = _solver.initial_points(n, 3, CHAINS, key, None, _solver.compute_dtype())[index]
@@ -65,7 +65,8 @@ def test_hops_out_of_a_local_minimum(n):
     np.testing.assert_allclose(float(local.energy), local_energy, rtol=1e-9)
     assert float(local.energy) > want * (1 + 1e-6)
 
-    res = basin_hopping(n, key=0, init=x0, chains=CHAINS, hops=40, target=want * (1 + 1e-9))
+    res = basin_hopping(n, key=0, init=x0, chains=CHAINS, hops=40, target=want * (1 + 1e-9),
+                        move=move)
     assert isinstance(res, EnergyResult)
     assert abs(float(res.energy) - want) <= 1e-9 * want, (float(res.energy), want)
     assert 1 <= res.best_hop <= res.hops <= 40
@@ -74,6 +75,26 @@ def test_hops_out_of_a_local_minimum(n):
     assert res.energies.shape == res.grad_norms.shape == res.status.shape == (CHAINS,)
     assert float(res.energy) == float(np.min(np.asarray(res.energies)))
     assert res.seconds >= res.seconds_to_best > 0
+
+
+def test_relocate_move_moves_one_point_uniformly():
+    from mhe_jax.sphere import _basin
+
+    rng = np.random.default_rng(0)
+    x = fibonacci_points(10)
+    moved, where = [], []
+    for _ in range(3000):
+        y = _basin._relocate_move(x, rng)
+        changed = np.flatnonzero(np.any(y != x, axis=1))
+        assert changed.size == 1
+        np.testing.assert_allclose(np.linalg.norm(y, axis=1), 1.0, atol=1e-14)
+        moved.append(changed[0])
+        where.append(y[changed[0]])
+    counts = np.bincount(moved, minlength=10)
+    assert counts.min() > 230 and counts.max() < 370  # 300 each; ±4 sd
+    where = np.asarray(where)  # uniform on S²: mean 0, second moments I/3
+    assert np.abs(where.mean(0)).max() < 0.05
+    np.testing.assert_allclose(where.T @ where / len(where), np.eye(3) / 3, atol=0.03)
 
 
 def test_deterministic_for_fixed_key_and_stops():
@@ -178,7 +199,11 @@ def test_log_objective_matches_the_energy():
         (dict(n=4, time_limit="1"), TypeError, "time_limit must be"),
         (dict(n=4, temperature=-1.0), ValueError, "temperature must be"),
         (dict(n=4, temperature=float("inf")), ValueError, "temperature must be"),
-        (dict(n=4, step=0.0), ValueError, "step must be"),
+        (dict(n=4, move="cap", step=0.0), ValueError, "step must be"),
+        (dict(n=4, step=0.5), ValueError, "step= and cap= apply to move='cap' only"),
+        (dict(n=4, cap=3), ValueError, "step= and cap= apply to move='cap' only"),
+        (dict(n=4, move="swap"), ValueError, "move must be one of"),
+        (dict(n=4, move=1), ValueError, "move must be one of"),
         (dict(n=4, init="sobol"), ValueError, "init must be 'random', 'fibonacci'"),
         (dict(n=4, dim=4, init="fibonacci"), ValueError, "needs dim=3"),
         (dict(n=4, init=np.ones((5, 3))), ValueError, "init must have shape"),
@@ -189,7 +214,7 @@ def test_log_objective_matches_the_energy():
         (dict(n=4, patience=0), ValueError, "patience must be >= 1"),
         (dict(n=4, target=float("nan")), ValueError, "target must not be NaN"),
         (dict(n=4, target="x"), TypeError, "target must be"),
-        (dict(n=4, cap=0), ValueError, "cap must be >= 1"),
+        (dict(n=4, move="cap", cap=0), ValueError, "cap must be >= 1"),
     ],
 )
 def test_bad_arguments(kwargs, exc, match):
