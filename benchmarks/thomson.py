@@ -7,6 +7,11 @@ call; the compile time measured separately by ahead-of-time ``lower().compile()`
 ``lbfgs``: ``optax.lbfgs`` on the unconstrained points against the Riemannian L-BFGS of
 ``minimize_energy``: time per batch of local minimisations, iterations, and accuracy.
 
+``moves``: from one local minimum (the best of 4 random starts, key 0), each kind of hop move
+(cap moves of several steps, all-point displacements, relocations) ``--trials`` times, each
+followed by the local solver at the hop tolerance: how often it lands in the same minimum
+(relative change ≤ 1e-9), in a lower one, and the L-BFGS iterations it costs.
+
 ``global``: for each N and key, the wall time until a method first reaches the best known energy
 (relative gap ≤ 1e-9), within a wall-clock ``--budget`` per run. Each method is warmed up
 once per N (its compilation, reported as ``warmup_s``, is not part of the budgets):
@@ -23,6 +28,7 @@ once per N (its compilation, reported as ``warmup_s``, is not part of the budget
 
     python benchmarks/thomson.py local                          # N = 100, 200, 470, 16 restarts
     python benchmarks/thomson.py lbfgs --sizes 100 200          # optax.lbfgs vs Riemannian
+    python benchmarks/thomson.py moves --n 200 --trials 24      # where single hops land
     python benchmarks/thomson.py global --sizes 72 100 --keys 5 --budget 120
     nice -n 10 python benchmarks/thomson.py global --sizes 282 470 --keys 5 --budget 1800 \\
         --methods bh                                            # the long runs
@@ -51,6 +57,7 @@ import numpy as np  # noqa: E402
 
 from mhe_jax.sphere import (  # noqa: E402
     STATUS_NAMES,
+    _basin,  # noqa: E402
     _solver,  # noqa: E402
     basin_hopping,
     minimize_energy,
@@ -481,6 +488,75 @@ def main_global(args) -> None:
     print(f"wrote {args.out}")
 
 
+def _relocate_points(x, m: int, rng, from_top: bool = False):
+    """``m`` points (random, or among the 12 of highest local energy) moved to random places."""
+    y = x.copy()
+    pool = np.argsort(_basin._local_energy(x, 1.0))[-12:] if from_top else len(x)
+    idx = rng.choice(pool, m, replace=False)
+    z = rng.standard_normal((m, x.shape[1]))
+    y[idx] = z / np.linalg.norm(z, axis=1, keepdims=True)
+    return y
+
+
+def main_moves(args) -> None:
+    n, chains = args.n, 4
+    rng = np.random.default_rng(args.key)
+    dtype = _solver.compute_dtype()
+    fun = _solver.SphereObjective("euclidean", _solver._solver_eps("euclidean", dtype))
+    params = _solver.energy_params(1.0)
+    opts, steps = _solver.solver_options(n, 3), _solver.default_steps(n)
+
+    def local(x):
+        xs, f, _, it, _ = _solver.run_restarts(
+            fun, jax.numpy.asarray(x, dtype), params, steps=steps, tol=_basin.HOP_TOL, opts=opts
+        )
+        return np.asarray(xs), _solver.objective_to_energy(f, params), np.asarray(it)
+
+    x0 = rng.standard_normal((chains, n, 3))
+    xs, es, _ = local(x0 / np.linalg.norm(x0, axis=-1, keepdims=True))
+    x, e = xs[int(np.argmin(es))], float(np.min(es))
+    sp = _basin._spacing(n, 3)
+
+    def all_points(x, step):
+        y = x + step * sp * rng.standard_normal(x.shape) / math.sqrt(2)
+        return y / np.linalg.norm(y, axis=1, keepdims=True)
+
+    moves = {
+        "cap, step 0.4, <= 12 points": lambda x: _basin._cap_move(x, 1.0, 0.4, sp, 12, rng),
+        "cap, step 0.8": lambda x: _basin._cap_move(x, 1.0, 0.8, sp, 12, rng),
+        "cap, step 1.2": lambda x: _basin._cap_move(x, 1.0, 1.2, sp, 12, rng),
+        "cap, step 1.6, <= 24 points": lambda x: _basin._cap_move(x, 1.0, 1.6, sp, 24, rng),
+        "all points, 0.3 spacing": lambda x: all_points(x, 0.3),
+        "all points, 0.6 spacing": lambda x: all_points(x, 0.6),
+        "relocate 1 of the 12 highest-energy": lambda x: _relocate_points(x, 1, rng, True),
+        "relocate 1 random (default)": lambda x: _basin._relocate_move(x, rng),
+        "relocate 3 random": lambda x: _relocate_points(x, 3, rng),
+    }
+    known = KNOWN.get(n)
+    gap = "" if known is None else f", {(e - known) / known:.2e} above the best known"
+    print(f"N = {n}: start minimum E = {e:.9f}{gap}")
+    rows = []
+    for name, move in moves.items():
+        d, its = [], []
+        for _ in range(max(1, args.trials // chains)):
+            _, f, it = local(np.stack([move(x) for _ in range(chains)]))
+            d += list((f - e) / e)
+            its += list(it)
+        d = np.asarray(d)
+        same = np.abs(d) <= HIT_RTOL
+        row = {"move": name, "trials": len(d), "same": float(same.mean()),
+               "lower": float((d < -HIT_RTOL).mean()), "lowest_rel": float(d.min()),
+               "mean_iterations": float(np.mean(its))}
+        rows.append(row)
+        print(f"{name:38s} same {row['same']:.0%} lower {row['lower']:.0%} "
+              f"lowest {row['lowest_rel']:.1e} iterations {row['mean_iterations']:.0f}",
+              flush=True)
+    data = _load(args.out)
+    data["moves"] = {"n": n, "start_energy": e, "key": args.key, "rows": rows}
+    _save(args.out, data)
+    print(f"wrote {args.out}")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="mode", required=True)
@@ -502,10 +578,15 @@ def main(argv=None) -> None:
     glob.add_argument("--budget", type=float, default=600.0, help="seconds per run")
     glob.add_argument("--budget-for", nargs="*", default=[], metavar="N=S")
     glob.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    for p in (local, lbfgs, glob):
+    moves = sub.add_parser("moves", help="where single hop moves land, from one minimum")
+    moves.add_argument("--n", type=int, default=200)
+    moves.add_argument("--trials", type=int, default=24)
+    moves.add_argument("--key", type=int, default=0)
+    for p in (local, lbfgs, glob, moves):
         p.add_argument("--out", type=Path, default=Path(__file__).with_name("thomson.json"))
     args = parser.parse_args(argv)
-    {"local": main_local, "lbfgs": main_lbfgs, "global": main_global}[args.mode](args)
+    modes = {"local": main_local, "lbfgs": main_lbfgs, "global": main_global, "moves": main_moves}
+    modes[args.mode](args)
 
 
 if __name__ == "__main__":
