@@ -42,7 +42,11 @@ from mhe_jax._transform import (
     mhe_regularizer as mhe_regularizer,
     penalty_transformation as penalty_transformation,
 )
-from mhe_jax._tree import path_str as path_str
+from mhe_jax._tree import (
+    SelectedLayer as SelectedLayer,
+    path_str as path_str,
+    selected_layers as selected_layers,
+)
 from mhe_jax._version import __version__ as __version__
 
 # Subpackages load on first attribute access (`mhe_jax.models.cnn9`), so `import mhe_jax` stays

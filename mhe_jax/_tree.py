@@ -10,6 +10,7 @@ form give the same paths. The layout rules (which leaves, which axes) are in
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -20,7 +21,9 @@ from jax import tree_util
 from mhe_jax import _layouts
 from mhe_jax._layouts import NeuronAxes
 
-__all__ = ["Layer", "path_str", "select_layers", "add_to_leaves"]
+__all__ = [
+    "Layer", "SelectedLayer", "path_str", "select_layers", "selected_layers", "add_to_leaves",
+]
 
 PathPattern = str | Callable[[str], bool]
 AxesSpec = int | Sequence[int] | NeuronAxes | None
@@ -209,6 +212,61 @@ def select_layers(
             f"{', '.join(paths) or '(none)'}"
         )
     return leaves, treedef, layers
+
+
+class SelectedLayer(NamedTuple):
+    """One layer as the regularizers see it (:func:`selected_layers`).
+
+    ``is_output``: it gets the output-layer energy (full space, the output strength);
+    ``neuron_axes``: the axes of the leaf that index its neurons; ``neurons`` and ``dim``: N and
+    d of its ``(d, N)`` neuron matrix.
+    """
+
+    is_output: bool
+    neuron_axes: tuple[int, ...]
+    neurons: int
+    dim: int
+
+
+def selected_layers(
+    params: Any,
+    *,
+    output: PathPattern | None = None,
+    mask: Mask = None,
+    neuron_axis: NeuronAxis = None,
+    layout: str = "flax",
+) -> dict[str, SelectedLayer]:
+    """Which leaves of ``params`` the MHE regularizers treat as layers, and how.
+
+    The selection of :func:`mhe_jax.mhe_regularizer`, :func:`mhe_jax.mhe_penalty` and
+    :func:`mhe_jax.layer_energies` for the same ``output``, ``mask``, ``neuron_axis`` and
+    ``layout``, without computing anything: use it to check a model before training, or to
+    tell a logger which layer is the output. Raises the same errors as they do (nothing
+    selected, ``output`` matching no layer or every layer, ambiguous 3-D kernels, ...).
+
+    Returns ``{path: SelectedLayer(is_output, neuron_axes, neurons, dim)}`` in the order of
+    the flattened leaves. Shapes only are read, so ``params`` may hold
+    ``jax.ShapeDtypeStruct`` leaves.
+
+    Examples:
+        >>> import jax.numpy as jnp, mhe_jax
+        >>> params = {"body": {"conv": {"kernel": jnp.zeros((3, 3, 8, 16))}},
+        ...           "head": {"kernel": jnp.zeros((16, 10)), "bias": jnp.zeros(10)}}
+        >>> for path, layer in mhe_jax.selected_layers(params, output="head").items():
+        ...     print(path, layer.is_output, layer.neurons, layer.dim)
+        body/conv/kernel False 16 72
+        head/kernel True 10 16
+    """
+    leaves, _, layers = select_layers(
+        params, mask=mask, output=output, neuron_axis=neuron_axis, layout=layout
+    )
+    out = {}
+    for layer in layers:
+        shape = tuple(leaves[layer.index].shape)
+        neurons = math.prod(shape[a] for a in layer.neuron_axes)
+        out[layer.path] = SelectedLayer(layer.is_output, layer.neuron_axes, neurons,
+                                        math.prod(shape) // max(neurons, 1))
+    return out
 
 
 def _is_none(x) -> bool:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import mhe_jax
-from mhe_jax import NeuronAxes, _baselines, _layouts, _transform, mhe_regularizer
+from mhe_jax import NeuronAxes, _baselines, _layouts, _transform, _tree, mhe_regularizer
 from mhe_jax._tree import select_layers
 from tests import reference_penalty as ref
 
@@ -258,8 +258,40 @@ def test_baselines_follow_the_layout():
             mhe_jax.orthonormal_regularizer(bad)
 
 
+def test_selected_layers_is_what_the_regularizer_acts_on():
+    torch_params = {"conv1": {"weight": rand(0, (5, 2, 3, 3)), "bias": jnp.zeros(5)},
+                    "bn1": {"weight": jnp.ones(5)},
+                    "fc2": {"weight": rand(3, (4, 7)), "bias": jnp.zeros(4)}}
+    cases = [(flax_tree(), {"output": "head"}, "flax"),
+             (flax_tree(), {"output": lambda p: p.endswith("classifier/kernel")}, "flax"),
+             (torch_params, {"output": "fc2"}, "torch"),
+             (flax_tree(), {"output": "head", "neuron_axis": 0}, "flax")]
+    for params, options, layout in cases:
+        layers = mhe_jax.selected_layers(params, layout=layout, **options)
+        u = regularizer_update(mhe_regularizer(1.0, 1.0, layout=layout, **options), params)
+        moved = {mhe_jax.path_str(kp) for kp, v in jax.tree_util.tree_flatten_with_path(u)[0]
+                 if float(jnp.abs(v).sum()) > 0}
+        assert set(layers) == moved
+        _, _, internal = select_layers(params, layout=layout, **options)
+        assert {la.path: la.is_output for la in internal} == {
+            p: la.is_output for p, la in layers.items()}
+        for p, la in layers.items():  # N and d of the (d, N) neuron matrix the energy sees
+            w = {mhe_jax.path_str(kp): v
+                 for kp, v in jax.tree_util.tree_flatten_with_path(params)[0]}[p]
+            assert (la.dim, la.neurons) == _layouts.neuron_matrix(w, la.neuron_axes).shape
+    conv = mhe_jax.selected_layers(torch_params, output="fc2", layout="torch")["conv1/weight"]
+    assert conv == (False, (0,), 5, 18)
+    shapes = jax.eval_shape(flax_tree)  # shapes only
+    assert mhe_jax.selected_layers(shapes, output="head") == mhe_jax.selected_layers(
+        flax_tree(), output="head")
+    with pytest.raises(ValueError, match="output='classifer' matches no leaf"):
+        mhe_jax.selected_layers(flax_tree(), output="classifer")
+    with pytest.raises(ValueError, match="no parameter was selected"):
+        mhe_jax.selected_layers({"bn": {"scale": jnp.ones(3)}})
+
+
 def test_doctests():
-    for module in (_transform, _baselines, _layouts):
+    for module in (_transform, _baselines, _layouts, _tree):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS, raise_on_error=False)
         assert result.failed == 0, module.__name__
     assert doctest.testmod(_transform).attempted >= 10

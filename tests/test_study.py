@@ -512,8 +512,13 @@ def test_energy_logger_records_full_space_energy_role_and_shape():
             self.head = nnx.Linear(3, 2, rngs=rngs)
 
     net = Net(nnx.Rngs(0))
-    regex = energy_logger(output="he.d")(net)["layers"]
-    assert all("is_output" not in st for st in regex.values())  # not a path: role left out
-    axes = energy_logger(output="head", neuron_axis=-1)(net)["layers"]
-    assert all("neurons" not in st for st in axes.values())  # own axes: shape left out
-    assert axes["head/kernel"]["is_output"] and not axes["hidden/kernel"]["is_output"]
+    # the output role as the regularizer decides it, for a regex and a callable too
+    for output in ("head", "he.d", "head/kernel", lambda p: p == "head/kernel"):
+        log = energy_logger(output=output)(net)["layers"]
+        assert {p: st["is_output"] for p, st in log.items()} == {
+            "head/kernel": True, "hidden/kernel": False}, output
+    assert not any(st["is_output"] for st in energy_logger()(net)["layers"].values())
+    # shapes follow the neuron axes given: neurons along axis 0 of a (4, 3) kernel are 4 of d = 3
+    axes = energy_logger(output="head", neuron_axis=0)(net)["layers"]
+    assert (axes["hidden/kernel"]["neurons"], axes["hidden/kernel"]["dim"]) == (4, 3)
+    assert (axes["head/kernel"]["neurons"], axes["head/kernel"]["dim"]) == (3, 2)

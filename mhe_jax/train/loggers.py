@@ -11,7 +11,6 @@ from typing import Any
 
 import flax.nnx as nnx
 import jax
-import numpy as np
 
 import mhe_jax
 
@@ -85,11 +84,10 @@ def energy_logger(**energy_kwargs: Any) -> Callable[[nnx.Module], dict]:
     * ``"min_angle_deg"``: the smallest angle between two neurons (full space, degrees) and
       ``"mean_abs_cosine"``;
     * ``"neurons"``, ``"dim"``: N and the vector length d of the layer's ``(d, N)`` neuron
-      matrix (the flax layout, kernel ``(..., N)``; left out when ``layout`` or
-      ``neuron_axis`` is given);
-    * ``"is_output"``: whether the layer is the output layer, when ``output`` is a path
-      (``"classifier"`` or ``"classifier/kernel"``: that path and the paths under it) that
-      names at least one layer; left out otherwise (a regular expression or a callable).
+      matrix, for any ``layout`` and ``neuron_axis``;
+    * ``"is_output"``: whether the layer gets the output-layer energy, as
+      :func:`mhe_jax.selected_layers` decides it for the same ``output`` (a module or leaf
+      path, a regular expression or a callable); False for every layer without ``output``.
 
     Examples:
         >>> import flax.nnx as nnx
@@ -107,35 +105,26 @@ def energy_logger(**energy_kwargs: Any) -> Callable[[nnx.Module], dict]:
     """
     own_is_full = (all(energy_kwargs.get(k, v) == v for k, v in _FULL_SPACE.items())
                    and not set(energy_kwargs) - {*_FULL_SPACE, *_SELECTION})
-    full_kwargs = {**{k: energy_kwargs[k] for k in _SELECTION if k in energy_kwargs},
-                   **_FULL_SPACE}
+    selection = {k: energy_kwargs[k] for k in _SELECTION if k in energy_kwargs}
+    full_kwargs = {**selection, **_FULL_SPACE}
 
     def stats_of(params):
         own = mhe_jax.layer_energies(params, **energy_kwargs)
         return own, (own if own_is_full else mhe_jax.layer_energies(params, **full_kwargs))
 
     stats_fn = jax.jit(stats_of)
-    output = energy_kwargs.get("output")
-    flax_axes = "layout" not in energy_kwargs and "neuron_axis" not in energy_kwargs
 
     def fn(model):
         params = nnx.state(model, nnx.Param)
         own, full = jax.device_get(stats_fn(params))
-        shapes = {mhe_jax.path_str(kp): np.shape(leaf)
-                  for kp, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
-        out = {path: {"energy": float(st.energy), "energy_full": float(full[path].energy),
-                      "min_angle_deg": math.degrees(float(st.min_angle)),
-                      "mean_abs_cosine": float(st.mean_abs_cosine)}
-               for path, st in own.items()}
-        if flax_axes:
-            for path, entry in out.items():
-                shape = shapes[path]
-                entry["neurons"], entry["dim"] = int(shape[-1]), int(np.prod(shape[:-1]))
-        if isinstance(output, str):
-            flags = {p: p == output or p.startswith(output + "/") for p in out}
-            if any(flags.values()):
-                for path, entry in out.items():
-                    entry["is_output"] = flags[path]
-        return {"layers": out}
+        layers = mhe_jax.selected_layers(params, **selection)
+        return {"layers": {
+            path: {"energy": float(st.energy), "energy_full": float(full[path].energy),
+                   "min_angle_deg": math.degrees(float(st.min_angle)),
+                   "mean_abs_cosine": float(st.mean_abs_cosine),
+                   "neurons": layers[path].neurons, "dim": layers[path].dim,
+                   "is_output": layers[path].is_output}
+            for path, st in own.items()
+        }}
 
     return fn
