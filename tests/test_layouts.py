@@ -275,10 +275,10 @@ def test_selected_layers_is_what_the_regularizer_acts_on():
         _, _, internal = select_layers(params, layout=layout, **options)
         assert {la.path: la.is_output for la in internal} == {
             p: la.is_output for p, la in layers.items()}
+        leaves = {mhe_jax.path_str(kp): v
+                  for kp, v in jax.tree_util.tree_flatten_with_path(params)[0]}
         for p, la in layers.items():  # N and d of the (d, N) neuron matrix the energy sees
-            w = {mhe_jax.path_str(kp): v
-                 for kp, v in jax.tree_util.tree_flatten_with_path(params)[0]}[p]
-            assert (la.dim, la.neurons) == _layouts.neuron_matrix(w, la.neuron_axes).shape
+            assert (la.dim, la.neurons) == _layouts.neuron_matrix(leaves[p], la.neuron_axes).shape
     conv = mhe_jax.selected_layers(torch_params, output="fc2", layout="torch")["conv1/weight"]
     assert conv == (False, (0,), 5, 18)
     shapes = jax.eval_shape(flax_tree)  # shapes only
