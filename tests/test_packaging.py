@@ -1,8 +1,9 @@
 """Packaging: one version, the project URLs, absolute links on the index, a wheel that installs.
 
-``test_wheel_installs_in_fresh_venv`` runs ``python -m build`` (sdist, then the wheel from the
-sdist) and installs the wheel with ``--no-deps`` into a fresh venv that sees the system
-site-packages for jax/optax/numpy, then imports it from there (~20 s).
+``test_wheel_installs_in_fresh_venv`` runs ``python -m build --no-isolation`` (sdist, then the
+wheel from the sdist; the backend comes from the test extra, so no index is needed) and installs
+the wheel with ``--no-deps`` into a fresh venv that sees the system site-packages for
+jax/optax/numpy, then imports it from there (~20 s).
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ def test_license_is_apache_spdx():
     assert not any(c.startswith("License ::") for c in PROJECT["classifiers"])  # PEP 639
     setuptools_req = next(r for r in PYPROJECT["build-system"]["requires"] if "setuptools" in r)
     assert setuptools_req == "setuptools>=77"  # the first with SPDX license + license-files
+    # The wheel test builds without isolation, so the test extra must carry the build backend.
+    assert setuptools_req in PROJECT["optional-dependencies"]["test"]
+    assert any(r.startswith("build>=") for r in PROJECT["optional-dependencies"]["test"])
 
 
 def test_project_urls_share_one_repository_address():
@@ -100,10 +104,11 @@ def test_long_description_has_absolute_links():
 
 def test_wheel_installs_in_fresh_venv(tmp_path):
     dist = tmp_path / "dist"
-    subprocess.run(
-        [sys.executable, "-m", "build", "--outdir", str(dist), str(ROOT)],
-        check=True, capture_output=True, text=True, timeout=300,
+    built = subprocess.run(
+        [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(dist), str(ROOT)],
+        capture_output=True, text=True, timeout=300,
     )
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     # Without --sdist/--wheel, build makes the sdist and then the wheel from the unpacked sdist,
     # so the wheel also checks that the sdist is complete.
     (sdist,) = dist.glob("mhe_jax-*.tar.gz")
