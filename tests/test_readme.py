@@ -46,8 +46,9 @@ BLOCKED = {
     "pyright": "pyright",
     "build": "build",
 }
-# In those extras but also installed by [models] or the core (optax requires chex).
-NOT_BLOCKED = {"chex"}
+# In those extras but also installed by [models] or the core (optax requires chex), or present
+# in every environment pip runs in (setuptools, the build backend the test extra pins).
+NOT_BLOCKED = {"chex", "setuptools"}
 
 
 def _blocks(language: str) -> list[tuple[int, str]]:
