@@ -58,6 +58,7 @@ import numpy as np  # noqa: E402
 from mhe_jax.sphere import (  # noqa: E402
     STATUS_NAMES,
     _basin,  # noqa: E402
+    _moves,  # noqa: E402
     _solver,  # noqa: E402
     basin_hopping,
     minimize_energy,
@@ -276,7 +277,7 @@ def run_bh(n: int, key: int, budget: float, target: float) -> dict:
         "seconds": res.seconds,
         "hops": res.hops,
         "hops_to_hit": res.best_hop if hit else None,
-        "local_minimisations": chains * (res.hops + 1),
+        "local_minimisations": res.minimisations,
         "chains": chains,
     }
 
@@ -490,18 +491,28 @@ def main_global(args) -> None:
 def _relocate_points(x, m: int, rng, from_top: bool = False):
     """``m`` points (random, or among the 12 of highest local energy) moved to random places."""
     y = x.copy()
-    pool = np.argsort(_basin._local_energy(x, 1.0))[-12:] if from_top else len(x)
+    pool = np.argsort(np.asarray(_moves.local_energy(x, 1.0)))[-12:] if from_top else len(x)
     idx = rng.choice(pool, m, replace=False)
     z = rng.standard_normal((m, x.shape[1]))
     y[idx] = z / np.linalg.norm(z, axis=1, keepdims=True)
     return y
 
 
+def _library_move(move, **options):
+    """A move of ``mhe_jax.sphere._moves`` as a NumPy function, its key drawn from ``rng``."""
+    jitted = jax.jit(lambda x, key: move(x, key, **options))
+
+    def apply(x, rng):
+        return np.asarray(jitted(jax.numpy.asarray(x), jax.random.key(int(rng.integers(2**31)))))
+
+    return apply
+
+
 def main_moves(args) -> None:
     n, chains = args.n, 4
     rng = np.random.default_rng(args.key)
     dtype = _solver.compute_dtype()
-    fun = _solver.SphereObjective("euclidean", _solver._solver_eps("euclidean", dtype))
+    fun = _solver.SphereObjective("euclidean", _solver._solver_eps("euclidean", dtype), 1.0)
     params = _solver.energy_params(1.0)
     opts, steps = _solver.solver_options(n, 3), _solver.default_steps(n)
 
@@ -520,15 +531,20 @@ def main_moves(args) -> None:
         y = x + step * sp * rng.standard_normal(x.shape) / math.sqrt(2)
         return y / np.linalg.norm(y, axis=1, keepdims=True)
 
+    def cap(step, points):
+        return _library_move(_moves.cap_move, s=1.0, step=step, spacing=sp, cap=points)
+
+    caps = {step: cap(step, 12) for step in (0.4, 0.8, 1.2)} | {1.6: cap(1.6, 24)}
+    relocate = _library_move(_moves.relocate)
     moves = {
-        "cap, step 0.4, <= 12 points": lambda x: _basin._cap_move(x, 1.0, 0.4, sp, 12, rng),
-        "cap, step 0.8": lambda x: _basin._cap_move(x, 1.0, 0.8, sp, 12, rng),
-        "cap, step 1.2": lambda x: _basin._cap_move(x, 1.0, 1.2, sp, 12, rng),
-        "cap, step 1.6, <= 24 points": lambda x: _basin._cap_move(x, 1.0, 1.6, sp, 24, rng),
+        "cap, step 0.4, <= 12 points": lambda x: caps[0.4](x, rng),
+        "cap, step 0.8": lambda x: caps[0.8](x, rng),
+        "cap, step 1.2": lambda x: caps[1.2](x, rng),
+        "cap, step 1.6, <= 24 points": lambda x: caps[1.6](x, rng),
         "all points, 0.3 spacing": lambda x: all_points(x, 0.3),
         "all points, 0.6 spacing": lambda x: all_points(x, 0.6),
         "relocate 1 of the 12 highest-energy": lambda x: _relocate_points(x, 1, rng, True),
-        "relocate 1 random (default)": lambda x: _basin._relocate_move(x, rng),
+        "relocate 1 random (default)": lambda x: relocate(x, rng),
         "relocate 3 random": lambda x: _relocate_points(x, 3, rng),
     }
     known = KNOWN.get(n)

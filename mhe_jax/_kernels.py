@@ -37,6 +37,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from mhe_jax import _checks
 from mhe_jax._atan import platform_atan2
@@ -208,8 +209,8 @@ def pair_function(k: Kernel, params):
     return lambda c: pair_value(k, params, c)
 
 
-def pair_energy(c, *, s=2.0, distance: str = "euclidean", eps=None, min_distance=None,
-                half_space: bool = False, angle_scale: float = 1.0,
+def pair_energy(c, *, s: ArrayLike = 2.0, distance: str = "euclidean", eps=None,
+                min_distance=None, half_space: bool = False, angle_scale: float = 1.0,
                 angle_offset: float = 0.0) -> Array:
     r"""Pair kernel ``f_s(dist(c))`` of cosines ``c`` (any shape), elementwise.
 

@@ -78,23 +78,57 @@ def test_hops_out_of_a_local_minimum(n, move):
 
 
 def test_relocate_move_moves_one_point_uniformly():
-    from mhe_jax.sphere import _basin
+    from mhe_jax.sphere import _moves
 
-    rng = np.random.default_rng(0)
-    x = fibonacci_points(10)
-    moved, where = [], []
-    for _ in range(3000):
-        y = _basin._relocate_move(x, rng)
-        changed = np.flatnonzero(np.any(y != x, axis=1))
-        assert changed.size == 1
-        np.testing.assert_allclose(np.linalg.norm(y, axis=1), 1.0, atol=1e-14)
-        moved.append(changed[0])
-        where.append(y[changed[0]])
+    x = jax.numpy.asarray(fibonacci_points(10))
+    keys = jax.random.split(jax.random.key(0), 3000)
+    ys = np.asarray(jax.jit(jax.vmap(_moves.relocate, in_axes=(None, 0)))(x, keys))
+    changed = np.any(ys != np.asarray(x), axis=2)  # (3000, 10)
+    assert np.all(changed.sum(1) == 1)
+    np.testing.assert_allclose(np.linalg.norm(ys, axis=2), 1.0, atol=1e-14)
+    moved = changed.argmax(1)
     counts = np.bincount(moved, minlength=10)
     assert counts.min() > 230 and counts.max() < 370  # 300 each; ±4 sd
-    where = np.asarray(where)  # uniform on S²: mean 0, second moments I/3
+    where = ys[np.arange(3000), moved]  # uniform on S²: mean 0, second moments I/3
     assert np.abs(where.mean(0)).max() < 0.05
     np.testing.assert_allclose(where.T @ where / len(where), np.eye(3) / 3, atol=0.03)
+
+
+def test_cap_move_moves_a_cap_of_nearest_points():
+    from mhe_jax.sphere import _basin, _moves
+
+    n, cap = 40, 12
+    x = jax.numpy.asarray(fibonacci_points(n))
+    spacing = _basin._spacing(n, 3)
+    local = np.asarray(_moves.local_energy(x, 1.0))
+    np.testing.assert_allclose(local, [  # the core kernel against the NumPy sum
+        sum(1 / np.linalg.norm(np.asarray(x)[i] - np.asarray(x)[j]) for j in range(n) if j != i)
+        for i in range(n)
+    ], rtol=1e-12)
+    top = set(np.argsort(local)[-_moves.TOP_CENTRES:].tolist())
+
+    def move(key):
+        return _moves.cap_move(x, key, s=1.0, step=0.4, spacing=spacing, cap=cap)
+
+    ys = np.asarray(jax.jit(jax.vmap(move))(jax.random.split(jax.random.key(1), 400)))
+    np.testing.assert_allclose(np.linalg.norm(ys, axis=2), 1.0, atol=1e-14)
+    xn = np.asarray(x)
+    sizes, top_centres = [], 0
+    for y in ys:
+        moved = np.flatnonzero(np.any(np.abs(y - xn) > 1e-12, axis=1))
+        assert 2 <= moved.size <= cap
+        sizes.append(moved.size)
+        # The moved points are the nearest to one of them (the centre), which is among them.
+        centres = [
+            j for j in moved
+            if set(np.argsort(np.sum((xn - xn[j]) ** 2, axis=1))[: moved.size]) == set(moved)
+        ]
+        assert centres, moved
+        top_centres += any(j in top for j in centres)
+        # Displacements are about step × spacing (rotations move points farther out more).
+        assert np.linalg.norm(y[moved] - xn[moved], axis=1).max() < 4 * spacing
+    assert set(sizes) == set(range(2, cap + 1))  # k uniform on [2, cap]
+    assert top_centres > 0.4 * len(ys)  # half the centres are among the highest-energy points
 
 
 def test_deterministic_for_fixed_key_and_stops():
@@ -113,6 +147,45 @@ def test_deterministic_for_fixed_key_and_stops():
     e = basin_hopping(12, key=3, chains=2, time_limit=1e-9)
     assert e.hops == 0
     np.testing.assert_allclose(float(e.energy), THOMSON[12], rtol=1e-9)
+
+
+def test_chains_hop_independently_and_blocks_do_not_change_the_result(monkeypatch):
+    """Every chain makes exactly ``hops`` hops (none waits for another), and the search does not
+    depend on how many loop iterations each jitted call runs (set by timing)."""
+    from mhe_jax.sphere import _basin
+
+    runs = []
+    for first_block in (1, 10**6):
+        monkeypatch.setattr(_basin, "FIRST_BLOCK", first_block)
+        runs.append(basin_hopping(24, key=5, hops=6, chains=3, patience=10**6))
+    a, b = runs
+    assert a.hops == b.hops == 6 and a.minimisations == b.minimisations == 3 * (6 + 1)
+    np.testing.assert_array_equal(np.asarray(a.points), np.asarray(b.points))
+    np.testing.assert_array_equal(np.asarray(a.energies), np.asarray(b.energies))
+    np.testing.assert_array_equal(np.asarray(a.iterations), np.asarray(b.iterations))
+    assert a.best_hop == b.best_hop
+
+
+def test_solver_objective_is_the_core_energy():
+    """The solver's Gram-matrix objective (static or traced s) equals physics_energy (the core
+    hyperspherical_energy) in value and tangent gradient, for every s and both distances."""
+    x = fibonacci_points(50)
+    for distance in ("euclidean", "angular"):
+        eps = _solver._solver_eps(distance, np.float64)
+        for s in (0.0, 0.5, 1.0, 2.0, 3.0):
+            e, g = jax.value_and_grad(lambda y: _solver.physics_energy(y, s, distance, eps))(x)
+            g_t = np.asarray(_solver.project(x, g))
+            p = _solver._as_dtype(_solver.riesz_params(s), np.float64)
+            for power in (None, s):
+                fun = jax.jit(jax.value_and_grad(_solver.SphereObjective(distance, eps, power)))
+                f, gf = fun(x, p)
+                np.testing.assert_allclose(float(f), float(e), rtol=1e-14)
+                np.testing.assert_allclose(
+                    np.asarray(_solver.project(x, gf)), g_t, rtol=0, atol=1e-13 * np.abs(g_t).max()
+                )
+    with pytest.raises(ValueError, match="power"):
+        objective = _solver.SphereObjective("euclidean", 0.0, 1.0)
+        _solver.check_power(objective, _solver.riesz_params(2.0))
 
 
 def test_fibonacci_points_and_init():

@@ -31,14 +31,17 @@ from __future__ import annotations
 import math
 import numbers
 import time
+from functools import partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 from jax.typing import ArrayLike
 
 from mhe_jax import _checks
-from mhe_jax.sphere import _solver
+from mhe_jax.sphere import _moves, _solver
 from mhe_jax.sphere._solver import EnergyResult
 
 __all__ = ["basin_hopping", "fibonacci_points"]
@@ -52,6 +55,7 @@ DEFAULT_CHAINS = 4
 # differs from itself by round-off only (~1e-13).
 IMPROVEMENT_RTOL = 1e-10
 HOP_TOL = 1e-7  # gradient tolerance of the local minimisations during the hops (float64)
+FIRST_BLOCK = 8  # loop iterations of the first jitted call of the search (then adapted)
 
 
 def fibonacci_points(n: int) -> np.ndarray:
@@ -134,51 +138,6 @@ def _spacing(n: int, dim: int) -> float:
     return 2.0 * n ** (-1.0 / (dim - 1))
 
 
-def _local_energy(x: np.ndarray, s: float) -> np.ndarray:
-    """Heuristic move weight: ``Σ_j f_s(‖x_i − x_j‖)`` per point (chord, NumPy)."""
-    c = np.clip(x @ x.T, -1.0, 1.0)
-    r = np.sqrt(np.maximum(2.0 - 2.0 * c, 1e-300))
-    np.fill_diagonal(r, np.inf)
-    return -np.log(r).sum(1, where=np.isfinite(r)) if s == 0 else (r ** (-s)).sum(1)
-
-
-def _cap_move(
-    x: np.ndarray, s: float, step: float, spacing: float, cap: int, rng: np.random.Generator
-) -> np.ndarray:
-    """One cap move of configuration ``x`` (float64, ``(n, dim)``); see the module docstring."""
-    n, dim = x.shape
-    if rng.random() < 0.5:
-        top = np.argsort(_local_energy(x, s))[-max(1, min(n, 6)) :]
-        j = int(rng.choice(top))
-    else:
-        j = int(rng.integers(n))
-    centre = x[j]
-    k = int(rng.integers(min(2, n), min(cap, n) + 1))
-    idx = np.argsort(np.sum((x - centre) ** 2, axis=1))[:k]
-    y = x.copy()
-    pts = y[idx]
-    normal = pts @ centre
-    tangent = pts - normal[:, None] * centre
-    if dim > 2 and rng.random() < 0.5:
-        # Random orthogonal map of the tangent space at the centre (fixes the centre).
-        basis = np.linalg.svd(np.eye(dim) - np.outer(centre, centre))[0][:, : dim - 1]
-        q = basis @ _random_rotation(dim - 1, rng) @ basis.T
-        pts = normal[:, None] * centre + tangent @ q.T
-    noise = rng.standard_normal(pts.shape)
-    noise -= np.sum(noise * pts, axis=1, keepdims=True) * pts
-    pts = pts + step * spacing * noise / math.sqrt(max(dim - 1, 1))
-    y[idx] = pts / np.linalg.norm(pts, axis=1, keepdims=True)
-    return y
-
-
-def _relocate_move(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One point of ``x`` (uniformly chosen) moved to a uniformly random point of the sphere."""
-    y = x.copy()
-    z = rng.standard_normal(x.shape[1])
-    y[int(rng.integers(x.shape[0]))] = z / np.linalg.norm(z)
-    return y
-
-
 def _check_nonneg_or_none(value, name: str, positive: bool = True):
     if value is None:
         return None
@@ -197,6 +156,155 @@ def default_hops(n: int) -> int:
 
 def default_patience(n: int) -> int:
     return max(100, 4 * n)
+
+
+def _as_key(key) -> jax.Array:
+    """A typed PRNG key from ``key`` (already validated by :func:`_rng_from_key`)."""
+    if isinstance(key, numbers.Integral):
+        return jax.random.key(int(key))
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key
+    return jax.random.wrap_key_data(key)
+
+
+class _Move(NamedTuple):
+    """Static part of the hop move (a compile-time argument of :func:`_advance`)."""
+
+    kind: str
+    cap: int
+
+
+class _Chain(NamedTuple):
+    """One Markov chain (leading axis: chains)."""
+
+    opt: _solver._State  # the running local minimisation
+    x: jax.Array  # current local minimum and its energy
+    e: jax.Array
+    best_x: jax.Array  # best minimum of this chain, its energy, and the hop that found it
+    best_e: jax.Array
+    best_hop: jax.Array
+    hops: jax.Array  # finished hops
+    iters: jax.Array  # L-BFGS iterations of the finished hops
+    active: jax.Array  # False once the chain has made its `hops` hops
+    key: jax.Array  # raw PRNG key data
+
+
+class _Search(NamedTuple):
+    chains: _Chain
+    total: jax.Array  # hops finished by all chains together
+    overall: jax.Array  # best energy over the chains
+    last_improvement: jax.Array  # `total` when `overall` last improved (by > IMPROVEMENT_RTOL)
+    tick: jax.Array  # loop iterations run (one L-BFGS iteration of every chain each)
+    tick_best: jax.Array  # `tick` at the last improvement
+
+
+def _move(moves: _Move, x, key, consts):
+    if moves.kind == "cap":
+        return _moves.cap_move(
+            x, key, s=consts["s"], step=consts["step"], spacing=consts["spacing"], cap=moves.cap
+        )
+    return _moves.relocate(x, key)
+
+
+def _start_chain(x, key, moves: _Move, consts, opts) -> tuple[jax.Array, _solver._State]:
+    """Perturb ``x`` and start its local minimisation; returns (next key data, state)."""
+    key, k_move = jax.random.split(jax.random.wrap_key_data(key))
+    return jax.random.key_data(key), _solver.lbfgs_start(_move(moves, x, k_move, consts), opts)
+
+
+@partial(jax.jit, static_argnames=("opts", "moves"))
+def _initial_search(xs, es, keys, active, opts, moves, consts) -> _Search:
+    """Chains at their first minima ``xs`` (energies ``es``), each starting its first hop."""
+    chains = xs.shape[0]
+    data, opt = jax.vmap(lambda x, k: _start_chain(x, k, moves, consts, opts))(
+        xs, jax.random.key_data(keys)
+    )
+    zeros = jnp.zeros((chains,), jnp.int32)
+    chain = _Chain(
+        opt=opt, x=xs, e=es, best_x=xs, best_e=es, best_hop=zeros, hops=zeros, iters=zeros,
+        active=jnp.full((chains,), active), key=data,
+    )
+    zero = jnp.zeros((), jnp.int32)
+    return _Search(chain, zero, jnp.min(es), zero, zero, zero)
+
+
+def _energy(f, params):
+    """Energy of the objective value ``f`` (``exp(β f)`` for the log-energy objective); +inf
+    where it is not finite."""
+    e = jnp.where(params["mode"] == 0, f, jnp.exp(params["beta"] * f))
+    return jnp.where(jnp.isfinite(e), e, jnp.inf)
+
+
+def _chain_tick(fun, opts, moves: _Move, c: _Chain, consts) -> _Chain:
+    """One L-BFGS iteration of a running chain; a chain whose minimisation ends in it does its
+    Metropolis step and starts the next hop (so chains never wait for each other)."""
+    iterate = _solver.lbfgs_iteration(fun, consts["params"], consts["tol"], consts["steps"], opts)
+    running = c.active & (c.opt.status == _solver.RUNNING)
+    stepped = iterate(c.opt)
+    opt = jax.tree.map(lambda a, b: jnp.where(running, a, b), stepped, c.opt)
+    ended = running & (opt.status != _solver.RUNNING)
+
+    e_new = _energy(opt.f, consts["params"])
+    key, k_u = jax.random.split(jax.random.wrap_key_data(c.key))
+    u = jax.random.uniform(k_u, (), e_new.dtype)
+    delta = e_new - c.e
+    metropolis = u < jnp.exp(-jnp.maximum(delta, 0.0) / consts["temperature"])
+    accept = ended & jnp.isfinite(e_new) & ((delta <= 0) | metropolis)
+    hops = c.hops + ended.astype(jnp.int32)
+    better = ended & (e_new < c.best_e)
+    # The hop that first reached the chain's best (a minimum found again only differs by
+    # round-off, which must not move it).
+    first = better & (e_new < c.best_e - IMPROVEMENT_RTOL * jnp.abs(c.best_e))
+    x = jnp.where(accept, opt.x, c.x)
+    more = ended & (hops < consts["hops"])
+    data, fresh = _start_chain(x, jax.random.key_data(key), moves, consts, opts)
+    return _Chain(
+        opt=jax.tree.map(lambda a, b: jnp.where(more, a, b), fresh, opt),
+        x=x,
+        e=jnp.where(accept, e_new, c.e),
+        best_x=jnp.where(better, opt.x, c.best_x),
+        best_e=jnp.where(better, e_new, c.best_e),
+        best_hop=jnp.where(first, hops, c.best_hop),
+        hops=hops,
+        iters=c.iters + jnp.where(ended, opt.k, 0),
+        active=c.active & ~(ended & ~more),
+        key=jnp.where(ended, data, c.key),
+    )
+
+
+def _done(search: _Search, consts):
+    return (
+        (search.overall <= consts["target"])
+        | (search.total - search.last_improvement >= consts["patience"])
+        | ~jnp.any(search.chains.active)
+    )
+
+
+def _finished(search: _Search, consts) -> bool:
+    return bool(_done(search, consts))
+
+
+@partial(jax.jit, static_argnames=("fun", "opts", "moves"))
+def _advance(fun, opts, moves: _Move, search: _Search, consts, until) -> _Search:
+    """Run the chains until tick ``until`` or until the search is done (target, patience, every
+    chain out of hops)."""
+
+    def body(st: _Search) -> _Search:
+        chain = jax.vmap(lambda c: _chain_tick(fun, opts, moves, c, consts))(st.chains)
+        total = jnp.sum(chain.hops, dtype=jnp.int32)
+        new_overall = jnp.min(chain.best_e)
+        improved = new_overall < st.overall - IMPROVEMENT_RTOL * jnp.abs(st.overall)
+        tick = st.tick + 1
+        return _Search(
+            chain,
+            total,
+            jnp.minimum(st.overall, new_overall),
+            jnp.where(improved, total, st.last_improvement),
+            tick,
+            jnp.where(improved, tick, st.tick_best),
+        )
+
+    return lax.while_loop(lambda st: (st.tick < until) & ~_done(st, consts), body, search)
 
 
 def basin_hopping(
@@ -312,8 +420,10 @@ def basin_hopping(
     x0 = _starts(n, dim, chains, init, rng)
 
     dtype = _solver.compute_dtype()
-    fun = _solver.SphereObjective(distance, _solver._solver_eps(distance, dtype))
     params = _solver.energy_params(s)
+    # s compiled in (one compilation per s; a search runs for minutes): cheaper exact kernels.
+    power = s if int(params["mode"]) == 0 else None
+    fun = _solver.SphereObjective(distance, _solver._solver_eps(distance, dtype), power)
     opts = _solver.solver_options(n, dim)
     steps = _solver.default_steps(n)
     final_tol = 1e-11 if dtype == jnp.float64 else 1e-5
@@ -323,53 +433,53 @@ def basin_hopping(
     hop_tol = HOP_TOL if dtype == jnp.float64 else 1e-5
     spacing = _spacing(n, dim)
 
-    def local(x):
-        xs, f, g, it, st = _solver.run_restarts(
-            fun, jnp.asarray(x, dtype), params, steps=steps, tol=hop_tol, opts=opts
-        )
-        e = _solver.objective_to_energy(f, params)
-        return np.asarray(xs, np.float64), np.where(np.isfinite(e), e, np.inf), np.asarray(it)
-
-    cur_x, cur_e, iters = local(x0)
-    iters = iters.astype(np.int64)
-    best_x, best_e = cur_x.copy(), cur_e.copy()
-    overall = float(np.min(best_e))
+    # Hop 0: the first local minimisation of every start, together (lockstep).
+    xs, f, _, it, _ = _solver.run_restarts(
+        fun, jnp.asarray(x0, dtype), params, steps=steps, tol=hop_tol, opts=opts
+    )
+    e0 = _solver.objective_to_energy(f, params)
+    e0 = np.where(np.isfinite(e0), e0, np.inf)
+    overall = float(np.min(e0))
     if temperature is None:
         temperature = DEFAULT_TEMPERATURE * abs(overall) if math.isfinite(overall) else 1.0
-    best_hop, last_improvement = 0, 0
+    keys = jax.random.split(jax.random.fold_in(_as_key(key), 1), chains)
+    consts = {
+        "params": _solver._as_dtype(params, dtype),
+        "tol": np.asarray(hop_tol, dtype),
+        "steps": np.asarray(steps, np.int32),
+        "temperature": np.asarray(max(temperature, 1e-300), dtype),
+        "hops": np.asarray(hops, np.int32),
+        "patience": np.asarray(min(patience * chains, 2**31 - 1), np.int32),
+        "target": np.asarray(-np.inf if target is None else target, dtype),
+        "step": np.asarray(step, dtype),
+        "spacing": np.asarray(spacing, dtype),
+        "s": np.asarray(s, dtype),
+    }
+    moves = _Move(move, cap)
+    search = _initial_search(xs, jnp.asarray(e0, dtype), keys, hops > 0, opts, moves, consts)
     seconds_to_best = time.perf_counter() - t_start
-    hop = 0
-    while hop < hops:
-        if target is not None and overall <= target:
-            break
-        if hop - last_improvement >= patience:
-            break
+    block, tick = FIRST_BLOCK, 0
+    while not _finished(search, consts):
         if time_limit is not None and time.perf_counter() - t_start >= time_limit:
             break
-        hop += 1
-        if move == "cap":
-            trial = np.stack([_cap_move(x, s, step, spacing, cap, rng) for x in cur_x])
-        else:
-            trial = np.stack([_relocate_move(x, rng) for x in cur_x])
-        new_x, new_e, it = local(trial)
-        iters += it
-        u = rng.random(chains)
-        with np.errstate(over="ignore", invalid="ignore"):
-            delta = new_e - cur_e
-            accept = np.isfinite(new_e) & (
-                (delta <= 0) | (u < np.exp(-delta / max(temperature, 1e-300)))
-            )
-        cur_x = np.where(accept[:, None, None], new_x, cur_x)
-        cur_e = np.where(accept, new_e, cur_e)
-        better = new_e < best_e
-        best_x = np.where(better[:, None, None], new_x, best_x)
-        best_e = np.where(better, new_e, best_e)
-        new_overall = float(np.min(best_e))
-        if new_overall < overall - IMPROVEMENT_RTOL * abs(overall):
-            best_hop, last_improvement = hop, hop
-            seconds_to_best = time.perf_counter() - t_start
-        overall = min(overall, new_overall)
+        t0 = time.perf_counter()
+        search = _advance(fun, opts, moves, search, consts, np.asarray(tick + block, np.int32))
+        tick_best, new_tick = int(search.tick_best), int(search.tick)
+        t1 = time.perf_counter()
+        if tick < tick_best <= new_tick:  # improved in this block: interpolate its time
+            seconds_to_best = t0 - t_start + (t1 - t0) * (tick_best - tick) / (new_tick - tick)
+        tick = new_tick
+        # Blocks of about 0.1–0.4 s: the time limit is checked that often (block sizes do not
+        # change the result, only when time_limit cuts it).
+        block = block * 2 if t1 - t0 < 0.1 else max(1, block // 2) if t1 - t0 > 0.4 else block
 
+    chain = search.chains
+    best_x = chain.best_x
+    iters = np.asarray(it).astype(np.int64) + np.asarray(chain.iters)
+    total_hops = int(search.total)
+    best = int(np.argmin(np.asarray(chain.best_e)))
+    best_hop = int(np.asarray(chain.best_hop)[best])
+    hop = int(np.max(np.asarray(chain.hops)))
     xs, f, g, it, st = _solver.run_restarts(
         fun, jnp.asarray(best_x, dtype), params, steps=steps, tol=final_tol, opts=opts
     )
@@ -384,6 +494,7 @@ def basin_hopping(
         distance,
         hops=hop,
         best_hop=best_hop,
+        minimisations=chains + total_hops,
         seconds=time.perf_counter() - t_start,
         seconds_to_best=seconds_to_best,
     )

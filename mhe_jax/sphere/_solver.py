@@ -33,7 +33,7 @@ from jax import lax
 from jax.typing import ArrayLike
 
 import mhe_jax
-from mhe_jax import _checks
+from mhe_jax import _checks, _kernels
 
 Array = jax.Array
 
@@ -93,6 +93,26 @@ def physics_energy(
     n = x.shape[0]
     mean = mhe_jax.hyperspherical_energy(x, neuron_axis=0, s=s, distance=distance, eps=eps)
     return mean * (n * (n - 1) / 2)
+
+
+def unit_rows_energy(x: Array, s: ArrayLike, distance: str = "euclidean", eps: ArrayLike = 0.0
+                     ) -> Array:
+    r"""``Σ_{i<j} f_s(dist(x_i, x_j))`` of rows ``x`` that are already unit vectors.
+
+    The solver's form of :func:`physics_energy`: the same kernel
+    (``mhe_jax._kernels.pair_energy``, the core code) of the Gram matrix ``x xᵀ``, without the
+    normalisation of the rows and its derivative, which the solver does not need (it evaluates
+    at unit rows only and projects the gradient onto the tangent spaces, where the two
+    gradients agree). About half the cost of :func:`physics_energy` per value and gradient for
+    ``n`` in the hundreds when ``s`` is a Python number (measured in
+    ``benchmarks/RESULTS.md``). The diagonal is evaluated at ``c = 0`` and masked, so it adds
+    neither a value nor a gradient.
+    """
+    n = x.shape[0]
+    eye = jnp.eye(n, dtype=bool)
+    c = jnp.where(eye, 0.0, jnp.matmul(x, x.T, precision=lax.Precision.HIGHEST))
+    h = _kernels.pair_energy(c, s=s, distance=distance, eps=eps)
+    return 0.5 * jnp.sum(jnp.where(eye, 0.0, h))
 
 
 def _solver_eps(distance: str, dtype) -> float:
@@ -158,25 +178,14 @@ def _two_loop(g, S, Y, valid, first_step):
     return -r
 
 
-def _riemannian_lbfgs(fun: Callable, x0: Array, params, tol, steps, opts: _Options):
-    """Minimise ``fun(x, params)`` over rows of ``x`` on the unit sphere; returns (x, f, ‖grad‖,
-    iterations, status). ``tol`` and ``steps`` are traced (no recompilation)."""
-    dtype = x0.dtype
-    eps_mach = float(jnp.finfo(dtype).eps)
-    value_and_grad = jax.value_and_grad(fun)
-
-    def evaluate(x):
-        f, g = value_and_grad(x, params)
-        return f, project(x, g)
-
-    def scale(f):
-        return jnp.maximum(jnp.abs(f), 1.0)
-
-    # The first pass of the loop only evaluates x0 (f = +inf, g = 0 give d = 0 and accept t's
-    # trial at x0): one copy of the objective's graph in the program instead of two.
+def lbfgs_start(x0: Array, opts: _Options) -> _State:
+    """The state of a new minimisation from ``x0`` (rows normalised). Its first iteration only
+    evaluates ``x0`` (``f = +inf`` and ``g = 0`` give ``d = 0``, and the line search accepts
+    its trial at ``x0``): one copy of the objective's graph in the program instead of two."""
     x0 = normalize_rows(x0)
+    dtype = x0.dtype
     m = opts.memory
-    state = _State(
+    return _State(
         x=x0,
         f=jnp.asarray(jnp.inf, dtype),
         g=jnp.zeros_like(x0),
@@ -189,14 +198,27 @@ def _riemannian_lbfgs(fun: Callable, x0: Array, params, tol, steps, opts: _Optio
         stall=jnp.zeros((), jnp.int32),
     )
 
+
+def lbfgs_iteration(fun: Callable, params, tol, steps, opts: _Options) -> Callable:
+    """One Riemannian L-BFGS iteration ``_State -> _State`` for ``fun(x, params)`` over rows of
+    ``x`` on the unit sphere; it sets ``status`` when the minimisation ends. ``tol`` and
+    ``steps`` may be traced (no recompilation)."""
+    value_and_grad = jax.value_and_grad(fun)
+
+    def evaluate(x):
+        f, g = value_and_grad(x, params)
+        return f, project(x, g)
+
+    def scale(f):
+        return jnp.maximum(jnp.abs(f), 1.0)
+
     c1, delta = 1e-4, 0.1
-    f_slack = 1e3 * eps_mach  # relative energy noise tolerated by the approximate Wolfe test
 
-    def cond(st: _State):
-        return st.status == RUNNING
-
-    def body(st: _State):
+    def body(st: _State) -> _State:
         x, f, g = st.x, st.f, st.g
+        dtype = x.dtype
+        eps_mach = float(jnp.finfo(dtype).eps)
+        f_slack = 1e3 * eps_mach  # relative energy noise tolerated by the approximate Wolfe test
         # Vector transport by projection of the stored pairs; drop pairs that lost curvature.
         S = project(x, st.S)
         Y = project(x, st.Y)
@@ -268,7 +290,14 @@ def _riemannian_lbfgs(fun: Callable, x0: Array, params, tol, steps, opts: _Optio
         kept = st._replace(k=k, status=status)
         return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, kept)
 
-    st = lax.while_loop(cond, body, state)
+    return body
+
+
+def _riemannian_lbfgs(fun: Callable, x0: Array, params, tol, steps, opts: _Options):
+    """Minimise ``fun(x, params)`` over rows of ``x`` on the unit sphere; returns (x, f, ‖grad‖,
+    iterations, status). ``tol`` and ``steps`` are traced (no recompilation)."""
+    body = lbfgs_iteration(fun, params, tol, steps, opts)
+    st = lax.while_loop(lambda st: st.status == RUNNING, body, lbfgs_start(x0, opts))
     return st.x, st.f, st.gnorm, st.k, st.status
 
 
@@ -377,10 +406,12 @@ class EnergyResult(NamedTuple):
       status: ``(restarts,)`` stop reason, see :data:`STATUS_NAMES` (1: gradient tolerance,
         2/3: round-off limit reached, 4: ``steps`` exhausted).
       best: index of the best restart.
-      hops: :func:`~mhe_jax.sphere.basin_hopping` only: basin-hopping steps run per chain
-        (``None`` for :func:`minimize_energy`).
-      best_hop: :func:`~mhe_jax.sphere.basin_hopping` only: the hop at which the returned
-        minimum was first reached (0: the initial local minimisation).
+      hops: :func:`~mhe_jax.sphere.basin_hopping` only: the most hops any chain ran (chains
+        hop independently; ``None`` for :func:`minimize_energy`).
+      best_hop: :func:`~mhe_jax.sphere.basin_hopping` only: the hop of its chain at which the
+        returned minimum was first reached (0: the initial local minimisation).
+      minimisations: :func:`~mhe_jax.sphere.basin_hopping` only: local minimisations run by
+        all chains together, the initial ones included.
       seconds: :func:`~mhe_jax.sphere.basin_hopping` only: wall-clock seconds of the search
         (compilation included); ``seconds_to_best``: until ``best_hop``.
     """
@@ -395,6 +426,7 @@ class EnergyResult(NamedTuple):
     best: int
     hops: int | None = None
     best_hop: int | None = None
+    minimisations: int | None = None
     seconds: float | None = None
     seconds_to_best: float | None = None
 
@@ -428,24 +460,39 @@ def softmin_objective(x: Array, beta, distance: str = "euclidean") -> Array:
 class SphereObjective(NamedTuple):
     """The solver's objective; hashable, a static argument of the jitted solver.
 
-    ``params["mode"] == 0``: the Riesz energy ``Σ_{i<j} f_s(dist(x_i, x_j))`` (core code) with
-    ``s = params["s"]``; ``mode == 1``: :func:`softmin_objective` with ``β = params["beta"]``
-    (``log(E_β)/β``, for the same distance). ``s``, ``beta`` and ``mode`` are traced, so one
-    compilation per shape serves the Thomson/Riesz problems and every stage of the Tammes
-    continuation.
+    ``params["mode"] == 0``: the Riesz energy ``Σ_{i<j} f_s(dist(x_i, x_j))`` of unit rows
+    (:func:`unit_rows_energy`, the core kernel) with ``s = params["s"]``, or with the static
+    ``power`` when it is set (compiled in: the cheaper exact forms of ``f_s`` for s = 0, 1, 2
+    and no traced ``pow``; one compilation per ``s``; the objective is then this energy only,
+    for ``mode == 0`` parameters, which :func:`check_power` asserts); ``mode == 1``:
+    :func:`softmin_objective` with ``β = params["beta"]`` (``log(E_β)/β``, for the same
+    distance). ``s``, ``beta`` and ``mode`` are traced, so one compilation per shape serves the
+    Thomson/Riesz problems and every stage of the Tammes continuation.
     """
 
     distance: str
     eps: float
+    power: float | None = None
 
     def __call__(self, x, params):
+        if self.power is not None:
+            return unit_rows_energy(x, s=self.power, distance=self.distance, eps=self.eps)
+
         def riesz(x):
-            return physics_energy(x, s=params["s"], distance=self.distance, eps=self.eps)
+            return unit_rows_energy(x, s=params["s"], distance=self.distance, eps=self.eps)
 
         def soft(x):
             return softmin_objective(x, params["beta"], self.distance)
 
         return lax.cond(params["mode"] == 0, riesz, soft, x)
+
+
+def check_power(fun: SphereObjective, params) -> None:
+    """A static ``power`` is only valid with the Riesz parameters of that exponent."""
+    if fun.power is not None and (
+        int(params["mode"]) != 0 or float(params["s"]) != float(fun.power)
+    ):
+        raise ValueError(f"objective with power={fun.power} got parameters {params}")
 
 
 def riesz_params(s) -> dict:
@@ -499,6 +546,7 @@ def _as_dtype(params, dtype):
 
 def run_restarts(fun, x0s, params, *, steps: int, tol: float, opts: _Options):
     """Run the jitted, vmapped solver; returns (points, f, grad norms, iterations, status)."""
+    check_power(fun, params)
     dtype = x0s.dtype
     solve = _solve_batch_small if x0s.shape[1] <= SMALL_N else _solve_batch
     tol_array, steps_array = np.asarray(tol, dtype), np.asarray(steps, np.int32)
