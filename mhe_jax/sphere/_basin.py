@@ -2,15 +2,15 @@ r"""Basin-hopping for global minima of the Riesz energy on ``S^{dim-1}`` (Wales 
 
 Each chain holds a local minimum ``x`` with energy ``E(x)``. One hop:
 
-1. perturb ``x``. The default move, ``move="relocate"``, takes one point chosen uniformly at
-   random and puts it at a uniformly random position on the sphere (a vacancy–interstitial
-   pair: the hole it leaves and the crowd it joins relax into a different arrangement of the
-   defects). The alternative, ``move="cap"``, is local: pick a centre point (one of the points
-   of highest local energy ``e_i = Σ_j f_s(‖x_i − x_j‖)`` with probability 1/2, else a random
-   one), take its ``k ≤ cap`` nearest points (a spherical cap), and rotate the cap about its
-   centre by a random orthogonal map of the tangent space and/or displace each of its points
-   by a random tangent vector of length about ``step`` times the mean nearest-neighbour
-   spacing;
+1. perturb ``x`` (:mod:`mhe_jax.sphere._moves`). The default move, ``move="relocate"``, takes
+   one point chosen uniformly at random and puts it at a uniformly random position on the
+   sphere (a vacancy–interstitial pair: the hole it leaves and the crowd it joins relax into a
+   different arrangement of the defects). The alternative, ``move="cap"``, is local: pick a
+   centre point (one of the points of highest local energy ``e_i = Σ_j f_s(‖x_i − x_j‖)`` with
+   probability 1/2, else a random one), take its ``k ≤ cap`` nearest points (a spherical cap),
+   and rotate the cap about its centre by a random orthogonal map of the tangent space and/or
+   displace each of its points by a random tangent vector of length about ``step`` times the
+   mean nearest-neighbour spacing;
 2. minimise locally (the Riemannian L-BFGS of :func:`~mhe_jax.sphere.minimize_energy`) to
    ``x'``;
 3. accept ``x'`` with the Metropolis probability ``min(1, exp(−(E(x') − E(x)) / T))``.
@@ -20,10 +20,18 @@ from a local minimum 1.1e-5 (relative) above the best known energy, a relocation
 different minimum 88 % of the time, a cap move of step 0.4 only 4 % (the local solver falls
 back into the same minimum), which is why relocation is the default.
 
-The chains run together: their local minimisations are one ``jax.vmap``-ed, jitted call per hop
-(compiled once per ``(n, dim, chains)``). The search stops after ``hops`` hops, after
-``patience`` hops without a new best energy, after ``time_limit`` seconds, or when ``target``
-is reached; the best minimum of every chain is then polished to the tight tolerance.
+The chains hop independently inside one jitted ``lax.while_loop``, ``jax.vmap``-ed over chains.
+Each pass of the loop runs one L-BFGS iteration of every chain; a chain whose local
+minimisation ends in that pass does its Metropolis step, its next move and the start of its
+next minimisation at once, on the device. No chain waits for another: local minimisations
+after a move take from tens to hundreds of iterations, and a lockstep hop (all chains
+minimise, then all hop) would cost the slowest chain's iterations for every chain. The first
+local minimisation of the starts (hop 0) and the final polish run together. The host only
+checks the wall clock between jitted calls of ~0.1–0.4 s; the result does not depend on how the
+loop is cut into calls. The search stops when every chain has made ``hops`` hops, after
+``patience × chains`` hops (all chains together) without a new best energy, after
+``time_limit`` seconds, or when ``target`` is reached; the best minimum of every chain is then
+polished to the tight tolerance.
 """
 
 from __future__ import annotations
@@ -336,13 +344,17 @@ def basin_hopping(
     angle and/or displaced by random tangent vectors of length ``≈ step`` times the mean
     nearest-neighbour spacing ``√(8π/(√3 n))`` — then runs the local solver (Riemannian
     L-BFGS, ``jax.vmap``-ed over the chains in one jitted call) and accepts the new minimum
-    ``x'`` with probability ``min(1, exp(−(E(x') − E(x))/T))`` (Metropolis).
+    ``x'`` with probability ``min(1, exp(−(E(x') − E(x))/T))`` (Metropolis). The chains hop
+    independently (one jitted loop; a chain starts its next hop as soon as its minimisation
+    ends, without waiting for the others).
 
-    Stops after ``hops`` hops per chain, after ``patience`` hops without a new overall best
-    (better by more than 1e-10 relative), after ``time_limit`` seconds, or once the best energy
-    is ``≤ target``; then polishes the best minimum of every chain to the tolerance of
-    :func:`minimize_energy`. The random moves are drawn from ``key`` (deterministic for a fixed
-    key unless ``time_limit`` cuts the run). Use float64 (``jax_enable_x64``) for large ``n``:
+    Stops once every chain has made ``hops`` hops, after ``patience × chains`` hops of all
+    chains together without a new overall best (better by more than 1e-10 relative), after
+    ``time_limit`` seconds, or once the best energy is ``≤ target``; then polishes the best
+    minimum of every chain to the tolerance of :func:`minimize_energy`. The starts and moves
+    are drawn from ``key`` (deterministic for a fixed key unless ``time_limit`` cuts the run).
+    ``s`` is compiled into the search (one compilation per ``(n, dim, chains, s, distance,
+    move)``). Use float64 (``jax_enable_x64``) for large ``n``:
     neighbouring minima differ by ~1e-6 relative (N = 200), near float32 resolution.
 
     Args:
@@ -352,8 +364,8 @@ def basin_hopping(
       distance: ``"euclidean"`` or ``"angular"``.
       key: PRNG key or int seed (required).
       hops: maximum hops per chain; default ``max(200, 10 n)``.
-      time_limit: wall-clock limit in seconds (checked between hops; compilation counts);
-        default none.
+      time_limit: wall-clock limit in seconds (checked every ~0.1–0.4 s; compilation
+        counts); default none.
       temperature: Metropolis temperature ``T`` in energy units; default ``1e-6 |E_0|`` with
         ``E_0`` the best first local minimum (for Thomson N = 100–500, comparable to the gaps
         between neighbouring minima, 1e-7–1e-5 relative).
@@ -363,7 +375,8 @@ def basin_hopping(
         :func:`fibonacci_points`, randomly rotated per chain; ``dim = 3``), or an array of shape
         ``(n, dim)`` or ``(chains, n, dim)`` (rows are normalised).
       chains: number of chains; default 4 (or the number of starts in a 3-d ``init``).
-      patience: stop after this many hops without a new best; default ``max(100, 4 n)``.
+      patience: stop after ``patience × chains`` hops (all chains together) without a new
+        best; default ``max(100, 4 n)``.
       target: stop as soon as the best energy is ``≤ target``; default none.
       cap: ``move="cap"`` only: largest number of points a move touches; default
         ``min(12, n)``.
@@ -372,8 +385,10 @@ def basin_hopping(
     Returns:
       :class:`EnergyResult`: ``points``/``energy`` of the best minimum over all chains;
       ``energies``, ``iterations`` (L-BFGS iterations summed over the hops), ``grad_norms``,
-      ``status`` per chain; ``hops`` run, ``best_hop`` (the hop that first reached the returned
-      minimum), ``seconds`` and ``seconds_to_best``.
+      ``status`` per chain; ``hops`` (the most any chain ran), ``best_hop`` (the hop of its
+      chain that first reached the returned minimum), ``minimisations`` (all chains, hop 0
+      included), ``seconds`` and ``seconds_to_best`` (its time within the jitted call that
+      found it is interpolated by loop iterations).
 
     Examples:
       >>> import jax
