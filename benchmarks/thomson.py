@@ -7,6 +7,10 @@ call; the compile time measured separately by ahead-of-time ``lower().compile()`
 ``lbfgs``: ``optax.lbfgs`` on the unconstrained points against the Riemannian L-BFGS of
 ``minimize_energy``: time per batch of local minimisations, iterations, and accuracy.
 
+``objective``: the cost of one value and gradient of the energy: the core ``physics_energy``
+against the solver's Gram-form objective (``s`` traced or compiled in), ``vmap``-ed over 1 or 4
+configurations.
+
 ``moves``: from one local minimum (the best of 4 random starts, key 0), each kind of hop move
 (cap moves of several steps, all-point displacements, relocations) ``--trials`` times, each
 followed by the local solver at the hop tolerance: how often it lands in the same minimum
@@ -28,6 +32,7 @@ once per N (its compilation, reported as ``warmup_s``, is not part of the budget
 
     python benchmarks/thomson.py local                          # N = 100, 200, 470, 16 restarts
     python benchmarks/thomson.py lbfgs --sizes 100 200          # optax.lbfgs vs Riemannian
+    python benchmarks/thomson.py objective                      # cost of one evaluation
     python benchmarks/thomson.py moves --n 200 --trials 24      # where single hops land
     python benchmarks/thomson.py global --sizes 72 100 --keys 5 --budget 120
     nice -n 10 python benchmarks/thomson.py global --sizes 282 470 --keys 5 --budget 1800 \\
@@ -260,6 +265,72 @@ def main_lbfgs(args) -> None:
         )
         data["lbfgs"] = [rows[k] for k in sorted(rows)]
         _save(args.out, data)
+
+
+# ----------------------------------------------------------------------------------- objective
+
+
+def bench_objective(n: int, batch: int, evals: int, reps: int) -> dict:
+    """Cost of one value and gradient of the Thomson energy (s = 1) of ``batch`` configurations
+    (``vmap``), in a jitted ``fori_loop`` of ``evals`` evaluations: the core
+    ``physics_energy`` (normalises the rows; what the unconstrained SciPy and optax runs need)
+    against the solver's objective (the core kernel of the Gram matrix of unit rows) with ``s``
+    traced (``minimize_energy``) and compiled in (``basin_hopping``). Timed calls alternate
+    between the variants; medians of ``reps`` after a warm-up."""
+    import jax.numpy as jnp
+
+    x = _solver.initial_points(n, 3, batch, 0, None, jnp.float64)
+    params = _solver._as_dtype(_solver.riesz_params(1.0), np.float64)
+    variants = {
+        "physics_energy": lambda y, p: _solver.physics_energy(y, p["s"]),
+        "objective, s traced": _solver.SphereObjective("euclidean", 0.0),
+        "objective, s compiled in": _solver.SphereObjective("euclidean", 0.0, 1.0),
+    }
+
+    def loop(f):
+        grad = jax.vmap(jax.grad(f), in_axes=(0, None))
+
+        def run(x, p):
+            return jax.lax.fori_loop(0, evals, lambda i, y: y + 1e-12 * grad(y, p), x)
+
+        return jax.jit(run)
+
+    loops = {name: loop(f) for name, f in variants.items()}
+    for run in loops.values():
+        jax.block_until_ready(run(x, params))
+    times: dict[str, list[float]] = {name: [] for name in loops}
+    for _ in range(reps):
+        for name, run in loops.items():
+            t = time.perf_counter()
+            jax.block_until_ready(run(x, params))
+            times[name].append((time.perf_counter() - t) / evals)
+    medians = {name: statistics.median(ts) for name, ts in times.items()}
+    return {
+        "n": n,
+        "batch": batch,
+        "evals": evals,
+        "microseconds": {name: 1e6 * m for name, m in medians.items()},
+        "ratio_to_physics_energy": {
+            name: m / medians["physics_energy"] for name, m in medians.items()
+        },
+        "load_average": load_average(),
+    }
+
+
+def main_objective(args) -> None:
+    data = _load(args.out)
+    rows = {(r["n"], r["batch"]): r for r in data.get("objective", [])}
+    for n in args.sizes:
+        for batch in args.batches:
+            row = bench_objective(n, batch, args.evals, args.reps)
+            rows[(n, batch)] = row
+            cells = ", ".join(
+                f"{name} {us:.0f} us ({row['ratio_to_physics_energy'][name]:.2f})"
+                for name, us in row["microseconds"].items()
+            )
+            print(f"N={n} batch={batch}: {cells}", flush=True)
+            data["objective"] = [rows[k] for k in sorted(rows)]
+            _save(args.out, data)
 
 
 # ----------------------------------------------------------------------------------- global
@@ -593,14 +664,25 @@ def main(argv=None) -> None:
     glob.add_argument("--budget", type=float, default=600.0, help="seconds per run")
     glob.add_argument("--budget-for", nargs="*", default=[], metavar="N=S")
     glob.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    objective = sub.add_parser("objective", help="cost of one energy value and gradient")
+    objective.add_argument("--sizes", type=int, nargs="+", default=[122, 200, 470])
+    objective.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    objective.add_argument("--evals", type=int, default=200)
+    objective.add_argument("--reps", type=int, default=7)
     moves = sub.add_parser("moves", help="where single hop moves land, from one minimum")
     moves.add_argument("--n", type=int, default=200)
     moves.add_argument("--trials", type=int, default=24)
     moves.add_argument("--key", type=int, default=0)
-    for p in (local, lbfgs, glob, moves):
+    for p in (local, lbfgs, glob, objective, moves):
         p.add_argument("--out", type=Path, default=Path(__file__).with_name("thomson.json"))
     args = parser.parse_args(argv)
-    modes = {"local": main_local, "lbfgs": main_lbfgs, "global": main_global, "moves": main_moves}
+    modes = {
+        "local": main_local,
+        "lbfgs": main_lbfgs,
+        "global": main_global,
+        "objective": main_objective,
+        "moves": main_moves,
+    }
     modes[args.mode](args)
 
 
