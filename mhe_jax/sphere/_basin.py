@@ -243,9 +243,10 @@ def _energy(f, params):
     return jnp.where(jnp.isfinite(e), e, jnp.inf)
 
 
-def _chain_tick(fun, opts, moves: _Move, c: _Chain, consts) -> _Chain:
-    """One L-BFGS iteration of a running chain; a chain whose minimisation ends in it does its
-    Metropolis step and starts the next hop (so chains never wait for each other)."""
+def _chain_tick(fun, opts, c: _Chain, consts) -> tuple[_Chain, jax.Array]:
+    """One L-BFGS iteration of a running chain. A chain whose minimisation ends in it does its
+    Metropolis step; returns the chain and whether it must start its next hop (then
+    :func:`_next_hop`; so chains never wait for each other)."""
     iterate = _solver.lbfgs_iteration(fun, consts["params"], consts["tol"], consts["steps"], opts)
     running = c.active & (c.opt.status == _solver.RUNNING)
     stepped = iterate(c.opt)
@@ -263,12 +264,10 @@ def _chain_tick(fun, opts, moves: _Move, c: _Chain, consts) -> _Chain:
     # The hop that first reached the chain's best (a minimum found again only differs by
     # round-off, which must not move it).
     first = better & (e_new < c.best_e - IMPROVEMENT_RTOL * jnp.abs(c.best_e))
-    x = jnp.where(accept, opt.x, c.x)
     more = ended & (hops < consts["hops"])
-    data, fresh = _start_chain(x, jax.random.key_data(key), moves, consts, opts)
-    return _Chain(
-        opt=jax.tree.map(lambda a, b: jnp.where(more, a, b), fresh, opt),
-        x=x,
+    chain = _Chain(
+        opt=opt,
+        x=jnp.where(accept, opt.x, c.x),
         e=jnp.where(accept, e_new, c.e),
         best_x=jnp.where(better, opt.x, c.best_x),
         best_e=jnp.where(better, e_new, c.best_e),
@@ -276,7 +275,17 @@ def _chain_tick(fun, opts, moves: _Move, c: _Chain, consts) -> _Chain:
         hops=hops,
         iters=c.iters + jnp.where(ended, opt.k, 0),
         active=c.active & ~(ended & ~more),
-        key=jnp.where(ended, data, c.key),
+        key=jnp.where(ended, jax.random.key_data(key), c.key),
+    )
+    return chain, more
+
+
+def _next_hop(moves: _Move, opts, c: _Chain, more, consts) -> _Chain:
+    """Where ``more``: the move from the chain's current minimum and a fresh minimisation."""
+    data, fresh = _start_chain(c.x, c.key, moves, consts, opts)
+    return c._replace(
+        opt=jax.tree.map(lambda a, b: jnp.where(more, a, b), fresh, c.opt),
+        key=jnp.where(more, data, c.key),
     )
 
 
@@ -298,7 +307,15 @@ def _advance(fun, opts, moves: _Move, search: _Search, consts, until) -> _Search
     chain out of hops)."""
 
     def body(st: _Search) -> _Search:
-        chain = jax.vmap(lambda c: _chain_tick(fun, opts, moves, c, consts))(st.chains)
+        chain, more = jax.vmap(lambda c: _chain_tick(fun, opts, c, consts))(st.chains)
+        # Moves only in the (rare) passes where a chain needs one: a cap move costs about an
+        # energy evaluation, and under vmap a per-chain branch would run every pass.
+        chain = lax.cond(
+            jnp.any(more),
+            lambda ch: jax.vmap(lambda c, m: _next_hop(moves, opts, c, m, consts))(ch, more),
+            lambda ch: ch,
+            chain,
+        )
         total = jnp.sum(chain.hops, dtype=jnp.int32)
         new_overall = jnp.min(chain.best_e)
         improved = new_overall < st.overall - IMPROVEMENT_RTOL * jnp.abs(st.overall)
