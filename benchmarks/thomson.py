@@ -169,7 +169,8 @@ def bench_local(n: int, restarts: int, runs: int, key: int) -> dict:
 
 def optax_lbfgs_batch(n: int, memory: int = 10):
     """``optax.lbfgs`` (zoom line search) on the unconstrained points, the energy of the
-    normalised rows (scale-invariant), vmapped over restarts; the same stopping rules as the
+    normalised rows (scale-invariant; the solver's Gram form with ``s = 1`` compiled in, as on
+    the Riemannian side, so that only the optimisers differ), vmapped over restarts; the same stopping rules as the
     Riemannian solver (relative Riemannian gradient ``≤ tol``, 10 iterations without decrease,
     ``steps``). Returns a jitted ``(x0s, tol, steps) -> (x, E, ‖grad‖, iterations)``."""
     import jax.numpy as jnp
@@ -177,7 +178,7 @@ def optax_lbfgs_batch(n: int, memory: int = 10):
     from jax import lax
 
     def f(x):
-        return _solver.physics_energy(x, 1.0)
+        return _solver.unit_rows_energy(_solver.normalize_rows(x), 1.0)
 
     opt = optax.lbfgs(memory_size=memory)
     value_and_grad = optax.value_and_grad_from_state(f)
@@ -214,7 +215,7 @@ def bench_lbfgs(n: int, restarts: int, reps: int, key: int) -> dict:
 
     x0s = _solver.initial_points(n, 3, restarts, key, None, jnp.float64)
     tol, steps = 1e-11, _solver.default_steps(n)
-    fun = _solver.SphereObjective("euclidean", 0.0)
+    fun = _solver.SphereObjective("euclidean", 0.0, 1.0)
     opts = _solver.solver_options(n, 3)
     params = _solver.energy_params(1.0)
     optax_run = optax_lbfgs_batch(n)
