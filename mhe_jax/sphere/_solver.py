@@ -108,8 +108,8 @@ def unit_rows_energy(x: Array, s: ArrayLike, distance: str = "euclidean", eps: A
     at unit rows only and projects the gradient onto the tangent spaces, where the two
     gradients agree). With ``s`` a Python number (compiled in) a value and gradient costs
     26–43 % less than :func:`physics_energy` for ``n`` = 122–470; with ``s`` traced, the same
-    (measured in ``benchmarks/RESULTS.md``). The diagonal is evaluated at ``c = 0`` and masked, so it adds
-    neither a value nor a gradient.
+    (measured in ``benchmarks/RESULTS.md``). The diagonal is evaluated at ``c = 0`` and
+    masked, so it adds neither a value nor a gradient.
     """
     n = x.shape[0]
     eye = jnp.eye(n, dtype=bool)
