@@ -171,8 +171,9 @@ def optax_lbfgs_batch(n: int, memory: int = 10):
     """``optax.lbfgs`` (zoom line search) on the unconstrained points, the energy of the
     normalised rows (scale-invariant; the solver's Gram form with ``s = 1`` compiled in, as on
     the Riemannian side, so that only the optimisers differ), vmapped over restarts; the same
-    stopping rules as the Riemannian solver (relative Riemannian gradient ``≤ tol``, 10 iterations without decrease,
-    ``steps``). Returns a jitted ``(x0s, tol, steps) -> (x, E, ‖grad‖, iterations)``."""
+    stopping rules as the Riemannian solver (relative Riemannian gradient ``≤ tol``, 10
+    iterations without decrease, ``steps``). Returns a jitted
+    ``(x0s, tol, steps) -> (x, E, ‖grad‖, iterations)``."""
     import jax.numpy as jnp
     import optax
     from jax import lax
