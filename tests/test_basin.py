@@ -15,6 +15,7 @@ jax.config.update("jax_enable_x64", True)
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from mhe_jax import _kernels  # noqa: E402
 from mhe_jax.sphere import (  # noqa: E402
     EnergyResult,
     _solver,  # noqa: E402
@@ -166,6 +167,19 @@ def test_chains_hop_independently_and_blocks_do_not_change_the_result(monkeypatc
     assert a.best_hop == b.best_hop
 
 
+def test_compiled_in_s_leaves_the_saturation_continuation_out():
+    """With s compiled in, the solver's euclidean guard is the smallest eps at which f_s cannot
+    saturate (no per-pair log/exp in the program) and stays below ε_mach² (no visible change)."""
+    for dtype in (np.float64, np.float32):
+        for s in (0.5, 1.0, 2.0, 3.0):
+            eps = _solver._solver_eps("euclidean", dtype, s)
+            assert 0 < eps <= np.finfo(dtype).eps ** 2
+            kernel, _ = _kernels.make_kernel("riesz", "euclidean", False, s, eps, dtype)
+            assert not kernel.capped
+    assert _solver._solver_eps("euclidean", np.float64) == 0.0  # s traced: exact
+    assert _solver._solver_eps("euclidean", np.float64, 0.0) == 0.0  # log: never saturates
+
+
 def test_solver_objective_is_the_core_energy():
     """The solver's Gram-matrix objective (static or traced s) equals physics_energy (the core
     hyperspherical_energy) in value and tangent gradient, for every s and both distances."""
@@ -177,7 +191,10 @@ def test_solver_objective_is_the_core_energy():
             g_t = np.asarray(_solver.project(x, g))
             p = _solver._as_dtype(_solver.riesz_params(s), np.float64)
             for power in (None, s):
-                fun = jax.jit(jax.value_and_grad(_solver.SphereObjective(distance, eps, power)))
+                eps_power = _solver._solver_eps(distance, np.float64, power)
+                fun = jax.jit(
+                    jax.value_and_grad(_solver.SphereObjective(distance, eps_power, power))
+                )
                 f, gf = fun(x, p)
                 np.testing.assert_allclose(float(f), float(e), rtol=1e-14)
                 np.testing.assert_allclose(

@@ -118,14 +118,24 @@ def unit_rows_energy(x: Array, s: ArrayLike, distance: str = "euclidean", eps: A
     return 0.5 * jnp.sum(jnp.where(eye, 0.0, h))
 
 
-def _solver_eps(distance: str, dtype) -> float:
-    """Guard used while optimising: 0 for euclidean (exact); for the angular distance a
-    negligible ``eps`` (``ε_mach²``) keeps the arccos derivative finite at antipodal pairs
-    (a relative change ``~1e-32``, below floating-point resolution: the values are those of
-    ``eps = 0``)."""
-    if distance == "euclidean":
+def _solver_eps(distance: str, dtype, power: float | None = None) -> float:
+    """Guard used while optimising, below floating-point resolution (the values are those of
+    ``eps = 0``). Angular distance: ``ε_mach²`` keeps the arccos derivative finite at antipodal
+    pairs (a relative change ``~1e-32``). Euclidean: 0 (exact) when ``s`` is traced; with ``s``
+    compiled in (``power``), the smallest ``eps`` for which ``f_s`` cannot saturate, so that the
+    kernel's saturation continuation (a log and an exp per pair) is left out of the program: its
+    value and gradient then cost 2.5x less at s = 1 (N = 470, ``benchmarks/RESULTS.md``). That
+    ``eps`` is ``exp(2 − 2L/s)`` (``L``: :func:`mhe_jax._kernels.saturation_log`), at least
+    the smallest normal float, and used only when it is at most ``ε_mach²`` (float64: 2e-308 at
+    s ≤ 1, 1e-294 at s = 2, 1e-117 at s = 5; float32 up to s = 3)."""
+    eps2 = float(jnp.finfo(dtype).eps) ** 2
+    if distance != "euclidean":
+        return eps2
+    if power is None or power == 0.0:
         return 0.0
-    return float(jnp.finfo(dtype).eps) ** 2
+    saturation = _kernels.saturation_log(power, dtype)
+    eps = max(float(jnp.finfo(dtype).tiny), math.exp(min(2.0 - 2.0 * saturation / power, 0.0)))
+    return eps if eps <= eps2 else 0.0
 
 
 # --------------------------------------------------------------------------------------------
