@@ -216,7 +216,7 @@ def bench_lbfgs(n: int, restarts: int, reps: int, key: int) -> dict:
 
     x0s = _solver.initial_points(n, 3, restarts, key, None, jnp.float64)
     tol, steps = 1e-11, _solver.default_steps(n)
-    fun = _solver.SphereObjective("euclidean", 0.0, 1.0)
+    fun = _solver.compiled_objective("euclidean", 1.0, jnp.float64)  # what basin_hopping runs
     opts = _solver.solver_options(n, 3)
     params = _solver.energy_params(1.0)
     optax_run = optax_lbfgs_batch(n)
@@ -286,7 +286,7 @@ def bench_objective(n: int, batch: int, evals: int, reps: int) -> dict:
     variants = {
         "physics_energy": lambda y, p: _solver.physics_energy(y, p["s"]),
         "objective, s traced": _solver.SphereObjective("euclidean", 0.0),
-        "objective, s compiled in": _solver.SphereObjective("euclidean", 0.0, 1.0),
+        "objective, s compiled in": _solver.compiled_objective("euclidean", 1.0, jnp.float64),
     }
 
     def loop(f):
@@ -585,7 +585,7 @@ def main_moves(args) -> None:
     n, chains = args.n, 4
     rng = np.random.default_rng(args.key)
     dtype = _solver.compute_dtype()
-    fun = _solver.SphereObjective("euclidean", _solver._solver_eps("euclidean", dtype), 1.0)
+    fun = _solver.compiled_objective("euclidean", 1.0, dtype)
     params = _solver.energy_params(1.0)
     opts, steps = _solver.solver_options(n, 3), _solver.default_steps(n)
 

@@ -190,16 +190,19 @@ def test_solver_objective_is_the_core_energy():
             e, g = jax.value_and_grad(lambda y: _solver.physics_energy(y, s, distance, eps))(x)
             g_t = np.asarray(_solver.project(x, g))
             p = _solver._as_dtype(_solver.riesz_params(s), np.float64)
-            for power in (None, s):
-                eps_power = _solver._solver_eps(distance, np.float64, power)
-                fun = jax.jit(
-                    jax.value_and_grad(_solver.SphereObjective(distance, eps_power, power))
-                )
+            # s traced (minimize_energy), and compiled in as basin_hopping runs it.
+            for objective in (
+                _solver.SphereObjective(distance, eps),
+                _solver.compiled_objective(distance, s, np.float64),
+            ):
+                fun = jax.jit(jax.value_and_grad(objective))
                 f, gf = fun(x, p)
                 np.testing.assert_allclose(float(f), float(e), rtol=1e-14)
                 np.testing.assert_allclose(
                     np.asarray(_solver.project(x, gf)), g_t, rtol=0, atol=1e-13 * np.abs(g_t).max()
                 )
+    assert _solver.compiled_objective("euclidean", 1.0, np.float64).power == 1.0
+    assert _solver.compiled_objective("euclidean", 8.0, np.float64).power is None  # log(E)/s
     with pytest.raises(ValueError, match="power"):
         objective = _solver.SphereObjective("euclidean", 0.0, 1.0)
         _solver.check_power(objective, _solver.riesz_params(2.0))

@@ -454,8 +454,7 @@ def basin_hopping(
     dtype = _solver.compute_dtype()
     params = _solver.energy_params(s)
     # s compiled in (one compilation per s; a search runs for minutes): cheaper exact kernels.
-    power = s if int(params["mode"]) == 0 else None
-    fun = _solver.SphereObjective(distance, _solver._solver_eps(distance, dtype, power), power)
+    fun = _solver.compiled_objective(distance, s, dtype)
     opts = _solver.solver_options(n, dim)
     steps = _solver.default_steps(n)
     final_tol = 1e-11 if dtype == jnp.float64 else 1e-5

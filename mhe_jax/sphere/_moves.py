@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from mhe_jax import _kernels
+from mhe_jax.sphere import _solver
 
 Array = jax.Array
 
@@ -37,9 +38,7 @@ def relocate(x: Array, key: Array) -> Array:
 
 def local_energy(x: Array, s) -> Array:
     """``e_i = Σ_{j≠i} f_s(‖x_i − x_j‖)`` per point (chord; the core kernel)."""
-    n = x.shape[0]
-    eye = jnp.eye(n, dtype=bool)
-    c = jnp.where(eye, 0.0, jnp.matmul(x, x.T, precision=lax.Precision.HIGHEST))
+    eye, c = _solver._masked_gram(x)
     return jnp.sum(jnp.where(eye, 0.0, _kernels.pair_energy(c, s=s, eps=0.0)), axis=1)
 
 

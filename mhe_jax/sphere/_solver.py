@@ -4,8 +4,9 @@ The energy is the physics convention ``E(x) = Σ_{i<j} f_s(dist(x_i, x_j))`` of 
 (``mhe_jax._kernels``, the only implementation of ``f_s``): :func:`physics_energy` is
 :func:`mhe_jax.hyperspherical_energy` rescaled (``= mean over ordered pairs × n(n−1)/2``), and
 the solver minimises the same kernel of the Gram matrix of its unit rows
-(:func:`unit_rows_energy`; equal value and tangent gradient, tested; 26–43 % cheaper with ``s``
-compiled in, as in :func:`basin_hopping`).
+(:func:`unit_rows_energy`; equal value and tangent gradient, tested; with ``s`` compiled in, as
+in :func:`basin_hopping`, :func:`gram_energy` builds its gradient by hand and costs several
+times less, ``benchmarks/RESULTS.md``).
 
 Optimisation is on the product manifold ``(S^{dim-1})^n`` (rows of ``x``):
 
@@ -112,24 +113,33 @@ def unit_rows_energy(x: Array, s: ArrayLike, distance: str = "euclidean", eps: A
     (measured in ``benchmarks/RESULTS.md``). The diagonal is evaluated at ``c = 0`` and
     masked, so it adds neither a value nor a gradient.
     """
-    n = x.shape[0]
-    eye = jnp.eye(n, dtype=bool)
-    c = jnp.where(eye, 0.0, jnp.matmul(x, x.T, precision=lax.Precision.HIGHEST))
+    eye, c = _masked_gram(x)
     h = _kernels.pair_energy(c, s=s, distance=distance, eps=eps)
+    return _half_sum_off_diagonal(h, eye)
+
+
+def _masked_gram(x: Array) -> tuple[Array, Array]:
+    """The diagonal mask and the Gram matrix ``x xᵀ`` of ``x`` with its diagonal set to 0 (the
+    kernel is evaluated there at ``c = 0``, then masked)."""
+    eye = jnp.eye(x.shape[0], dtype=bool)
+    return eye, jnp.where(eye, 0.0, jnp.matmul(x, x.T, precision=lax.Precision.HIGHEST))
+
+
+def _half_sum_off_diagonal(h: Array, eye: Array) -> Array:
+    """``Σ_{i<j} h_ij`` of a symmetric ``h``."""
     return 0.5 * jnp.sum(jnp.where(eye, 0.0, h))
 
 
 def _gram_energy_parts(x: Array, s: float, distance: str, eps: float):
     """Energy of unit rows ``x`` and the masked kernel derivative ``h'(c)`` of their Gram
     matrix, from one forward-mode pass over the pairs (the core kernel's ``jax.jvp``)."""
-    n = x.shape[0]
-    eye = jnp.eye(n, dtype=bool)
-    c = jnp.where(eye, 0.0, jnp.matmul(x, x.T, precision=lax.Precision.HIGHEST))
+    eye, c = _masked_gram(x)
+
     def kernel(c):
         return _kernels.pair_energy(c, s=s, distance=distance, eps=eps)
 
     h, dh = jax.jvp(kernel, (c,), (jnp.ones_like(c),))
-    return 0.5 * jnp.sum(jnp.where(eye, 0.0, h)), jnp.where(eye, 0.0, dh)
+    return _half_sum_off_diagonal(h, eye), jnp.where(eye, 0.0, dh)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
@@ -176,6 +186,14 @@ def _solver_eps(distance: str, dtype, power: float | None = None) -> float:
     saturation = _kernels.saturation_log(power, dtype)
     eps = max(float(jnp.finfo(dtype).tiny), math.exp(min(2.0 - 2.0 * saturation / power, 0.0)))
     return eps if eps <= eps2 else 0.0
+
+
+def compiled_objective(distance: str, s: float, dtype) -> SphereObjective:
+    """The objective of a search that compiles ``s`` in (:func:`basin_hopping`): the Riesz
+    energy with ``power = s`` and the guard of :func:`_solver_eps` for it; the log-energy
+    form of large ``s`` (:func:`energy_params` mode 1) keeps ``s`` traced."""
+    power = s if int(energy_params(s)["mode"]) == 0 else None
+    return SphereObjective(distance, _solver_eps(distance, dtype, power), power)
 
 
 # --------------------------------------------------------------------------------------------
