@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 
 jax.config.update("jax_enable_x64", True)
 
@@ -167,6 +168,64 @@ def test_chains_hop_independently_and_blocks_do_not_change_the_result(monkeypatc
     assert a.best_hop == b.best_hop
 
 
+def _exchange_accepts(ladder, energies, keys):
+    """Whether `_basin._exchange` swaps the two chains' temperatures, for each key."""
+    from mhe_jax.sphere import _basin
+
+    e = jnp.asarray(energies, jnp.float64)
+    zeros = jnp.zeros(2, jnp.int32)
+    chain = _basin._Chain(
+        opt=None, x=None, e=e, best_x=None, best_e=e, best_hop=zeros, hops=zeros, iters=zeros,
+        active=jnp.ones(2, bool), key=None, level=jnp.arange(2, dtype=jnp.int32),
+    )
+    consts = {"ladder": jnp.asarray(ladder, jnp.float64)}
+
+    def one(k):
+        out, _, accepted = _basin._exchange(chain, jax.random.key_data(k), consts)
+        return out.level, accepted
+
+    levels, accepted = jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(0), keys))
+    # Accepted: the levels are swapped; rejected: unchanged; always a permutation.
+    want = jnp.where(accepted[:, None], jnp.array([1, 0]), jnp.array([0, 1]))
+    np.testing.assert_array_equal(np.asarray(levels), np.asarray(want))
+    return np.asarray(accepted)
+
+
+def test_replica_exchange_acceptance_is_metropolis():
+    """Chains at T_0 < T_1 with energies E_a (at T_0) and E_b swap temperatures with
+    probability min(1, exp((1/T_0 − 1/T_1)(E_a − E_b)))."""
+    ladder = [1.0, 10.0]
+    assert _exchange_accepts(ladder, [5.0, 0.0], 200).all()  # the cold chain is higher: swap
+    assert not _exchange_accepts(ladder, [0.0, 100.0], 200).any()  # exp(−90)
+    p = 0.3
+    gap = math.log(p) / (1 / ladder[0] - 1 / ladder[1])  # E_a − E_b < 0
+    rate = _exchange_accepts(ladder, [0.0, -gap], 20000).mean()
+    assert abs(rate - p) < 4 * math.sqrt(p * (1 - p) / 20000), rate
+    assert not _exchange_accepts(ladder, [np.inf, 0.0], 50).any()  # a failed chain stays put
+
+
+def test_temperature_ladder_reaches_the_minimum_and_is_block_independent(monkeypatch):
+    """With one temperature per chain (replica exchange), the search still hops out of a
+    non-global minimum, and its result does not depend on the jitted block sizes."""
+    from mhe_jax.sphere import _basin
+
+    n = 32
+    key, index, _ = BAD_STARTS[n]
+    x0 = _solver.initial_points(n, 3, CHAINS, key, None, _solver.compute_dtype())[index]
+    ladder = [t * THOMSON[n] for t in (1e-7, 1e-6, 1e-5, 1e-4)]
+    res = basin_hopping(n, key=0, init=x0, chains=CHAINS, hops=40, temperature=ladder,
+                        target=THOMSON[n] * (1 + 1e-9))
+    assert abs(float(res.energy) - THOMSON[n]) <= 1e-9 * THOMSON[n]
+    runs = []
+    for first_block in (1, 10**6):
+        monkeypatch.setattr(_basin, "FIRST_BLOCK", first_block)
+        runs.append(basin_hopping(24, key=5, hops=6, chains=3, patience=10**6,
+                                  temperature=[1e-4, 1e-3, 1e-2]))
+    a, b = runs
+    np.testing.assert_array_equal(np.asarray(a.points), np.asarray(b.points))
+    np.testing.assert_array_equal(np.asarray(a.iterations), np.asarray(b.iterations))
+
+
 def test_compiled_in_s_leaves_the_saturation_continuation_out():
     """With s compiled in, the solver's euclidean guard is the smallest eps at which f_s cannot
     saturate (no per-pair log/exp in the program) and stays below ε_mach² (no visible change)."""
@@ -292,6 +351,11 @@ def test_log_objective_matches_the_energy():
         (dict(n=4, time_limit="1"), TypeError, "time_limit must be"),
         (dict(n=4, temperature=-1.0), ValueError, "temperature must be"),
         (dict(n=4, temperature=float("inf")), ValueError, "temperature must be"),
+        (dict(n=4, temperature=[]), ValueError, "temperature must not be an empty"),
+        (dict(n=4, temperature=[1.0, -1.0]), ValueError, "temperature must be"),
+        (dict(n=4, temperature=[1.0, 2.0], chains=3), ValueError, "one per chain"),
+        (dict(n=4, temperature="hot"), TypeError, "temperature must be"),
+        (dict(n=4, temperature={"a": 1}), TypeError, "temperature must be"),
         (dict(n=4, move="cap", step=0.0), ValueError, "step must be"),
         (dict(n=4, step=0.5), ValueError, "step= and cap= apply to move='cap' only"),
         (dict(n=4, cap=3), ValueError, "step= and cap= apply to move='cap' only"),

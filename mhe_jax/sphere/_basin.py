@@ -15,6 +15,14 @@ Each chain holds a local minimum ``x`` with energy ``E(x)``. One hop:
    ``x'``;
 3. accept ``x'`` with the Metropolis probability ``min(1, exp(−(E(x') − E(x)) / T))``.
 
+With one temperature per chain (a ladder ``T_0 < … < T_{c−1}``), the chains also exchange
+temperatures (replica exchange, parallel tempering: Swendsen & Wang 1986, Geyer 1991): once in
+every pass of the loop in which a hop ended, the chains at two neighbouring temperatures ``T_k <
+T_{k+1}`` (``k`` uniform) swap them with probability ``min(1, exp((1/T_k − 1/T_{k+1})(E_a −
+E_b)))``, ``E_a`` the current energy of the chain at ``T_k``. Only the temperatures move, so
+no chain's running minimisation is interrupted. The hot chains cross between funnels, the cold
+ones descend, and a low minimum found by a hot chain is handed down the ladder.
+
 Measured for Thomson N = 200 from one local minimum (24 moves each, ``benchmarks/RESULTS.md``):
 from a local minimum 1.1e-5 (relative) above the best known energy, a relocation reaches a
 different minimum 88 % of the time, a cap move of step 0.4 only 4 % (the local solver falls
@@ -39,6 +47,7 @@ from __future__ import annotations
 import math
 import numbers
 import time
+from collections.abc import Sequence
 from functools import partial
 from typing import NamedTuple
 
@@ -54,7 +63,12 @@ from mhe_jax.sphere._solver import EnergyResult
 
 __all__ = ["basin_hopping", "fibonacci_points"]
 
-DEFAULT_TEMPERATURE = 1e-6  # relative to |E| of the first local minimum
+# Default temperatures, relative to |E| of the best first local minimum: one chain at 1e-6, or a
+# geometric ladder from 2e-7 to 2.2e-6 over the chains (replica exchange; 4 chains: 2e-7, 4.5e-7,
+# 9.9e-7, 2.2e-6). Thomson N = 470, 600 s, keys 0/1: 6.2e-7/1.4e-6 above the best known energy
+# against 1.6e-6/1.9e-6 with every chain at 1e-6 (benchmarks/RESULTS.md).
+DEFAULT_TEMPERATURE = 1e-6
+DEFAULT_LADDER = (2e-7, 2.2e-6)
 MOVES = ("relocate", "cap")
 DEFAULT_MOVE = "relocate"
 DEFAULT_STEP = 0.4  # move="cap": displacement, in units of the mean nearest-neighbour spacing
@@ -158,6 +172,35 @@ def _check_nonneg_or_none(value, name: str, positive: bool = True):
     return value
 
 
+def _ladder(temperature) -> np.ndarray:
+    """``temperature`` (a number, or one per chain) as an ascending float64 array."""
+    if isinstance(temperature, numbers.Real) and not isinstance(temperature, (bool, np.bool_)):
+        values = [_check_nonneg_or_none(temperature, "temperature", positive=False)]
+    elif isinstance(temperature, (str, bytes)):
+        raise TypeError(f"temperature must be a real number or a sequence of them, got "
+                        f"{temperature!r}")
+    else:
+        try:
+            values = list(temperature)
+        except TypeError:
+            raise TypeError(
+                "temperature must be a real number, a sequence of them (one per chain) or "
+                f"None, got {type(temperature).__name__}"
+            ) from None
+        if not values:
+            raise ValueError("temperature must not be an empty sequence")
+        values = [_check_nonneg_or_none(v, "temperature", positive=False) for v in values]
+    return np.sort(np.asarray(values, np.float64))
+
+
+def default_ladder(chains: int) -> np.ndarray:
+    """Default temperatures relative to ``|E_0|``: ``DEFAULT_TEMPERATURE`` for one chain, else
+    ``chains`` values spaced geometrically over ``DEFAULT_LADDER``."""
+    if chains == 1:
+        return np.asarray([DEFAULT_TEMPERATURE])
+    return np.geomspace(*DEFAULT_LADDER, chains)
+
+
 def default_hops(n: int) -> int:
     return max(200, 10 * n)
 
@@ -180,6 +223,7 @@ class _Move(NamedTuple):
 
     kind: str
     cap: int
+    exchange: bool = False  # replica exchange between the chains' temperatures
 
 
 class _Chain(NamedTuple):
@@ -195,6 +239,7 @@ class _Chain(NamedTuple):
     iters: jax.Array  # L-BFGS iterations of the finished hops
     active: jax.Array  # False once the chain has made its `hops` hops
     key: jax.Array  # raw PRNG key data
+    level: jax.Array  # index of the chain's temperature in consts["ladder"] (ascending)
 
 
 class _Search(NamedTuple):
@@ -204,6 +249,8 @@ class _Search(NamedTuple):
     last_improvement: jax.Array  # `total` when `overall` last improved (by > IMPROVEMENT_RTOL)
     tick: jax.Array  # loop iterations run (one L-BFGS iteration of every chain each)
     tick_best: jax.Array  # `tick` at the last improvement
+    key: jax.Array  # raw PRNG key data of the replica exchanges
+    swaps: jax.Array  # accepted exchanges
 
 
 def _move(moves: _Move, x, key, consts):
@@ -221,7 +268,7 @@ def _start_chain(x, key, moves: _Move, consts, opts) -> tuple[jax.Array, _solver
 
 
 @partial(jax.jit, static_argnames=("opts", "moves"))
-def _initial_search(xs, es, keys, active, opts, moves, consts) -> _Search:
+def _initial_search(xs, es, keys, exchange_key, active, opts, moves, consts) -> _Search:
     """Chains at their first minima ``xs`` (energies ``es``), each starting its first hop."""
     chains = xs.shape[0]
     data, opt = jax.vmap(lambda x, k: _start_chain(x, k, moves, consts, opts))(
@@ -230,10 +277,12 @@ def _initial_search(xs, es, keys, active, opts, moves, consts) -> _Search:
     zeros = jnp.zeros((chains,), jnp.int32)
     chain = _Chain(
         opt=opt, x=xs, e=es, best_x=xs, best_e=es, best_hop=zeros, hops=zeros, iters=zeros,
-        active=jnp.full((chains,), active), key=data,
+        active=jnp.full((chains,), active), key=data, level=jnp.arange(chains, dtype=jnp.int32),
     )
     zero = jnp.zeros((), jnp.int32)
-    return _Search(chain, zero, jnp.min(es), zero, zero, zero)
+    return _Search(
+        chain, zero, jnp.min(es), zero, zero, zero, jax.random.key_data(exchange_key), zero
+    )
 
 
 def _energy(f, params):
@@ -257,7 +306,8 @@ def _chain_tick(fun, opts, c: _Chain, consts) -> tuple[_Chain, jax.Array]:
     key, k_u = jax.random.split(jax.random.wrap_key_data(c.key))
     u = jax.random.uniform(k_u, (), e_new.dtype)
     delta = e_new - c.e
-    metropolis = u < jnp.exp(-jnp.maximum(delta, 0.0) / consts["temperature"])
+    temperature = consts["ladder"][c.level]
+    metropolis = u < jnp.exp(-jnp.maximum(delta, 0.0) / temperature)
     accept = ended & jnp.isfinite(e_new) & ((delta <= 0) | metropolis)
     hops = c.hops + ended.astype(jnp.int32)
     better = ended & (e_new < c.best_e)
@@ -276,6 +326,7 @@ def _chain_tick(fun, opts, c: _Chain, consts) -> tuple[_Chain, jax.Array]:
         iters=c.iters + jnp.where(ended, opt.k, 0),
         active=c.active & ~(ended & ~more),
         key=jnp.where(ended, jax.random.key_data(key), c.key),
+        level=c.level,
     )
     return chain, more
 
@@ -287,6 +338,26 @@ def _next_hop(moves: _Move, opts, c: _Chain, more, consts) -> _Chain:
         opt=jax.tree.map(lambda a, b: jnp.where(more, a, b), fresh, c.opt),
         key=jnp.where(more, data, c.key),
     )
+
+
+def _exchange(chain: _Chain, key, consts) -> tuple[_Chain, jax.Array, jax.Array]:
+    """One replica-exchange attempt: the chains at two neighbouring temperatures ``T_k <
+    T_{k+1}`` (``k`` uniform) swap temperatures with probability ``min(1, exp((1/T_k −
+    1/T_{k+1})(E_a − E_b)))``, ``E_a`` the current energy of the chain at ``T_k``. Only the
+    temperatures move, so every running minimisation goes on. Returns the chain, the next key
+    data and whether the swap was accepted."""
+    ladder = consts["ladder"]
+    key, k_pair, k_u = jax.random.split(jax.random.wrap_key_data(key), 3)
+    k = jax.random.randint(k_pair, (), 0, ladder.shape[0] - 1, dtype=jnp.int32)
+    a = jnp.argmax(chain.level == k)
+    b = jnp.argmax(chain.level == k + 1)
+    ea, eb = chain.e[a], chain.e[b]
+    log_p = (1.0 / ladder[k] - 1.0 / ladder[k + 1]) * (ea - eb)
+    u = jax.random.uniform(k_u, (), ea.dtype)
+    accept = jnp.isfinite(ea) & jnp.isfinite(eb) & ((log_p >= 0) | (u < jnp.exp(log_p)))
+    level = chain.level.at[a].set(jnp.where(accept, k + 1, k))
+    level = level.at[b].set(jnp.where(accept, k, k + 1))
+    return chain._replace(level=level), jax.random.key_data(key), accept
 
 
 def _done(search: _Search, consts):
@@ -316,6 +387,16 @@ def _advance(fun, opts, moves: _Move, search: _Search, consts, until) -> _Search
             lambda ch: ch,
             chain,
         )
+        key, swaps = st.key, st.swaps
+        if moves.exchange:  # one attempt per pass in which a hop ended
+            chain, key, accepted = lax.cond(
+                jnp.any(more),
+                lambda ch, k: _exchange(ch, k, consts),
+                lambda ch, k: (ch, k, jnp.zeros((), bool)),
+                chain,
+                key,
+            )
+            swaps = swaps + accepted.astype(jnp.int32)
         total = jnp.sum(chain.hops, dtype=jnp.int32)
         new_overall = jnp.min(chain.best_e)
         improved = new_overall < st.overall - IMPROVEMENT_RTOL * jnp.abs(st.overall)
@@ -327,6 +408,8 @@ def _advance(fun, opts, moves: _Move, search: _Search, consts, until) -> _Search
             jnp.where(improved, total, st.last_improvement),
             tick,
             jnp.where(improved, tick, st.tick_best),
+            key,
+            swaps,
         )
 
     return lax.while_loop(lambda st: (st.tick < until) & ~_done(st, consts), body, search)
@@ -341,7 +424,7 @@ def basin_hopping(
     key: jax.Array | int,
     hops: int | None = None,
     time_limit: float | None = None,
-    temperature: float | None = None,
+    temperature: float | Sequence[float] | None = None,
     step: float | None = None,
     init: str | ArrayLike | None = None,
     chains: int | None = None,
@@ -363,7 +446,8 @@ def basin_hopping(
     L-BFGS, ``jax.vmap``-ed over the chains in one jitted call) and accepts the new minimum
     ``x'`` with probability ``min(1, exp(−(E(x') − E(x))/T))`` (Metropolis). The chains hop
     independently (one jitted loop; a chain starts its next hop as soon as its minimisation
-    ends, without waiting for the others).
+    ends, without waiting for the others), each at its own temperature ``T`` of a ladder that
+    they exchange by the replica-exchange rule (parallel tempering; module docstring).
 
     Stops once every chain has made ``hops`` hops, after ``patience × chains`` hops of all
     chains together without a new overall best (better by more than 1e-10 relative), after
@@ -383,9 +467,12 @@ def basin_hopping(
       hops: maximum hops per chain; default ``max(200, 10 n)``.
       time_limit: wall-clock limit in seconds (checked every ~0.1–0.4 s; compilation
         counts); default none.
-      temperature: Metropolis temperature ``T`` in energy units; default ``1e-6 |E_0|`` with
-        ``E_0`` the best first local minimum (for Thomson N = 100–500, comparable to the gaps
-        between neighbouring minima, 1e-7–1e-5 relative).
+      temperature: Metropolis temperature ``T`` in energy units, or a sequence of one per
+        chain (a ladder, in any order: replica exchange between neighbouring temperatures, as
+        in the module docstring); default ``chains`` temperatures spaced geometrically from
+        ``2e-7 |E_0|`` to ``2.2e-6 |E_0|`` (one chain: ``1e-6 |E_0|``), with ``E_0`` the best
+        first local minimum: for Thomson N = 100–500 the gaps between neighbouring minima
+        are 1e-7–1e-5 relative.
       step: ``move="cap"`` only: displacement of the moved points in units of the mean
         nearest-neighbour spacing; default 0.4.
       init: ``"random"`` (default: uniform random starts), ``"fibonacci"`` (the Fibonacci spiral
@@ -431,7 +518,7 @@ def basin_hopping(
     rng = _rng_from_key(key)
     hops = default_hops(n) if hops is None else _solver._check_int(hops, "hops", 0)
     time_limit = _check_nonneg_or_none(time_limit, "time_limit")
-    temperature = _check_nonneg_or_none(temperature, "temperature", positive=False)
+    temperature = None if temperature is None else _ladder(temperature)
     step = DEFAULT_STEP if step is None else _solver._check_positive(step, "step")
     patience = (
         default_patience(n) if patience is None else _solver._check_int(patience, "patience", 1)
@@ -449,6 +536,11 @@ def basin_hopping(
             arr_chains = int(np.shape(init)[0])
         chains = DEFAULT_CHAINS if arr_chains is None else arr_chains
     chains = _solver._check_int(chains, "chains", 1)
+    if temperature is not None and temperature.shape[0] not in (1, chains):
+        raise ValueError(
+            f"temperature must be a number or one per chain ({chains}), got "
+            f"{temperature.shape[0]} values"
+        )
     x0 = _starts(n, dim, chains, init, rng)
 
     dtype = _solver.compute_dtype()
@@ -472,13 +564,15 @@ def basin_hopping(
     e0 = np.where(np.isfinite(e0), e0, np.inf)
     overall = float(np.min(e0))
     if temperature is None:
-        temperature = DEFAULT_TEMPERATURE * abs(overall) if math.isfinite(overall) else 1.0
+        scale = abs(overall) if math.isfinite(overall) else 1.0
+        temperature = scale * default_ladder(chains)
+    ladder = np.broadcast_to(np.maximum(temperature, 1e-300), (chains,))
     keys = jax.random.split(jax.random.fold_in(_as_key(key), 1), chains)
     consts = {
         "params": _solver._as_dtype(params, dtype),
         "tol": np.asarray(hop_tol, dtype),
         "steps": np.asarray(steps, np.int32),
-        "temperature": np.asarray(max(temperature, 1e-300), dtype),
+        "ladder": np.asarray(ladder, dtype),
         "hops": np.asarray(hops, np.int32),
         "patience": np.asarray(min(patience * chains, 2**31 - 1), np.int32),
         "target": np.asarray(-np.inf if target is None else target, dtype),
@@ -486,8 +580,11 @@ def basin_hopping(
         "spacing": np.asarray(spacing, dtype),
         "s": np.asarray(s, dtype),
     }
-    moves = _Move(move, cap)
-    search = _initial_search(xs, jnp.asarray(e0, dtype), keys, hops > 0, opts, moves, consts)
+    moves = _Move(move, cap, exchange=bool(chains > 1 and ladder[-1] > ladder[0]))
+    exchange_key = jax.random.fold_in(_as_key(key), 2)
+    search = _initial_search(
+        xs, jnp.asarray(e0, dtype), keys, exchange_key, hops > 0, opts, moves, consts
+    )
     seconds_to_best = time.perf_counter() - t_start
     block, tick = FIRST_BLOCK, 0
     while not _finished(search, consts):

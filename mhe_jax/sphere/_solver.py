@@ -108,10 +108,11 @@ def unit_rows_energy(x: Array, s: ArrayLike, distance: str = "euclidean", eps: A
     (``mhe_jax._kernels.pair_energy``, the core code) of the Gram matrix ``x xᵀ``, without the
     normalisation of the rows and its derivative, which the solver does not need (it evaluates
     at unit rows only and projects the gradient onto the tangent spaces, where the two
-    gradients agree). With ``s`` a Python number (compiled in) a value and gradient costs
-    26–43 % less than :func:`physics_energy` for ``n`` = 122–470; with ``s`` traced, the same
-    (measured in ``benchmarks/RESULTS.md``). The diagonal is evaluated at ``c = 0`` and
-    masked, so it adds neither a value nor a gradient.
+    gradients agree). With ``s`` traced a value and gradient cost about what
+    :func:`physics_energy` costs; with ``s`` a Python number (compiled in), euclidean, the
+    search uses :func:`gram_energy`, 3.3–5x cheaper for ``n`` = 122–470
+    (``benchmarks/RESULTS.md``). The diagonal is evaluated at ``c = 0`` and masked, so it
+    adds neither a value nor a gradient.
     """
     eye, c = _masked_gram(x)
     h = _kernels.pair_energy(c, s=s, distance=distance, eps=eps)
