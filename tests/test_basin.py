@@ -204,6 +204,17 @@ def test_replica_exchange_acceptance_is_metropolis():
     assert not _exchange_accepts(ladder, [np.inf, 0.0], 50).any()  # a failed chain stays put
 
 
+def test_default_temperatures():
+    """Relative to |E_0|: a geometric ladder 2e-7 … 2.2e-6 over the chains; one chain: 1e-6."""
+    from mhe_jax.sphere import _basin
+
+    np.testing.assert_allclose(_basin.default_ladder(1), [1e-6])
+    np.testing.assert_allclose(_basin.default_ladder(2), [2e-7, 2.2e-6])
+    ladder = _basin.default_ladder(4)
+    np.testing.assert_allclose(ladder, [2e-7, 4.45e-7, 9.91e-7, 2.2e-6], rtol=2e-3)
+    np.testing.assert_allclose(ladder[1:] / ladder[:-1], (2.2e-6 / 2e-7) ** (1 / 3))
+
+
 def test_temperature_ladder_reaches_the_minimum_and_is_block_independent(monkeypatch):
     """With one temperature per chain (replica exchange), the search still hops out of a
     non-global minimum, and its result does not depend on the jitted block sizes."""
