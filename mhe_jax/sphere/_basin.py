@@ -47,9 +47,9 @@ from __future__ import annotations
 import math
 import numbers
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from functools import partial
-from typing import NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -172,7 +172,7 @@ def _check_nonneg_or_none(value, name: str, positive: bool = True):
     return value
 
 
-def _ladder(temperature) -> np.ndarray:
+def _ladder(temperature: Any) -> np.ndarray:
     """``temperature`` (a number, or one per chain) as an ascending float64 array."""
     if isinstance(temperature, numbers.Real) and not isinstance(temperature, (bool, np.bool_)):
         values = [_check_nonneg_or_none(temperature, "temperature", positive=False)]
@@ -181,7 +181,7 @@ def _ladder(temperature) -> np.ndarray:
                         f"{temperature!r}")
     else:
         try:
-            values = list(temperature)
+            values = list(cast(Iterable[Any], temperature))
         except TypeError:
             raise TypeError(
                 "temperature must be a real number, a sequence of them (one per chain) or "
@@ -518,7 +518,7 @@ def basin_hopping(
     rng = _rng_from_key(key)
     hops = default_hops(n) if hops is None else _solver._check_int(hops, "hops", 0)
     time_limit = _check_nonneg_or_none(time_limit, "time_limit")
-    temperature = None if temperature is None else _ladder(temperature)
+    temperatures = None if temperature is None else _ladder(temperature)
     step = DEFAULT_STEP if step is None else _solver._check_positive(step, "step")
     patience = (
         default_patience(n) if patience is None else _solver._check_int(patience, "patience", 1)
@@ -536,10 +536,10 @@ def basin_hopping(
             arr_chains = int(np.shape(init)[0])
         chains = DEFAULT_CHAINS if arr_chains is None else arr_chains
     chains = _solver._check_int(chains, "chains", 1)
-    if temperature is not None and temperature.shape[0] not in (1, chains):
+    if temperatures is not None and temperatures.shape[0] not in (1, chains):
         raise ValueError(
             f"temperature must be a number or one per chain ({chains}), got "
-            f"{temperature.shape[0]} values"
+            f"{temperatures.shape[0]} values"
         )
     x0 = _starts(n, dim, chains, init, rng)
 
@@ -563,10 +563,10 @@ def basin_hopping(
     e0 = _solver.objective_to_energy(f, params)
     e0 = np.where(np.isfinite(e0), e0, np.inf)
     overall = float(np.min(e0))
-    if temperature is None:
+    if temperatures is None:
         scale = abs(overall) if math.isfinite(overall) else 1.0
-        temperature = scale * default_ladder(chains)
-    ladder = np.broadcast_to(np.maximum(temperature, 1e-300), (chains,))
+        temperatures = scale * default_ladder(chains)
+    ladder = np.broadcast_to(np.maximum(temperatures, 1e-300), (chains,))
     keys = jax.random.split(jax.random.fold_in(_as_key(key), 1), chains)
     consts = {
         "params": _solver._as_dtype(params, dtype),
