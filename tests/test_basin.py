@@ -235,6 +235,9 @@ def test_temperature_ladder_reaches_the_minimum_and_is_block_independent(monkeyp
     a, b = runs
     np.testing.assert_array_equal(np.asarray(a.points), np.asarray(b.points))
     np.testing.assert_array_equal(np.asarray(a.iterations), np.asarray(b.iterations))
+    assert a.swaps == b.swaps > 0  # 18 hops ended; most return to the same minimum (swap)
+    one = basin_hopping(24, key=5, hops=6, chains=3, temperature=1e-3)
+    assert one.swaps == 0  # one temperature: no exchange in the program
 
 
 def test_compiled_in_s_leaves_the_saturation_continuation_out():

@@ -492,7 +492,8 @@ def basin_hopping(
       ``status`` per chain; ``hops`` (the most any chain ran), ``best_hop`` (the hop of its
       chain that first reached the returned minimum), ``minimisations`` (all chains, hop 0
       included), ``seconds`` and ``seconds_to_best`` (its time within the jitted call that
-      found it is interpolated by loop iterations).
+      found it is interpolated by loop iterations), ``swaps`` (accepted exchanges of
+      temperature).
 
     Examples:
       >>> import jax
@@ -625,4 +626,5 @@ def basin_hopping(
         minimisations=chains + total_hops,
         seconds=time.perf_counter() - t_start,
         seconds_to_best=seconds_to_best,
+        swaps=int(search.swaps),
     )

@@ -486,6 +486,8 @@ class EnergyResult(NamedTuple):
         all chains together, the initial ones included.
       seconds: :func:`~mhe_jax.sphere.basin_hopping` only: wall-clock seconds of the search
         (compilation included); ``seconds_to_best``: until ``best_hop``.
+      swaps: :func:`~mhe_jax.sphere.basin_hopping` only: accepted replica exchanges of
+        temperature between chains (0 when every chain has the same temperature).
     """
 
     points: Array
@@ -501,6 +503,7 @@ class EnergyResult(NamedTuple):
     minimisations: int | None = None
     seconds: float | None = None
     seconds_to_best: float | None = None
+    swaps: int | None = None
 
 
 def softmin_objective(x: Array, beta, distance: str = "euclidean") -> Array:
