@@ -454,7 +454,9 @@ def run_multistart(n: int, key: int, budget: float, target: float, restarts: int
     }
 
 
-def run_bh_one_temperature(n: int, key: int, budget: float, target: float, **options) -> dict:
+def run_bh_one_temperature(
+    n: int, key: int, budget: float | None, target: float, **options
+) -> dict:
     """``basin_hopping`` with every chain at ``1e-6 |E|`` (no replica exchange; the default
     before the temperature ladder; ``|E|`` of the best known minimum instead of the first
     local minimum, which differs by < 0.1 %)."""
