@@ -30,6 +30,7 @@ from mhe_jax._energy import (
 from mhe_jax._layouts import LAYOUTS as LAYOUTS, NeuronAxes as NeuronAxes
 from mhe_jax._official import (
     OFFICIAL_STRENGTHS as OFFICIAL_STRENGTHS,
+    RELEASED_LOGS_STRENGTHS as RELEASED_LOGS_STRENGTHS,
     official_energy as official_energy,
 )
 from mhe_jax._sharded import sharded_hyperspherical_energy as sharded_hyperspherical_energy

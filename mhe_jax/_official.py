@@ -16,12 +16,21 @@ from mhe_jax._pairsum import mean_energy
 
 Array = jax.Array
 
-__all__ = ["OFFICIAL_STRENGTHS", "official_energy"]
+__all__ = ["OFFICIAL_STRENGTHS", "RELEASED_LOGS_STRENGTHS", "official_energy"]
 
 #: λ of the official code per power: hidden layers and output layer (multiply official_energy).
 OFFICIAL_STRENGTHS = {
     "hidden": {"0": 1.0, "1": 1.0, "2": 1.0, "a0": 1.0, "a1": 0.1, "a2": 0.1},
     "output": {"0": 10.0, "1": 10.0, "2": 10.0, "a0": 10.0, "a1": 1.0, "a2": 1.0},
+}
+#: λ of the paper's released training logs (github wy1iu/MHE, the CIFAR logs), in the same units
+#: as :data:`OFFICIAL_STRENGTHS` (they multiply :func:`official_energy`), for the Euclidean powers
+#: "0", "1", "2". The six full-space MHE logs record ``thom`` ≈ 1 × one layer's energy and
+#: ``thomf`` ≈ 1 × the output energy, i.e. λ_h = 0.1 and λ_o = 1: a tenth of the committed code.
+#: The half-space runs logged the code's 1 and 10. No angular run is in the logs.
+RELEASED_LOGS_STRENGTHS = {
+    "full_space": {"hidden": 0.1, "output": 1.0},
+    "half_space": {"hidden": 1.0, "output": 10.0},
 }
 OFFICIAL_POWERS = ("0", "1", "2", "a0", "a1", "a2")
 #: The official code's guard inside the norm: ``ŵ = w / sqrt(‖w‖² + 1e-4)``.

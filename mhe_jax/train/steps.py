@@ -75,7 +75,9 @@ def make_steps(
         optimizer.update(model, grads, **extra)
         metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
         if learning_rate is not None:
-            metrics["lr"] = learning_rate(count)
+            # NNX's step counter is uint32; a schedule's ``sign(boundary - count)`` wraps for an
+            # unsigned count, so the logged rate is taken at optax's own int32 count.
+            metrics["lr"] = learning_rate(count.astype(jnp.int32))
         return metrics
 
     @nnx.jit
