@@ -36,6 +36,7 @@ from mhe_jax._official import (
 from mhe_jax._sharded import sharded_hyperspherical_energy as sharded_hyperspherical_energy
 from mhe_jax._spec import EnergySpec as EnergySpec
 from mhe_jax._transform import (
+    EnergyStatsDegrees as EnergyStatsDegrees,
     RegularizerState as RegularizerState,
     energies_as_floats as energies_as_floats,
     layer_energies as layer_energies,

@@ -101,6 +101,40 @@ def test_strengths_come_from_official_strengths():
                            ).strengths() == (0.2, None)
 
 
+def test_released_logs_preset():
+    """'released_logs': full-space MHE at a tenth of the code's λ (0.1 / 1), half-space at the
+    code's (1 / 10), Euclidean only; the full-data study's arm uses it."""
+    assert mhe_jax.RELEASED_LOGS_STRENGTHS == {"full_space": {"hidden": 0.1, "output": 1.0},
+                                                "half_space": {"hidden": 1.0, "output": 10.0}}
+    cfg = lambda method, s: apply_overrides(get_config("quickstart/mhe"), [  # noqa: E731
+        f"regularizer.method={method}", f"regularizer.s={s}",
+        "regularizer.hidden_strength=released_logs", "regularizer.output_strength=released_logs"])
+    assert cfg("mhe", 2).strengths() == pytest.approx((0.1, 1.0))
+    assert cfg("mhe", 0).strengths() == pytest.approx((0.2, 2.0))  # official "0" = 2 E_0
+    assert cfg("half_mhe", 2).strengths() == pytest.approx((1.0, 10.0))
+    with pytest.raises(ConfigError, match="Euclidean energies only"):
+        cfg("a_mhe", 2)
+    assert get_config("repro/cifar10_full16/mhe_logs_lambda").strengths() == (0.1, 1.0)
+    assert get_config("repro/cifar10_full16/mhe").strengths() == (1.0, 10.0)
+    assert get_config("repro/cifar10_full16/half_mhe").strengths() == (1.0, 10.0)
+    with pytest.raises(ConfigError, match="'official' or 'released_logs'"):
+        official_strength("hidden", 2.0, "euclidean", "paper")
+
+
+def test_full16_study_settings_are_the_registered_ones():
+    """Issue 30's pre-registered settings: all data, CNN-9 16/32/64, BN 0.99, 15 epochs, lr 0.05
+    with a 200-step warm-up, x0.1 at 50 % and 75 % of the steps."""
+    cfg = get_config("repro/cifar10_full16/baseline")
+    assert (cfg.data.dataset, cfg.data.train_per_class, cfg.data.batch_size) == (
+        "cifar10_jpeg", None, 128)
+    assert (cfg.model.arch, cfg.model.widths, cfg.model.bn_momentum) == ("cnn9", (16, 32, 64), 0.99)
+    o = cfg.optim
+    assert (o.steps, o.lr, o.warmup_steps, o.momentum, o.weight_decay, o.label_smoothing) == (
+        5860, 0.05, 200, 0.9, 5e-4, 0.01)
+    assert o.boundaries == (o.steps // 2, o.steps * 3 // 4)
+    assert o.steps * 128 >= 15 * 50_000
+
+
 def test_overrides_are_typed_checked_and_map_the_old_keys():
     base = get_config("table1/cifar10/mhe/s2")
     c = apply_overrides(base, ["optim.steps=10", "model.widths=16,32,64",

@@ -13,6 +13,7 @@ import email.policy
 import importlib.util
 import pathlib
 import re
+import site
 import subprocess
 import sys
 import tarfile
@@ -139,11 +140,7 @@ def test_wheel_installs_in_fresh_venv(tmp_path):
     _assert_absolute(description)
 
     venv = tmp_path / "venv"
-    subprocess.run(
-        [sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
-        check=True, timeout=120,
-    )
-    python = venv / "bin" / "python"
+    python = _venv_seeing_this_environment(venv)
     subprocess.run(
         [str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", str(wheel)],
         check=True, capture_output=True, text=True, timeout=120,
@@ -163,6 +160,43 @@ def test_wheel_installs_in_fresh_venv(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [version, "mhe_jax.sphere"]
+
+
+def _venv_seeing_this_environment(venv: pathlib.Path) -> pathlib.Path:
+    """A fresh venv whose ``sys.path`` ends with the *running* interpreter's site-packages.
+
+    ``python -m venv --system-site-packages`` made from inside a virtualenv sees the base
+    interpreter's packages, not the virtualenv's (where a user following the README has jax):
+    instead the new venv gets a ``.pth`` file listing this environment's site-packages folders
+    as plain paths. Plain paths, not ``site.addsitedir``: the ``.pth`` files of this environment
+    (an editable install of mhe_jax among them) are not processed, so the wheel installed into
+    the venv is the only mhe_jax it can import.
+    """
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    python = venv / "bin" / "python"
+    venv_site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True, capture_output=True, text=True, timeout=60).stdout.strip()
+    here = [p for p in dict.fromkeys(site.getsitepackages() + [site.getusersitepackages()])
+            if pathlib.Path(p).is_dir()]
+    (pathlib.Path(venv_site) / "_running_environment.pth").write_text("\n".join(here) + "\n")
+    return python
+
+
+def test_test_venv_sees_this_environment_not_the_base_interpreter(tmp_path):
+    """The wheel test's venv imports jax from the environment running the tests (a user's
+    virtualenv included), and no mhe_jax (the editable install's .pth is not processed)."""
+    python = _venv_seeing_this_environment(tmp_path / "venv")
+    code = ("import importlib.util, jax; print(jax.__file__); "
+            "print(importlib.util.find_spec('mhe_jax'))")
+    out = subprocess.run([str(python), "-c", code], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    jax_file, spec = out.stdout.split("\n")[:2]
+    import jax
+
+    assert pathlib.Path(jax_file).resolve() == pathlib.Path(jax.__file__).resolve()
+    assert spec == "None"
 
 
 def _run_python(code: str) -> subprocess.CompletedProcess[str]:

@@ -139,9 +139,32 @@ def test_quickstart_is_two_commands():
     ]
     assert len(commands) == 2, f"Quickstart must be exactly two commands, got {commands}"
     assert "python -m mhe_jax.experiments quickstart" in commands[0]
+    assert commands[1].startswith('pip install -e ".[test]"')
     assert commands[1].endswith('python -m pytest -m "not slow" -n auto')
+
+
+def test_ci_runs_the_readme_test_command_literally():
+    """.ci/run takes the Quickstart's command 2 from README.md (through
+    .ci/readme_commands.py) and runs it in a fresh virtualenv: the two cannot drift."""
+    section = _section("Quickstart")
+    commands = [line for line in FENCE.findall(section)[0][1].splitlines()
+                if line.strip() and not line.startswith("#")]
+    for index, want in enumerate(commands, 1):
+        got = subprocess.run([sys.executable, str(ROOT / ".ci" / "readme_commands.py"),
+                              str(index)], capture_output=True, text=True, timeout=60)
+        assert got.returncode == 0 and got.stdout.strip() == want, got.stderr
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
-    assert 'python -m pytest -m "not slow" -n auto' in ci, ".ci/run runs the README's test command"
+    run_lines = [line.strip() for line in ci.splitlines() if not line.lstrip().startswith("#")]
+    assert 'test_command="$(python .ci/readme_commands.py 2)"' in run_lines
+    assert 'eval "$test_command" || status=$?' in run_lines
+    assert 'python3 -m venv "$venv"' in run_lines and '. "$venv/bin/activate"' in run_lines
+    # the venv is made and entered before the README's command, the linters come after it
+    order = [run_lines.index(x) for x in ('python3 -m venv "$venv"', '. "$venv/bin/activate"',
+                                          'eval "$test_command" || status=$?', "ruff check .",
+                                          "pyright")]
+    assert order == sorted(order)
+    assert not any("pytest" in line for line in run_lines if "PYTEST_ADDOPTS" not in line
+                   and "pytest collected" not in line), "pytest runs only through the README"
 
 
 def test_relative_links_point_to_files():

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from mhe_jax.experiments import study
+from mhe_jax.experiments import report, stats, study
 
 PREFIX = "repro/cifar10_small"
 LAYERS = ("classifier/kernel", "fc/conv/kernel", "layers/0/conv/kernel", "layers/1/conv/kernel")
@@ -22,7 +22,7 @@ LAYERS = ("classifier/kernel", "fc/conv/kernel", "layers/0/conv/kernel", "layers
 @pytest.mark.parametrize("t,dof", [(2.0, 2), (0.3, 1), (5.0, 10), (-1.2, 3), (12.0, 2), (1e-3, 7)])
 def test_t_tail_matches_scipy(t, dof):
     scipy_stats = pytest.importorskip("scipy.stats")
-    assert study.student_t_sf2(t, dof) == pytest.approx(2 * scipy_stats.t.sf(abs(t), dof),
+    assert stats.student_t_sf2(t, dof) == pytest.approx(2 * scipy_stats.t.sf(abs(t), dof),
                                                          rel=1e-9, abs=1e-12)
 
 
@@ -31,36 +31,90 @@ def test_paired_t_test_matches_scipy():
     rng = np.random.default_rng(1)
     for n in (2, 3, 5):
         a, b = rng.normal(30, 1, n), rng.normal(29.5, 1, n)
-        t, p = study.paired_t_test(a - b)
+        t, p = stats.paired_t_test(a - b)
         ref = scipy_stats.ttest_rel(a, b)
         assert t == pytest.approx(ref.statistic, rel=1e-9)
         assert p == pytest.approx(ref.pvalue, rel=1e-9)
 
 
 def test_paired_t_test_degenerate_cases():
-    assert all(math.isnan(v) for v in study.paired_t_test([0.4]))
-    assert study.paired_t_test([0.5, 0.5, 0.5]) == (math.inf, 0.0)  # no spread: a sure shift
-    assert study.paired_t_test([0.0, 0.0]) == (0.0, 1.0)
-    assert study.student_t_sf2(0.0, 4) == pytest.approx(1.0)
+    assert all(math.isnan(v) for v in stats.paired_t_test([0.4]))
+    assert stats.paired_t_test([0.5, 0.5, 0.5]) == (math.inf, 0.0)  # no spread: a sure shift
+    assert stats.paired_t_test([0.0, 0.0]) == (0.0, 1.0)
+    assert stats.student_t_sf2(0.0, 4) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="dof"):
-        study.student_t_sf2(1.0, 0)
+        stats.student_t_sf2(1.0, 0)
 
 
-def test_bootstrap_interval():
+def test_paired_t_interval_matches_scipy_and_covers_wider_than_the_bootstrap_could():
+    """The t-interval of 3 differences is mean ± t_{2, .975} s/√3 (scipy's interval), and it
+    is wider than their range, which the old bootstrap interval could never exceed."""
+    scipy_stats = pytest.importorskip("scipy.stats")
     d = [0.3, -0.1, 0.5]
-    lo, hi = study.bootstrap_interval(d)
+    lo, hi = stats.paired_t_interval(d)
+    ref = scipy_stats.t.interval(0.95, 2, loc=np.mean(d), scale=scipy_stats.sem(d))
+    assert (lo, hi) == pytest.approx(ref, rel=1e-9)
+    assert lo < min(d) and hi > max(d)
+    assert stats.paired_t_interval([0.2, 0.2]) == pytest.approx((0.2, 0.2))
+    assert all(math.isnan(v) for v in stats.paired_t_interval([0.2]))
+    with pytest.raises(ValueError, match="level"):
+        stats.paired_t_interval(d, level=95)
+
+
+def test_holm_adjustment_and_levels():
+    """Holm's step-down p-values (checked by hand) and the interval levels 1 − α/(m − k + 1)."""
+    assert stats.holm({"a": 0.01, "b": 0.04, "c": 0.03}) == pytest.approx(
+        {"a": 0.03, "b": 0.06, "c": 0.06})
+    assert stats.holm({"a": 0.5, "b": float("nan")})["a"] == 0.5  # NaN is not counted in m
+    diffs = {"a": [0.2, 0.4, 0.6], "b": [0.1, -0.1, 0.3], "c": [1.0, 1.1, 1.3]}
+    out = stats.holm_intervals(diffs)
+    p = {k: stats.paired_t_test(d)[1] for k, d in diffs.items()}
+    ranked = sorted(p, key=p.get)
+    assert [out[k]["level"] for k in ranked] == pytest.approx([1 - 0.05 / 3, 1 - 0.05 / 2, 0.95])
+    for k in diffs:
+        assert out[k]["interval"] == pytest.approx(
+            stats.paired_t_interval(diffs[k], level=out[k]["level"]))
+    one = stats.holm_intervals({"a": [0.2]})  # one pair: no test, no interval
+    assert math.isnan(one["a"]["p"]) and math.isnan(one["a"]["interval"][0])
+
+
+def test_bootstrap_interval_only_from_ten_pairs():
+    d = [0.3, -0.1, 0.5]
+    assert all(math.isnan(v) for v in stats.bootstrap_interval(d))  # too few pairs
+    d = list(np.random.default_rng(0).normal(0.2, 0.3, 12))
+    lo, hi = stats.bootstrap_interval(d)
     assert min(d) - 1e-12 <= lo < np.mean(d) < hi <= max(d) + 1e-12
-    assert study.bootstrap_interval([0.2, 0.2]) == pytest.approx((0.2, 0.2))
-    assert study.bootstrap_interval(d, seed=3) == study.bootstrap_interval(d, seed=3)
-    wide = study.bootstrap_interval(d, level=0.99)
+    assert stats.bootstrap_interval(d, seed=3) == stats.bootstrap_interval(d, seed=3)
+    wide = stats.bootstrap_interval(d, level=0.99)
     assert wide[0] <= lo and wide[1] >= hi
     with pytest.raises(ValueError, match="level"):
-        study.bootstrap_interval(d, level=95)
+        stats.bootstrap_interval(d, level=95)
 
 
 def test_mean_std():
-    assert study.mean_std([1.0, 2.0, 4.0]) == pytest.approx((7 / 3, np.std([1, 2, 4], ddof=1)))
-    assert study.mean_std([3.0]) == (3.0, 0.0)
+    assert stats.mean_std([1.0, 2.0, 4.0]) == pytest.approx((7 / 3, np.std([1, 2, 4], ddof=1)))
+    assert stats.mean_std([3.0]) == (3.0, 0.0)
+
+
+def test_verdict_rule():
+    assert study.verdict((-1.0, -0.01), 0.75) == "gain shown"
+    assert study.verdict((-0.7, 0.4), 0.75) == "paper-sized gain excluded"
+    assert study.verdict((-0.8, 0.4), 0.75) == "inconclusive"
+    assert study.verdict((float("nan"), float("nan")), 0.75) == "inconclusive"
+
+
+def test_study_and_report_import_one_way():
+    """study runs and collects, report reads and draws: study never imports report."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(study))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {a.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                 for a in node.names}
+    names = {a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+             for a in node.names}
+    assert "mhe_jax.experiments.report" not in imported and "report" not in names
 
 
 # ----------------------------------------------------------------------------- synthetic runs
@@ -125,7 +179,7 @@ def grid(tmp_path):
 
 def test_report_numbers(grid, tmp_path):
     out = tmp_path / "report"
-    s = study.write_report(grid, out, methods=list(ERRORS))
+    s = report.write_report(grid, out, methods=list(ERRORS), paper=True)
     assert [(r["seed"], r["method"]) for r in s["rows"]] == [
         (seed, m) for seed in range(3) for m in ERRORS]
     for m, errs in ERRORS.items():
@@ -137,9 +191,13 @@ def test_report_numbers(grid, tmp_path):
         assert e["differences"] == pytest.approx(d)
         assert e["mean"] == pytest.approx(d.mean()) and e["std"] == pytest.approx(d.std(ddof=1))
         t = d.mean() / (d.std(ddof=1) / math.sqrt(3))
-        assert e["t"] == pytest.approx(t) and e["p"] == pytest.approx(study.student_t_sf2(t, 2))
-        lo, hi = e["bootstrap95"]
-        assert d.min() - 1e-12 <= lo <= d.mean() <= hi <= d.max() + 1e-12
+        assert e["t"] == pytest.approx(t) and e["p"] == pytest.approx(stats.student_t_sf2(t, 2))
+        level = e["interval_level"]
+        assert level in (pytest.approx(0.975), pytest.approx(0.95))  # Holm over 2 variants
+        assert e["interval"] == pytest.approx(stats.paired_t_interval(d, level=level))
+        assert s["paired"][m]["verdict"] == study.verdict(e["interval"], 0.75)
+    assert sorted(s["paired"][m]["test_error"]["interval_level"] for m in ("mhe", "half_mhe")
+                  ) == pytest.approx([0.95, 0.975])
     row = s["rows"][0]
     assert row["worst_class_error"] == pytest.approx(2 * ERRORS["baseline"][0])
     # batch accuracy over the last 10 % of 100 steps: the record at step 100 only
@@ -150,9 +208,10 @@ def test_report_numbers(grid, tmp_path):
     assert row["hidden_energy"] == pytest.approx(0.5 + 0.02)
     text = (out / "study.md").read_text()
     mhe_mean, mhe_sd = np.mean(ERRORS["mhe"]), np.std(ERRORS["mhe"], ddof=1)
-    for needle in ("| 0 | baseline | 30.00 | 60.0 | 90.0 |",
+    for needle in ("| 0 | baseline | 30.00 | 30.00 | 60.0 | 1.000 | 90.0 |",
                    f"| mhe | 3 | {mhe_mean:.2f} ± {mhe_sd:.2f} |",
-                   "Paired difference against baseline", "bootstrap 95 % interval",
+                   "Paired difference against baseline", "t-interval", "## Decision rule",
+                   "The paper's numbers", "| mhe | mhe | 6.22 | 27.15 | 36.84 |",
                    "python -m mhe_jax.experiments study", "Machine: x86_64",
                    "![curves](curves.png)"):
         assert needle in text, needle
@@ -175,7 +234,7 @@ def test_train_accuracy_gain_is_the_last_quarter_of_the_training_set_curve(tmp_p
     assert study.train_accuracy_gain(run, fraction=0.5) == pytest.approx(13.0)
     row = study.run_metrics(run, use_checkpoint=False)
     assert row["train_accuracy"] == pytest.approx(73.0) and row["train_gain"] == pytest.approx(3)
-    study.write_report(tmp_path, tmp_path / "r")
+    report.write_report(tmp_path, tmp_path / "r")
     assert "train acc. gain, last 25 % of steps (points)" in (tmp_path / "r" / "study.md"
                                                              ).read_text()
     assert "+3.0" in (tmp_path / "r" / "study.md").read_text()
@@ -187,7 +246,7 @@ def test_report_pairs_only_common_seeds_and_lists_unfinished(tmp_path):
     make_run(tmp_path, "mhe", 0, 29.0)
     make_run(tmp_path, "mhe", 1, 0.0, finished=False)
     (study.run_dir_for(tmp_path, PREFIX, "mhe", 1) / "log.jsonl").open("a").write('{"step": 1')
-    s = study.write_report(tmp_path, methods=["baseline", "mhe"])
+    s = report.write_report(tmp_path, methods=["baseline", "mhe"])
     assert s["paired"]["mhe"]["seeds"] == [0]
     assert s["paired"]["mhe"]["test_error"]["mean"] == pytest.approx(-1.0)
     assert math.isnan(s["paired"]["mhe"]["test_error"]["p"])  # one pair: no test
@@ -197,12 +256,12 @@ def test_report_pairs_only_common_seeds_and_lists_unfinished(tmp_path):
 
 def test_report_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        study.write_report(tmp_path / "nope")
+        report.write_report(tmp_path / "nope")
     with pytest.raises(FileNotFoundError, match="no run folder"):
-        study.write_report(tmp_path)
+        report.write_report(tmp_path)
     make_run(tmp_path, "baseline", 0, 30.0, finished=False)
     with pytest.raises(ValueError, match="none of the 1 runs"):
-        study.write_report(tmp_path)
+        report.write_report(tmp_path)
     d = study.run_dir_for(tmp_path, PREFIX, "baseline", 0)
     (d / "log.jsonl").write_text('{"step": 1}\nnot json\n{"step": 2}\n')
     with pytest.raises(ValueError, match="line 2"):
@@ -215,7 +274,7 @@ def test_energy_never_mixes_half_space(tmp_path):
     make_run(tmp_path, "baseline", 0, 30.0, flat=True)
     make_run(tmp_path, "half_mhe", 0, 29.0, flat=True, half_energy=0.01)
     make_run(tmp_path, "half_mhe", 1, 29.0, half_energy=0.01, full_in_log=True, energy=0.49)
-    s = study.write_report(tmp_path)
+    s = report.write_report(tmp_path)
     rows = {(r["seed"], r["method"]): r for r in s["rows"]}
     assert rows[0, "baseline"]["hidden_energy"] == pytest.approx(0.52)
     assert math.isnan(rows[0, "half_mhe"]["hidden_energy"])  # half-space only, no checkpoint

@@ -267,6 +267,69 @@ def test_interrupted_save_keeps_previous_checkpoint(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, before, _params(model2))
 
 
+def _linear_fit_parts():
+    import optax
+
+    model = nnx.Linear(4, 3, rngs=nnx.Rngs(0))
+    opt = nnx.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
+
+    def loss(m, x):
+        return (m(x) ** 2).mean()
+
+    def step(m, o, x):
+        value, grads = nnx.value_and_grad(loss)(m, x)
+        o.update(m, grads)
+        return value
+
+    @nnx.jit
+    def train_step(m, o, x):
+        return {"loss": step(m, o, x)}
+
+    @nnx.jit
+    def train_many(m, o, xs):  # the steps of a call unrolled (a few, in this test)
+        return {"loss": jax.numpy.stack([step(m, o, x) for x in xs])}
+
+    return model, opt, train_step, train_many
+
+
+def _five_batches():
+    for i in range(5):
+        yield np.full((2, 4), i, np.float32)
+
+
+@pytest.mark.parametrize("per_call", [1, 2])
+def test_short_batch_stream_saves_what_ran_and_says_how_many(tmp_path, per_call):
+    """A stream shorter than steps ended in a bare StopIteration, with no final checkpoint."""
+    model, opt, one, many = _linear_fit_parts()
+    ck = Checkpointer(tmp_path / "ck", every=None)
+    ran = 5 if per_call == 1 else 4  # the incomplete last call is not trained
+    with pytest.raises(ValueError, match=rf"batches ran out after step {ran} of steps=8: "
+                                         rf"{ran} step\(s\) ran .*checkpoint {ran}"):
+        fit(model, opt, _five_batches(), steps=8, train_step=one if per_call == 1 else many,
+            checkpointer=ck, steps_per_call=per_call)
+    assert int(opt.step[...]) == ran and ck.steps() == [ran]
+    ck.close()
+
+
+def test_short_batch_stream_inside_a_generator_is_the_same_error():
+    """Inside a generator a StopIteration became "generator raised StopIteration"."""
+    model, opt, one, _ = _linear_fit_parts()
+
+    def trainer():
+        yield fit(model, opt, _five_batches(), steps=8, train_step=one)
+
+    with pytest.raises(ValueError, match="batches ran out after step 5 of steps=8"):
+        next(trainer())
+
+
+def test_short_batch_stream_at_a_save_point_saves_once(tmp_path):
+    model, opt, one, _ = _linear_fit_parts()
+    with Checkpointer(tmp_path / "ck", every=5) as ck:
+        with pytest.raises(ValueError, match="after step 5 .*checkpoint 5"):
+            fit(model, opt, _five_batches(), steps=8, train_step=one, checkpointer=ck)
+        assert ck.steps() == [5]
+
+
 def test_every_paper_row_has_a_config():
     counts = {}
     for name in CONFIGS:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import fnmatch
+import json
 import math
 import os
 import shlex
@@ -73,6 +74,49 @@ def _data_error(e: BaseException) -> UsageError:
     return UsageError(f"{msg} — fix: point the run at the data with --set {DATA_DIR_KEY}=PATH")
 
 
+def _check_out(path, option: str = "--out", *, file: bool = False) -> Path:
+    """``path`` as the folder (``file``: the file) a command writes to: a :class:`UsageError`
+    naming ``option`` if it, or a folder above it, is a regular file (or, for ``file``, if it
+    is a folder), before anything runs."""
+    p = Path(path)
+    if file and p.is_dir():
+        raise UsageError(f"{option} {path}: is a folder; give a file name, e.g. {p / 'out'}")
+    for q in (p.parent,) if file else (p,):
+        for above in (q, *q.parents):
+            if above.exists():
+                if not above.is_dir():
+                    if file:
+                        raise UsageError(f"{option} {path}: {above} is a file, not a folder, "
+                                         f"so it cannot hold {p.name}; give another path")
+                    where = "is a file" if above == p else f"is below {above}, which is a file"
+                    raise UsageError(f"{option} {path}: {where}, not a folder; give a folder")
+                break
+    return p
+
+
+def _check_json_files(root, names=("config.json", "results.json")) -> None:
+    """Every ``config.json`` / ``results.json`` of the run folders under ``root`` (or ``root``
+    itself, a file) parses as JSON: else a :class:`UsageError` naming the file."""
+    root = Path(root)
+    if root.is_file():
+        files = [root]
+    elif root.is_dir():
+        files = [f for name in names for f in sorted(root.rglob(name))
+                 if "checkpoints" not in f.relative_to(root).parts]
+    else:
+        return
+    for f in files:
+        try:
+            json.loads(f.read_text())
+        except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+            detail = (f"{e.msg} at line {e.lineno} column {e.colno}"
+                      if isinstance(e, json.JSONDecodeError) else type(e).__name__)
+            raise UsageError(
+                f"{f} is not valid JSON ({detail}): it is damaged (e.g. cut short by a killed "
+                f"write); restore it, or delete the run folder {f.parent} to run it again"
+            ) from e
+
+
 def _run(name, overrides, out_dir, progress, resume: ResumeMode = "auto",
          steps_per_call: int | Literal["auto"] = 1):
     from mhe_jax.experiments.runner import run
@@ -130,15 +174,20 @@ def _layer_shapes(model) -> dict[str, tuple[int, int]]:
 
 
 def cmd_quickstart(args):
-    """Baseline vs MHE vs half-space MHE on the embedded digits data (CNN-9 16/32/64)."""
+    """Baseline vs MHE vs half-space MHE on the embedded digits data (default: CNN-9 16/32/64)."""
     from mhe_jax.experiments import report
     from mhe_jax.experiments.study import load_run, run_metrics
 
     seeds = _parse_ints(args.seeds, "--seeds")
-    steps = args.steps or config_for("quickstart/baseline").optim.steps
+    if args.steps is not None and args.steps < 1:
+        raise UsageError(f"--steps {args.steps}: expected an integer >= 1 (leave it out for the "
+                         "config's steps)")
+    _check_out(args.out)
+    steps = (config_for("quickstart/baseline").optim.steps if args.steps is None
+             else args.steps)
     # ~20 energy records per run, so the figure shows how the angles move (the user's --set wins)
     overrides = [f"logging.energy_every={max(1, steps // 20)}", *args.set,
-                 *([f"optim.steps={args.steps}"] if args.steps else [])]
+                 *([f"optim.steps={args.steps}"] if args.steps is not None else [])]
     names = [f"quickstart/{m}" for m in ("baseline", "mhe", "half_mhe")]
     cfgs = {(n, s): config_for(n, [*overrides, f"seed={s}"]) for s in seeds for n in names}
     from mhe_jax.experiments.runner import run
@@ -158,8 +207,31 @@ def cmd_quickstart(args):
             runs.append(run_)
             rows.append((name.split("/")[1], seed, run_metrics(run_, use_checkpoint=False),
                          r["train_seconds"]))
-    print("\nsklearn digits (32x32), CNN-9 16/32/64, official loss/optimizer, "
-          f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}:")
+    # what ran, from the config (a --set model.widths=... shows here) and where: CPU results
+    # differ between machines in the last digits, so the numbers travel with the machine
+    import platform
+
+    import jax
+
+    cfg = cfgs[names[0], seeds[0]]
+    arch = cfg.model.arch.rstrip("0123456789").upper() + "-" + cfg.model.arch.lstrip(
+        "abcdefghijklmnopqrstuvwxyz")
+    model = f"{arch} {'/'.join(map(str, cfg.model.widths))}"
+    data = "sklearn digits" if cfg.data.dataset == "digits" else cfg.data.dataset
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f
+                        if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    print(f"\n{data} ({cfg.data.image_size}x{cfg.data.image_size}), {model}, official "
+          f"loss/optimizer, seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}:")
+    print(f"machine: {cpu}, {os.cpu_count()} CPUs ({usable} usable by this process), "
+          f"{platform.system()} {platform.machine()}, Python {platform.python_version()}, "
+          f"jax {jax.__version__}, backend {jax.default_backend()} "
+          f"({', '.join(str(d) for d in jax.devices())})")
     print(f"{'method':<9} {'seed':>4} {'test acc. (%)':>13} {'hidden energy':>13} "
           f"{'hidden min angle':>16} {'classifier min angle':>20} {'train time':>10}")
     def cell(v, fmt, width):
@@ -177,7 +249,7 @@ def cmd_quickstart(args):
               "comparable with the others' full-space energy")
     png = report.plot_quickstart(runs, Path(args.out) / "quickstart" / "quickstart.png",
                                  layer_shapes=shapes,
-                                 title="quickstart: digits, CNN-9 16/32/64 — "
+                                 title=f"quickstart: {cfg.data.dataset}, {model} — "
                                        "MHE spreads the neurons")
     print(f"plot: {png}")
 
@@ -187,6 +259,7 @@ def cmd_fig4(args):
     from mhe_jax.experiments.fig4 import run_fig4
 
     seeds = _parse_ints(args.seeds, "--seeds")
+    _check_out(args.out)
     for method in ("baseline", "mhe_output"):
         config_for(f"{args.configs}/{method}", [*args.set, f"seed={seeds[0]}"])  # check early
     result = run_fig4(args.configs, seeds, args.out, overrides=args.set,
@@ -198,18 +271,24 @@ def cmd_fig4(args):
 def cmd_study(args):
     """A seeds × methods grid of <configs>/<method>: run (skip finished, resume unfinished),
     report."""
-    from mhe_jax.experiments import study
+    from mhe_jax.experiments import report, study
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
         raise UsageError("--methods is empty: give e.g. --methods baseline,mhe")
+    if args.baseline not in methods:  # checked before anything trains
+        raise UsageError(f"--baseline {args.baseline!r} is not one of --methods "
+                         f"{','.join(methods)}: the differences are taken to one of them")
+    if args.report_out is not None:
+        _check_out(args.report_out, "--report-out")
     if args.report_only:
-        runs_dir = Path(args.runs or args.out)
+        runs_dir = Path(args.runs if args.runs is not None else args.out)
         if not runs_dir.is_dir():
             raise UsageError(f"--runs {runs_dir}: no such folder; give the study's --out folder")
+        _check_json_files(runs_dir)
         try:
-            summary = study.write_report(runs_dir, args.report_out or runs_dir, methods=methods,
-                                         baseline=args.baseline)
+            summary = report.write_report(runs_dir, args.report_out or runs_dir,
+                                          methods=methods, baseline=args.baseline, paper=True)
         except (FileNotFoundError, ValueError) as e:  # nothing (finished) to report on
             raise UsageError(f"{e}: give the study's --out folder as --runs, or --methods "
                              "that it ran") from e
@@ -224,11 +303,16 @@ def cmd_study(args):
             raise UsageError(f"--workers: {e}") from None
         for m in methods:  # every config and override checked before anything trains
             config_for(f"{args.configs}/{m}", [*args.set, f"seed={seeds[0]}"])
-        summary = study.run_study(args.configs, methods, seeds, args.out, overrides=args.set,
-                                  progress=not args.no_progress, baseline=args.baseline,
-                                  report_out=args.report_out, command=_command_line(),
-                                  config_for=config_for, workers=args.workers,
-                                  steps_per_call=k)
+        _check_out(args.out)
+        _check_json_files(args.out)
+        command = _command_line()
+        study.run_study(args.configs, methods, seeds, args.out, overrides=args.set,
+                        progress=not args.no_progress, command=command,
+                        config_for=config_for, workers=args.workers, steps_per_call=k)
+        summary = report.write_report(
+            args.out, args.report_out or args.out, methods=methods, baseline=args.baseline,
+            title=f"Study: {args.configs}, seeds {', '.join(map(str, seeds))}", command=command,
+            paper=True)
     print(summary["markdown"])
     for f in summary["files"]:
         print(f"wrote {f}")
@@ -258,6 +342,7 @@ def cmd_run(args):
     resume: ResumeMode = ("restart" if args.restart else
                           "force" if args.resume_anyway else "auto")
     k = _steps_per_call(args.steps_per_call)
+    _check_out(args.out)
     for name in names:
         r, out = _run(name, args.set, Path(args.out) / name, not args.no_progress, resume=resume,
                       steps_per_call=k)
@@ -272,6 +357,12 @@ def cmd_report(args):
     for p in args.runs:
         if not Path(p).exists():
             raise UsageError(f"{p}: no such file or folder; give run folders (with results.json)")
+    if args.out:
+        _check_out(args.out, "--out", file=True)
+    if args.plot:
+        _check_out(args.plot, "--plot", file=True)
+    for p in args.runs:
+        _check_json_files(p, names=("results.json",))
     results = report.collect(args.runs)
     if not results:
         raise UsageError(f"no results.json under {', '.join(args.runs)}: give finished run folders")
@@ -299,27 +390,44 @@ def _parser() -> argparse.ArgumentParser:
 
     def set_option(sp):
         sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config field, e.g. --set steps=100 (repeatable)")
+                        help="override a config field by its dotted name, e.g. --set "
+                             "optim.steps=100 --set optim.lr=0.05 --set data.batch_size=64 "
+                             "(repeatable; the fields: see configs.py or a run's config.json)")
+
+    def no_progress_option(sp):
+        sp.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (e.g. for logs and CI)")
 
     q = add("quickstart", cmd_quickstart, cmd_quickstart.__doc__)
-    q.add_argument("--out", default="runs")
-    q.add_argument("--steps", type=int, default=None)
-    q.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
+    q.add_argument("--out", default="runs", metavar="DIR",
+                   help="runs go to DIR/quickstart/<method> (DIR/quickstart/seed<S>/<method> "
+                        "with several seeds), the figure to DIR/quickstart/quickstart.png "
+                        "(default: runs)")
+    q.add_argument("--steps", type=int, default=None, metavar="N",
+                   help="training steps of each run, an integer >= 1 (default: the config's, "
+                        "200); the same as --set optim.steps=N")
+    q.add_argument("--seeds", default="0", metavar="S,...",
+                   help="comma-separated seeds: each trains the three methods once, e.g. 0,1,2 "
+                        "(default: 0)")
     set_option(q)
-    q.add_argument("--no-progress", action="store_true")
+    no_progress_option(q)
     f4 = add("fig4", cmd_fig4, cmd_fig4.__doc__)
     f4.add_argument("--configs", default="repro/fig4_digits",
                     help="prefix of <prefix>/baseline, <prefix>/mhe_output")
-    f4.add_argument("--seeds", default="0,1,2")
-    f4.add_argument("--out", default="runs/fig4")
+    f4.add_argument("--seeds", default="0,1,2", metavar="S,...",
+                    help="comma-separated seeds, e.g. 0,1,2 (default)")
+    f4.add_argument("--out", default="runs/fig4", metavar="DIR",
+                    help="the runs, the table and fig4.png go to DIR (default: runs/fig4)")
     set_option(f4)
-    f4.add_argument("--no-progress", action="store_true")
+    no_progress_option(f4)
     st = add("study", cmd_study, cmd_study.__doc__)
     st.add_argument("--configs", default="repro/cifar10_small",
                     help="prefix: runs <prefix>/<method> for each method")
     st.add_argument("--methods", default="baseline,mhe,half_mhe")
-    st.add_argument("--seeds", default="0,1,2")
-    st.add_argument("--baseline", default="baseline", help="the method differences are taken to")
+    st.add_argument("--seeds", default="0,1,2", metavar="S,...",
+                    help="comma-separated seeds, each runs every method (default: 0,1,2)")
+    st.add_argument("--baseline", default="baseline",
+                    help="the method (one of --methods) the differences are taken to")
     st.add_argument("--workers", type=int, default=1,
                     help="train this many runs at once, each pinned to its share of the CPUs "
                          "(on a CPU-only machine 2 single-core runs train ~1.4x faster than one "
@@ -333,23 +441,28 @@ def _parser() -> argparse.ArgumentParser:
                     help="where study.md and the PNGs go (default: the runs folder)")
     set_option(st)
     steps_per_call_option(st)
-    st.add_argument("--no-progress", action="store_true")
+    no_progress_option(st)
     ls = add("list", cmd_list, "list named configs (glob pattern)")
     ls.add_argument("pattern", nargs="?", default="*")
     r = add("run", cmd_run, "run a named config (or a glob of them)")
     r.add_argument("name")
     set_option(r)
-    r.add_argument("--out", default="runs")
+    r.add_argument("--out", default="runs", metavar="DIR",
+                   help="the run goes to DIR/<name> (default: runs)")
     steps_per_call_option(r)
     r.add_argument("--restart", action="store_true",
                    help="start from step 0, deleting the run's checkpoints and log")
     r.add_argument("--resume-anyway", action="store_true",
-                   help="resume from the checkpoint even if the config changed")
-    r.add_argument("--no-progress", action="store_true")
+                   help="resume from the checkpoint even if the config changed (the model's "
+                        "shapes must still match the checkpoint's)")
+    no_progress_option(r)
     rep = add("report", cmd_report, "markdown table (+ plot) of finished runs")
-    rep.add_argument("runs", nargs="+")
-    rep.add_argument("--out", default=None)
-    rep.add_argument("--plot", default=None)
+    rep.add_argument("runs", nargs="+", help="run folders (or folders above them, or "
+                     "results.json files)")
+    rep.add_argument("--out", default=None, metavar="FILE",
+                     help="also write the markdown table to FILE")
+    rep.add_argument("--plot", default=None, metavar="PNG",
+                     help="also plot the runs' curves to PNG")
     return p
 
 
@@ -357,7 +470,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that are the user's to fix (one line, exit 2), beyond :class:`UsageError`."""
     from mhe_jax import data as D
 
-    errors: list[type[BaseException]] = [D.DatasetNotFoundError, D.DownloadError]
+    errors: list[type[BaseException]] = [D.DatasetNotFoundError, D.DownloadError,
+                                         D.CorruptDataError]
+    try:  # the checkpoint errors: a damaged run folder, or a model of another shape
+        from mhe_jax.train import CheckpointError, CheckpointMismatchError
+
+        errors += [CheckpointError, CheckpointMismatchError]
+    except ImportError:  # no flax (the [models] extra): no checkpoints either
+        pass
     from mhe_jax.experiments import configs as C
 
     if getattr(C, "ConfigError", None) is not None:

@@ -13,10 +13,11 @@ Runs each of ``<prefix>/baseline`` and ``<prefix>/mhe_output`` for several seeds
 from __future__ import annotations
 
 import json
-import statistics
 from pathlib import Path
 
 import numpy as np
+
+from mhe_jax.experiments.stats import mean_std
 
 METHODS = (("baseline", "without MHE"), ("mhe_output", "with output MHE"))
 
@@ -28,10 +29,6 @@ def angle_to_nearest(kernel, c: int) -> float:
     cos = np.clip(w.T @ w, -1.0, 1.0)
     np.fill_diagonal(cos, -1.0)
     return float(np.degrees(np.arccos(cos[c].max())))
-
-
-def _mean_std(values):
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def run_fig4(prefix: str, seeds, out_dir, *, overrides=(), progress: bool = False,
@@ -69,7 +66,7 @@ def run_fig4(prefix: str, seeds, out_dir, *, overrides=(), progress: bool = Fals
     summary = {}
     for method, label in METHODS:
         mine = [r for r in rows if r["method"] == method]
-        stats = {k: _mean_std([r[k] for r in mine])
+        stats = {k: mean_std([r[k] for r in mine])
                  for k in ("test_accuracy", "rare_class_accuracy", "rare_class_angle_deg")}
         summary[method] = stats
         (acc, acc_sd), (rare, rare_sd), (ang, ang_sd) = stats.values()

@@ -4,7 +4,10 @@
 * :func:`plot_runs` — loss, test accuracy and min angle against step for any runs;
 * :func:`plot_quickstart` — per layer, min angle and energy from step 0, per method, with the
   optimum as a reference, and test accuracy with error bars over seeds;
-* :func:`plot_study_curves`, :func:`plot_test_error_bars` — the study's figures (``study``).
+* :func:`plot_study_curves`, :func:`plot_test_error_bars` — the study's figures (``study``);
+* :func:`write_report` — a study's ``study.md``, ``study.json`` and figures, from what
+  :mod:`mhe_jax.experiments.study` collects (the flow is one way: study runs and collects,
+  this module reads and draws).
 
 Units: errors and accuracies are in % of the test set and say which they are; angles are in
 degrees; energies are the full-space s = 2 Euclidean energy, the mean over pairs of
@@ -448,7 +451,8 @@ def plot_study_curves(runs: Sequence, out_png, *, methods: Sequence[str] | None 
 
 def plot_test_error_bars(summary: dict, out_png):
     """Left: test error (%) per method, mean with sample-std error bars, seeds as dots. Right:
-    each variant's paired difference against the baseline (points), seeds and bootstrap 95 %."""
+    each variant's paired difference against the baseline (points): seeds, mean and its paired
+    t-interval at Holm's step-down level (see :func:`mhe_jax.experiments.study.summarize`)."""
     plt = _pyplot()
     methods = summary["methods"]
     rows = summary["rows"]
@@ -486,17 +490,215 @@ def plot_test_error_bars(summary: dict, out_png):
             e = paired[m]["test_error"]
             ax.scatter([i] * len(e["differences"]), e["differences"], color=method_color(m, i),
                        s=18, zorder=3)
-            if not math.isnan(e["mean"]):
-                lo, hi = e["bootstrap95"]
+            lo, hi = e["interval"]
+            if not (math.isnan(lo) or math.isnan(hi)):
                 ax.errorbar(i + 0.15, e["mean"], yerr=[[e["mean"] - lo], [hi - e["mean"]]], fmt="D",
                             color="k", capsize=5, ms=5)
+            if not math.isnan(e["mean"]):
                 ax.text(i + 0.22, e["mean"], f"{e['mean']:+.2f}\np = {e['p']:.2f}", fontsize=8,
                         va="center")
         ax.axhline(0, color="k", lw=1)
         ax.set_xticks(range(len(names)), names)
         ax.set_xlim(-0.5, len(names) - 0.2)
         ax.set_ylabel(f"test error − {summary['baseline']} (points)")
-        ax.set_title("paired difference: seeds (dots), mean and bootstrap 95 %")
+        ax.set_title("paired difference: seeds (dots), mean, t-interval (Holm levels)",
+                     fontsize=10)
         ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     return _save(fig, out_png)
+def _cell(fmt: str, v) -> str:
+    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
+
+
+def _pm(fmt: str, mean: float, sd: float) -> str:
+    return "—" if math.isnan(mean) else f"{fmt.format(mean)} ± {fmt.format(sd)}"
+
+
+def _interval(interval) -> str:
+    lo, hi = interval
+    return "—" if math.isnan(lo) or math.isnan(hi) else f"[{lo:+.2f}, {hi:+.2f}]"
+
+
+#: Study method names → the paper's method of the same regularizer (``mhe_logs_lambda`` is MHE
+#: with the released logs' λ).
+PAPER_METHOD = {"baseline": "baseline", "mhe": "mhe", "mhe_logs_lambda": "mhe",
+                "half_mhe": "half_mhe", "a_mhe": "a_mhe", "half_a_mhe": "half_a_mhe"}
+
+
+def paper_context(methods: Sequence[str]) -> list[str]:
+    """Markdown lines: the paper's nearest CNN-9 rows for ``methods``, read from
+    :func:`mhe_jax.experiments.configs.paper_tables` (Table 1 CIFAR-10 and CIFAR-100 at
+    s = 2, width 64/128/256; Table 2 CIFAR-100 at width 16/32/64)."""
+    from mhe_jax.experiments.configs import paper_tables
+
+    paper = paper_tables()
+    rows = []
+    for m in methods:
+        pm = PAPER_METHOD.get(m)
+        if pm is None:
+            continue
+        t1 = [paper["table1"][ds][pm] for ds in ("cifar10", "cifar100")]
+        t1 = [v if isinstance(v, (int, float)) else v["2"] for v in t1]
+        t2 = paper["table2"].get(pm, [None])[0]
+        rows.append(f"| {m} | {pm} | {_cell('{:.2f}', t1[0])} | {_cell('{:.2f}', t1[1])} | "
+                    f"{_cell('{:.2f}', t2)} |")
+    if not rows:
+        return []
+    return ["", "## The paper's numbers (context, not the same setting)", "",
+            "Test error (%) as printed in the paper (`mhe_jax/experiments/paper_tables.json`). "
+            "Its Table 1 reports the best accuracy over the run for 8 of its 13 CIFAR-100 rows; "
+            "compare those with this report's best-over-run column.", "",
+            "| method here | paper's method | Table 1, CIFAR-10, 64/128/256, s = 2 | "
+            "Table 1, CIFAR-100, 64/128/256, s = 2 | Table 2, CIFAR-100, 16/32/64 |",
+            "|---|---|---:|---:|---:|", *rows]
+
+
+def markdown(summary: dict, *, title: str = "Study", command: str | None = None,
+             machine: str | None = None, wall_seconds: float | None = None,
+             figures: Sequence[str] = (), run_commands: Sequence[str] = (),
+             paper: bool = False) -> str:
+    """``study.md``: command, machine, the decision rule, the tables, figures, definitions."""
+    from mhe_jax.experiments.study import METRICS
+
+    lines = [f"# {title}", ""]
+    if command:
+        lines += ["Reproduce with:", "", "```", command, "```", ""]
+    elif run_commands:
+        lines += ["The runs were made with (from their results.json):", "", "```",
+                  *run_commands, "```", ""]
+    if machine:
+        lines += [f"Machine: {machine}.", ""]
+    if wall_seconds is not None:
+        lines += [f"Training time, summed over the finished runs: {wall_seconds / 60:.1f} min.", ""]
+    level, margin = summary.get("level", 0.95), summary.get("margin", 0.75)
+    b = summary["baseline"]
+    if summary["paired"]:
+        lines += ["## Decision rule", "",
+                  f"For each variant, the paired difference of test error (variant − {b}, same "
+                  f"seed) gets a two-sided paired t-interval; the family of the "
+                  f"{len(summary['paired'])} comparisons is held at {100 * level:.0f} % with "
+                  "Holm's step-down levels (the comparison with the k-th smallest p-value uses "
+                  "confidence 1 − α/(m − k + 1)). Verdict: **gain shown** if the upper bound is "
+                  f"below 0; **paper-sized gain excluded** if the lower bound is above "
+                  f"−{margin:g} points; otherwise **inconclusive**.", ""]
+    head = "| seed | method | " + " | ".join(h for _, h, _ in METRICS) + " |"
+    sep = "|---:|---|" + "---:|" * len(METRICS)
+    lines += ["## Per seed", "", head, sep]
+    for row in summary["rows"]:
+        cells = " | ".join(_cell(f, row[k]) for k, _, f in METRICS)
+        lines.append(f"| {row['seed']} | {row['method']} | {cells} |")
+    lines += ["", "## Mean ± std over seeds", "",
+              "| method | seeds | " + " | ".join(h for _, h, _ in METRICS) + " |",
+              "|---|---:|" + "---:|" * len(METRICS)]
+    for m, st in summary["mean_std"].items():
+        cells = " | ".join(_pm(f, *st[k]) for k, _, f in METRICS)
+        lines.append(f"| {m} | {len(st['seeds'])} | {cells} |")
+    if summary["paired"]:
+        lines += ["", f"## Paired difference against {b} (method − {b}, same seed)", "",
+                  "| method | metric | pairs | mean (points) | std | paired t-test p | "
+                  "Holm p | t-interval | its level | verdict |",
+                  "|---|---|---:|---:|---:|---:|---:|---|---:|---|"]
+        for m, entry in summary["paired"].items():
+            for key, label in (("test_error", "test error"),
+                               ("best_test_error", "best test error over the run"),
+                               ("worst_class_error", "worst-class error")):
+                e = entry[key]
+                lines.append(
+                    f"| {m} | {label} | {len(entry['seeds'])} | {_cell('{:+.2f}', e['mean'])} | "
+                    f"{_cell('{:.2f}', e['std'])} | {_cell('{:.3f}', e['p'])} | "
+                    f"{_cell('{:.3f}', e['p_holm'])} | {_interval(e['interval'])} | "
+                    f"{_cell('{:.2%}', e['interval_level'])} | "
+                    f"{entry['verdict'] if key == 'test_error' else ''} |")
+    if paper:
+        lines += paper_context(summary["methods"])
+    if summary["unfinished"]:
+        lines += ["", "## Unfinished runs (not in the tables)", ""]
+        for u in summary["unfinished"]:
+            lines.append(f"- {u['name']} seed {u['seed']}: logged up to step {u['last_step']} of "
+                         f"{u['steps']} ({u['run_dir']})")
+    if figures:
+        lines += ["", "## Figures", ""] + [f"![{Path(f).stem}]({Path(f).name})" for f in figures]
+    lines += [
+        "", "## Definitions", "",
+        "- Errors are in % of the test set (lower is better); worst-class error is the error of "
+        "the class with the lowest test accuracy. Differences are in percentage points; a negative "
+        "difference means the method has lower error than the baseline.",
+        "- Test error is the final one; best test error over the run is the lowest over the "
+        "run's evaluations (logging.eval_every) and the final one, the paper's convention for "
+        "most of its CIFAR-100 rows.",
+        "- Final train loss: the mean logged batch loss (augmented batches, train mode) over the "
+        "last 5 % of the steps.",
+        "- Final train accuracy (%): the whole training set evaluated at the end (eval mode, no "
+        "augmentation) where results.json has it, else the mean batch accuracy (augmented "
+        "batches, train mode) over the last 10 % of the steps. Train acc. gain: that final "
+        "accuracy minus the training set's at 75 % of the steps (a plateau check; needs "
+        "logging.train_eval_every).",
+        "- Min angle (°): the smallest angle between two neurons of a layer (full space); hidden = "
+        "mean over the hidden layers of each layer's min angle. Energy: the full-space s = 2 "
+        "Euclidean energy, mean of 1/‖ŵ_i − ŵ_j‖² over pairs, at the end of training (hidden: mean "
+        "over the hidden layers); the same definition for every method, including half-space MHE.",
+        *(["- — in an energy column: a half-space run that logged only its half-space energy "
+           "and has no final checkpoint to recompute the full-space one from."]
+          if any(math.isnan(row[k]) for row in summary["rows"]
+                 for k in ("hidden_energy", "classifier_energy")) else []),
+        "- Paired t-test: two-sided, t = mean/(std/√n), n − 1 degrees of freedom; Holm p: Holm's "
+        "step-down adjustment across the variants. A bootstrap interval is not shown: over a "
+        "few seeds it can never be wider than the differences' range "
+        "(mhe_jax.experiments.stats.bootstrap_interval, n ≥ 10 only).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(runs_dir, out_dir=None, *, methods: Sequence[str] | None = None,
+                 baseline: str = "baseline", title: str | None = None, command: str | None = None,
+                 use_checkpoint: bool = True, margin: float = 0.75,
+                 paper: bool = False) -> dict:
+    """Collect every run under ``runs_dir``; write ``study.md``/``study.json``/PNGs to ``out_dir``.
+
+    Returns the summary (see :func:`mhe_jax.experiments.study.summarize`) with ``"files"``: the
+    paths written. Raises ``FileNotFoundError`` when ``runs_dir`` holds no run folder and
+    ``ValueError`` when none of them has finished. ``paper`` adds the paper's nearest rows
+    (:func:`paper_context`).
+    """
+    from mhe_jax.experiments.study import find_runs, summarize
+
+    runs = find_runs(runs_dir)
+    if methods:
+        runs = [r for r in runs if r.method in methods]
+    if not runs:
+        raise FileNotFoundError(f"no run folder (config.json) under {runs_dir}"
+                                + (f" for methods {', '.join(methods)}" if methods else ""))
+    summary = summarize(runs, methods=methods, baseline=baseline, use_checkpoint=use_checkpoint,
+                        margin=margin)
+    if not summary["rows"]:
+        raise ValueError(f"none of the {len(runs)} runs under {runs_dir} has finished "
+                         "(no results.json)")
+    out = Path(out_dir or runs_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    curves = plot_study_curves(runs, out / "curves.png", methods=summary["methods"])
+    bars = plot_test_error_bars(summary, out / "test_error.png")
+    finished = [r for r in runs if r.finished]
+    machine = _machine_line(finished[0].results or {})
+    wall = sum(float((r.results or {}).get("train_seconds") or 0.0) for r in finished)
+    run_commands = list(dict.fromkeys(str((r.results or {})["command"]) for r in finished
+                                      if (r.results or {}).get("command")))
+    title = title or f"Study: {Path(runs_dir).name}"
+    text = markdown(summary, title=title, command=command, machine=machine, wall_seconds=wall,
+                    figures=[str(curves), str(bars)], run_commands=run_commands, paper=paper)
+    (out / "study.md").write_text(text)
+    (out / "study.json").write_text(json.dumps({**summary, "command": command}, indent=1,
+                                               default=float))
+    summary["files"] = [str(out / "study.md"), str(out / "study.json"), str(curves), str(bars)]
+    summary["markdown"] = text
+    return summary
+
+
+def _machine_line(results: dict) -> str | None:
+    m = results.get("machine")
+    if not m:
+        return None
+    if isinstance(m, str):
+        return m
+    devices = m.get("devices") or []
+    return (f"{m.get('processor', '?')}, {m.get('platform', '?')}, jax {m.get('jax', '?')}, "
+            f"devices {', '.join(devices)}")

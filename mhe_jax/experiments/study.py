@@ -1,25 +1,28 @@
-"""A seeds × methods study: run the grid (resuming what is unfinished), then report on it.
+"""A seeds × methods study: run the grid (resuming what is unfinished) and collect its numbers.
 
 Layout (the same as ``run NAME --set seed=S --out OUT/seedS``, so a study started with ``run``
-can be reported here)::
+can be collected here)::
 
     OUT/seed{S}/{PREFIX}/{METHOD}/config.json, log.jsonl, checkpoints/, results.json
 
 A run with ``results.json`` is finished and skipped; one without is resumed from its latest
-checkpoint. The report (``study.md``, ``study.json``, ``curves.png``, ``test_error.png``) has
+checkpoint. :func:`summarize` collects
 
-* a per-seed table: test error, worst-class error, final training accuracy, the hidden layers'
-  and the classifier's minimum angle and energy;
+* per seed: final and best-over-run test error, worst-class error, final training loss and
+  accuracy, the hidden layers' and the classifier's minimum angle and energy;
 * mean ± sample std per method;
 * each variant's paired difference against the baseline over the seeds both finished: mean,
-  std, a two-sided paired t-test p-value and a bootstrap 95 % interval of the mean.
+  std, the paired t-test and its t-interval at Holm's step-down level across the variants
+  (:mod:`mhe_jax.experiments.stats`), and a verdict under a stated decision rule.
+
+The data flow is one way: this module runs and collects; :mod:`mhe_jax.experiments.report`
+reads what it collects and writes ``study.md``, ``study.json`` and the figures.
 
 Energies are always the full-space s = 2 Euclidean energy (mean of ``1/‖ŵ_i − ŵ_j‖²`` over
 pairs ``i ≠ j``), so methods are comparable: a record's ``energy_full`` when the log has one,
 its ``energy`` when the run trained in full space, and otherwise (a half-space run logged only
 its half-space energy) recomputed from the final checkpoint.
 """
-
 from __future__ import annotations
 
 import json
@@ -34,85 +37,11 @@ from typing import Any, Literal
 
 import numpy as np
 
+from mhe_jax.experiments.stats import holm_intervals, mean_std, paired_t_test
+
 METHOD_ORDER = ("baseline", "mhe", "half_mhe", "a_mhe", "half_a_mhe", "orthonormal",
                 "orthogonality")
 OUTPUT_PREFIXES = ("classifier",)  # path components that mark the output layer in old logs
-
-
-# --------------------------------------------------------------------------- statistics
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (ddof = 1; 0 for a single value, NaN for none)."""
-    v = [float(x) for x in values]
-    if not v:
-        return math.nan, math.nan
-    return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else 0.0)
-
-
-def student_t_sf2(t: float, dof: float) -> float:
-    """Two-sided tail ``P(|T| ≥ |t|)`` of Student's t with ``dof`` degrees of freedom.
-
-    ``P(|T| ≥ |t|) = I_x(ν/2, 1/2)`` with ``x = ν / (ν + t²)`` (the regularized incomplete beta
-    function, :func:`jax.scipy.special.betainc`, evaluated in float64 on the host's CPU).
-
-    Examples:
-        >>> round(student_t_sf2(2.0, 2), 4)  # scipy.stats.t.sf(2, 2) * 2
-        0.1835
-        >>> student_t_sf2(0.0, 5)
-        1.0
-    """
-    if not dof > 0:
-        raise ValueError(f"dof must be > 0, got {dof!r}")
-    if math.isnan(t):
-        return math.nan
-    if math.isinf(t):
-        return 0.0
-    import jax
-    import jax.numpy as jnp
-    from jax.scipy.special import betainc
-
-    with jax.default_device(jax.devices("cpu")[0]), jax.enable_x64(True):
-        x = dof / (dof + t * t)
-        p = betainc(jnp.float64(dof / 2), jnp.float64(0.5), jnp.float64(x))
-    return float(min(max(float(p), 0.0), 1.0))
-
-
-def paired_t_test(differences: Sequence[float]) -> tuple[float, float]:
-    """``(t, two-sided p)`` of the paired t-test that the mean of ``differences`` is 0.
-
-    NaN for fewer than two pairs. All differences equal: ``p = 0`` if they are non-zero (no
-    spread, a sure difference under the test's model), 1 if they are all 0.
-    """
-    d = np.asarray(differences, np.float64)
-    n = d.size
-    if n < 2:
-        return math.nan, math.nan
-    sd = float(d.std(ddof=1))
-    mean = float(d.mean())
-    if sd == 0.0:
-        return (math.copysign(math.inf, mean), 0.0) if mean != 0.0 else (0.0, 1.0)
-    t = mean / (sd / math.sqrt(n))
-    return t, student_t_sf2(t, n - 1)
-
-
-def bootstrap_interval(
-    differences: Sequence[float], *, level: float = 0.95, resamples: int = 10_000, seed: int = 0,
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``differences`` (resampling pairs).
-
-    With n pairs the bootstrap mean takes at most ``C(2n−1, n)`` distinct values (10 for n = 3):
-    the interval is coarse for few seeds and never wider than the range of the differences.
-    """
-    d = np.asarray(differences, np.float64)
-    if d.size == 0:
-        return math.nan, math.nan
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level!r}")
-    rng = np.random.default_rng(seed)
-    means = d[rng.integers(0, d.size, size=(resamples, d.size))].mean(axis=1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
 
 
 # --------------------------------------------------------------------------- reading runs
@@ -324,9 +253,33 @@ def train_accuracy_gain(run: StudyRun, fraction: float = 0.25) -> float:
     return 100.0 * (end - earlier[-1]) if earlier else math.nan
 
 
+def best_test_error(run: StudyRun) -> float:
+    """The lowest test error (%) over the run's evaluations, the final one included: the
+    paper's convention for 8 of the 13 CIFAR-100 rows of its Table 1 (NaN without any)."""
+    errors = [100.0 * (1.0 - float(r["test_accuracy"])) for r in run.log if "test_accuracy" in r]
+    final = (run.results or {}).get("test_error")
+    if final is not None:
+        errors.append(float(final))
+    return min(errors) if errors else math.nan
+
+
+def final_train_loss(run: StudyRun, fraction: float = 0.05) -> float:
+    """Mean logged batch loss (augmented batches, train mode) over the last ``fraction`` of the
+    steps (at least the last record; NaN without any)."""
+    recs = [r for r in run.log if "loss" in r and "layers" not in r]
+    if not recs:
+        return math.nan
+    end = max(r["step"] for r in recs)
+    start = end - max(1, round(fraction * (run.steps or end)))
+    return statistics.fmean([r["loss"] for r in recs if r["step"] > start]
+                            or [recs[-1]["loss"]])
+
+
 METRICS = (  # key, column header, format
     ("test_error", "test error (%)", "{:.2f}"),
+    ("best_test_error", "best test error over the run (%)", "{:.2f}"),
     ("worst_class_error", "worst-class error (%)", "{:.1f}"),
+    ("train_loss", "final train loss", "{:.3f}"),
     ("train_accuracy", "final train acc. (%)", "{:.1f}"),
     ("train_gain", "train acc. gain, last 25 % of steps (points)", "{:+.1f}"),
     ("hidden_min_angle", "hidden min angle (°)", "{:.2f}"),
@@ -334,6 +287,8 @@ METRICS = (  # key, column header, format
     ("classifier_min_angle", "classifier min angle (°)", "{:.2f}"),
     ("classifier_energy", "classifier energy", "{:.4f}"),
 )
+#: The paired comparisons: each gets Holm-adjusted t-intervals across the variants.
+PAIRED_METRICS = ("test_error", "best_test_error", "worst_class_error")
 
 
 def run_metrics(run: StudyRun, *, use_checkpoint: bool = True) -> dict[str, float]:
@@ -347,7 +302,9 @@ def run_metrics(run: StudyRun, *, use_checkpoint: bool = True) -> dict[str, floa
     output = [v for v in layers.values() if v["is_output"]]
     return {
         "test_error": float(res["test_error"]),
+        "best_test_error": best_test_error(run),
         "worst_class_error": 100.0 * (1.0 - min(per_class)) if per_class else math.nan,
+        "train_loss": final_train_loss(run),
         "train_accuracy": 100.0 * final_train_accuracy(run),
         "train_gain": train_accuracy_gain(run),
         "hidden_min_angle": _nanmean(v["min_angle_deg"] for v in hidden),
@@ -357,20 +314,38 @@ def run_metrics(run: StudyRun, *, use_checkpoint: bool = True) -> dict[str, floa
     }
 
 
-# --------------------------------------------------------------------------- the report
+def verdict(interval: tuple[float, float], margin: float) -> str:
+    """The decision rule for ``method − baseline`` test error (points; negative = MHE better).
 
+    * ``"gain shown"``: the interval's upper bound is below 0;
+    * ``"paper-sized gain excluded"``: its lower bound is above ``−margin``;
+    * ``"inconclusive"`` otherwise (or with fewer than two pairs).
 
-def _fmt(fmt: str, v) -> str:
-    return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v)
-
-
-def _pm(fmt: str, mean: float, sd: float) -> str:
-    return "—" if math.isnan(mean) else f"{fmt.format(mean)} ± {fmt.format(sd)}"
+    Examples:
+        >>> verdict((-1.2, -0.1), 0.75), verdict((-0.5, 0.3), 0.75), verdict((-1.0, 0.2), 0.75)
+        ('gain shown', 'paper-sized gain excluded', 'inconclusive')
+    """
+    lo, hi = interval
+    if math.isnan(lo) or math.isnan(hi):
+        return "inconclusive"
+    if hi < 0:
+        return "gain shown"
+    if lo > -margin:
+        return "paper-sized gain excluded"
+    return "inconclusive"
 
 
 def summarize(runs: Sequence[StudyRun], *, methods: Sequence[str] | None = None,
-              baseline: str = "baseline", use_checkpoint: bool = True) -> dict:
-    """Per-seed rows, mean ± std per method and paired differences against ``baseline``."""
+              baseline: str = "baseline", use_checkpoint: bool = True, level: float = 0.95,
+              margin: float = 0.75) -> dict:
+    """Per-seed rows, mean ± std per method and paired differences against ``baseline``.
+
+    Each variant's paired differences (``method − baseline`` by seed) get the paired t-test
+    and a t-interval at Holm's step-down level across the variants
+    (:func:`~mhe_jax.experiments.stats.holm_intervals`, family level ``level``), per metric
+    of :data:`PAIRED_METRICS`; the test-error interval gets :func:`verdict` with ``margin``
+    (points: the size of the paper's gain that the study can exclude).
+    """
     finished = [r for r in runs if r.finished]
     if methods:
         order = list(methods)
@@ -389,148 +364,27 @@ def summarize(runs: Sequence[StudyRun], *, methods: Sequence[str] | None = None,
         per_method[m] = {"seeds": [row["seed"] for row in mine],
                          **{k: mean_std([row[k] for row in mine if not math.isnan(row[k])])
                             for k, _, _ in METRICS}}
-    paired = {}
     base = {row["seed"]: row for row in rows if row["method"] == baseline}
-    for m in order:
-        if m == baseline:
-            continue
-        pairs = [(row, base[row["seed"]]) for row in rows
+    pairs = {m: [(row, base[row["seed"]]) for row in rows
                  if row["method"] == m and row["seed"] in base]
-        entry: dict[str, Any] = {"seeds": [a["seed"] for a, _ in pairs]}
-        for key in ("test_error", "worst_class_error"):
-            d = [a[key] - b[key] for a, b in pairs]
+             for m in order if m != baseline}
+    paired: dict[str, dict[str, Any]] = {m: {"seeds": [a["seed"] for a, _ in p]}
+                                         for m, p in pairs.items()}
+    for key in PAIRED_METRICS:
+        diffs = {m: [a[key] - b[key] for a, b in p] for m, p in pairs.items()}
+        family = holm_intervals(diffs, level=level)
+        for m, d in diffs.items():
             mean, sd = mean_std(d)
             t, p = paired_t_test(d)
-            entry[key] = {"differences": d, "mean": mean, "std": sd, "t": t, "p": p,
-                          "bootstrap95": bootstrap_interval(d)}
-        paired[m] = entry
+            paired[m][key] = {"differences": d, "mean": mean, "std": sd, "t": t, "p": p,
+                              "p_holm": family[m]["p_holm"], "interval": family[m]["interval"],
+                              "interval_level": family[m]["level"]}
+    for m in paired:
+        paired[m]["verdict"] = verdict(paired[m]["test_error"]["interval"], margin)
     unfinished = [{"name": r.name, "seed": r.seed, "run_dir": str(r.run_dir),
                    "last_step": r.last_step, "steps": r.steps} for r in runs if not r.finished]
     return {"methods": order, "baseline": baseline, "rows": rows, "mean_std": per_method,
-            "paired": paired, "unfinished": unfinished}
-
-
-def markdown(summary: dict, *, title: str = "Study", command: str | None = None,
-             machine: str | None = None, wall_seconds: float | None = None,
-             figures: Sequence[str] = (), run_commands: Sequence[str] = ()) -> str:
-    """``study.md``: command, machine, the three tables, figure links and the definitions."""
-    lines = [f"# {title}", ""]
-    if command:
-        lines += ["Reproduce with:", "", "```", command, "```", ""]
-    elif run_commands:
-        lines += ["The runs were made with (from their results.json):", "", "```",
-                  *run_commands, "```", ""]
-    if machine:
-        lines += [f"Machine: {machine}.", ""]
-    if wall_seconds is not None:
-        lines += [f"Training time, summed over the finished runs: {wall_seconds / 60:.1f} min.", ""]
-    head = "| seed | method | " + " | ".join(h for _, h, _ in METRICS) + " |"
-    sep = "|---:|---|" + "---:|" * len(METRICS)
-    lines += ["## Per seed", "", head, sep]
-    for row in summary["rows"]:
-        cells = " | ".join(_fmt(f, row[k]) for k, _, f in METRICS)
-        lines.append(f"| {row['seed']} | {row['method']} | {cells} |")
-    lines += ["", "## Mean ± std over seeds", "",
-              "| method | seeds | " + " | ".join(h for _, h, _ in METRICS) + " |",
-              "|---|---:|" + "---:|" * len(METRICS)]
-    for m, st in summary["mean_std"].items():
-        cells = " | ".join(_pm(f, *st[k]) for k, _, f in METRICS)
-        lines.append(f"| {m} | {len(st['seeds'])} | {cells} |")
-    if summary["paired"]:
-        b = summary["baseline"]
-        lines += ["", f"## Paired difference against {b} (method − {b}, same seed)", "",
-                  "| method | metric | pairs | mean (points) | std | paired t-test p | "
-                  "bootstrap 95 % interval |", "|---|---|---:|---:|---:|---:|---|"]
-        for m, entry in summary["paired"].items():
-            for key, label in (("test_error", "test error"),
-                               ("worst_class_error", "worst-class error")):
-                e = entry[key]
-                lo, hi = e["bootstrap95"]
-                lines.append(f"| {m} | {label} | {len(entry['seeds'])} | "
-                             f"{_fmt('{:+.2f}', e['mean'])} | "
-                             f"{_fmt('{:.2f}', e['std'])} | {_fmt('{:.3f}', e['p'])} | "
-                             f"[{_fmt('{:+.2f}', lo)}, {_fmt('{:+.2f}', hi)}] |")
-    if summary["unfinished"]:
-        lines += ["", "## Unfinished runs (not in the tables)", ""]
-        for u in summary["unfinished"]:
-            lines.append(f"- {u['name']} seed {u['seed']}: logged up to step {u['last_step']} of "
-                         f"{u['steps']} ({u['run_dir']})")
-    if figures:
-        lines += ["", "## Figures", ""] + [f"![{Path(f).stem}]({Path(f).name})" for f in figures]
-    lines += [
-        "", "## Definitions", "",
-        "- Errors are in % of the test set (lower is better); worst-class error is the error of "
-        "the class with the lowest test accuracy. Differences are in percentage points; a negative "
-        "difference means the method has lower error than the baseline.",
-        "- Final train accuracy (%): the whole training set evaluated at the end (eval mode, no "
-        "augmentation) where results.json has it, else the mean batch accuracy (augmented "
-        "batches, train mode) over the last 10 % of the steps. Train acc. gain: that final "
-        "accuracy minus the training set's at 75 % of the steps (a plateau check; needs "
-        "logging.train_eval_every).",
-        "- Min angle (°): the smallest angle between two neurons of a layer (full space); hidden = "
-        "mean over the hidden layers of each layer's min angle. Energy: the full-space s = 2 "
-        "Euclidean energy, mean of 1/‖ŵ_i − ŵ_j‖² over pairs, at the end of training (hidden: mean "
-        "over the hidden layers); the same definition for every method, including half-space MHE.",
-        *(["- — in an energy column: a half-space run that logged only its half-space energy "
-           "and has no final checkpoint to recompute the full-space one from."]
-          if any(math.isnan(row[k]) for row in summary["rows"]
-                 for k in ("hidden_energy", "classifier_energy")) else []),
-        "- Paired t-test: two-sided, t = mean/(std/√n), n − 1 degrees of freedom. The bootstrap "
-        "interval resamples the seeds' differences (10,000 resamples); with 3 seeds it is coarse.",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def write_report(runs_dir, out_dir=None, *, methods: Sequence[str] | None = None,
-                 baseline: str = "baseline", title: str | None = None, command: str | None = None,
-                 use_checkpoint: bool = True) -> dict:
-    """Collect every run under ``runs_dir``; write ``study.md``/``study.json``/PNGs to ``out_dir``.
-
-    Returns the summary (see :func:`summarize`) with ``"files"``: the paths written. Raises
-    ``FileNotFoundError`` when ``runs_dir`` holds no run folder and ``ValueError`` when none of
-    them has finished.
-    """
-    from mhe_jax.experiments import report
-
-    runs = find_runs(runs_dir)
-    if methods:
-        runs = [r for r in runs if r.method in methods]
-    if not runs:
-        raise FileNotFoundError(f"no run folder (config.json) under {runs_dir}"
-                                + (f" for methods {', '.join(methods)}" if methods else ""))
-    summary = summarize(runs, methods=methods, baseline=baseline, use_checkpoint=use_checkpoint)
-    if not summary["rows"]:
-        raise ValueError(f"none of the {len(runs)} runs under {runs_dir} has finished "
-                         "(no results.json)")
-    out = Path(out_dir or runs_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    curves = report.plot_study_curves(runs, out / "curves.png", methods=summary["methods"])
-    bars = report.plot_test_error_bars(summary, out / "test_error.png")
-    finished = [r for r in runs if r.finished]
-    machine = _machine_line(finished[0].results or {})
-    wall = sum(float((r.results or {}).get("train_seconds") or 0.0) for r in finished)
-    run_commands = list(dict.fromkeys(str((r.results or {})["command"]) for r in finished
-                                      if (r.results or {}).get("command")))
-    title = title or f"Study: {Path(runs_dir).name}"
-    text = markdown(summary, title=title, command=command, machine=machine, wall_seconds=wall,
-                    figures=[str(curves), str(bars)], run_commands=run_commands)
-    (out / "study.md").write_text(text)
-    (out / "study.json").write_text(json.dumps({**summary, "command": command}, indent=1,
-                                               default=float))
-    summary["files"] = [str(out / "study.md"), str(out / "study.json"), str(curves), str(bars)]
-    summary["markdown"] = text
-    return summary
-
-
-def _machine_line(results: dict) -> str | None:
-    m = results.get("machine")
-    if not m:
-        return None
-    if isinstance(m, str):
-        return m
-    devices = m.get("devices") or []
-    return (f"{m.get('processor', '?')}, {m.get('platform', '?')}, jax {m.get('jax', '?')}, "
-            f"devices {', '.join(devices)}")
+            "paired": paired, "unfinished": unfinished, "level": level, "margin": margin}
 
 
 # --------------------------------------------------------------------------- running the grid
@@ -590,10 +444,11 @@ def config_differences(stored: dict, config, *, finished: bool) -> list[str]:
 
 
 def run_study(prefix: str, methods: Sequence[str], seeds: Sequence[int], out_dir, *,
-              overrides: Sequence[str] = (), progress: bool = True, baseline: str = "baseline",
-              report_out=None, command: str | None = None, config_for=None,
+              overrides: Sequence[str] = (), progress: bool = True,
+              command: str | None = None, config_for=None,
               workers: int = 1, steps_per_call: int | Literal["auto"] = 1) -> dict:
-    """Run ``PREFIX/METHOD`` for every seed (seed-major), then :func:`write_report`.
+    """Run ``PREFIX/METHOD`` for every seed (seed-major); the report is the caller's
+    (:func:`mhe_jax.experiments.report.write_report`, as the ``study`` command does).
 
     A run folder with ``results.json`` is skipped; one without is resumed from its latest
     checkpoint (from step 0 if it has none). A folder made with a different config (other
@@ -604,7 +459,7 @@ def run_study(prefix: str, methods: Sequence[str], seeds: Sequence[int], out_dir
     :func:`run_parallel`) pinned to its own share of this process's CPUs; the runs and their
     results are the same as with ``workers=1``. ``steps_per_call`` is passed to
     :func:`mhe_jax.experiments.runner.run`.
-    Returns the report's summary plus ``"trained"`` and ``"skipped"``: ``[(seed, method)]``.
+    Returns ``{"trained": [(seed, method)], "skipped": [(seed, method)], "out_dir": out_dir}``.
     """
     from mhe_jax.experiments.configs import ConfigError
     from mhe_jax.experiments.runner import run
@@ -648,10 +503,7 @@ def run_study(prefix: str, methods: Sequence[str], seeds: Sequence[int], out_dir
             todo.append(((seed, method), cfg, d))
     if todo:
         trained += run_parallel(todo, cpu_groups, command=command, steps_per_call=steps_per_call)
-    summary = write_report(out_dir, report_out or out_dir, methods=methods, baseline=baseline,
-                           title=f"Study: {prefix}, seeds {', '.join(map(str, seeds))}",
-                           command=command)
-    return {**summary, "trained": trained, "skipped": skipped}
+    return {"trained": trained, "skipped": skipped, "out_dir": Path(out_dir)}
 
 
 # --------------------------------------------------------------------------- parallel runs
