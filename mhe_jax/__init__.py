@@ -11,6 +11,7 @@ from mhe_jax._baselines import (
     orthonormal_regularizer as orthonormal_regularizer,
 )
 from mhe_jax._calibration import uniform_reference_energy as uniform_reference_energy
+from mhe_jax._collapse import CollapseStats as CollapseStats, collapse_stats as collapse_stats
 from mhe_jax._comhe import (
     compressive_energy as compressive_energy,
     random_projections as random_projections,
@@ -26,6 +27,11 @@ from mhe_jax._energy import (
     hyperspherical_energy as hyperspherical_energy,
     output_energy as output_energy,
     uniformity_loss as uniformity_loss,
+)
+from mhe_jax._koleo import (
+    koleo_energy as koleo_energy,
+    koleo_loss as koleo_loss,
+    koleo_regularizer as koleo_regularizer,
 )
 from mhe_jax._layouts import LAYOUTS as LAYOUTS, NeuronAxes as NeuronAxes
 from mhe_jax._official import (

@@ -13,6 +13,8 @@ undo the reductions: ``π/2 − t`` where ``y > |x|``, ``π − t`` where ``x < 
 divisions and selects remain.
 
 The derivative is the exact one of ``atan2``, ``(x·dy − y·dx)/(x² + y²)``, not the polynomial's.
+NaN arguments give NaN (value and derivative), so a diverged weight is never hidden
+behind a finite angle.
 """
 
 from __future__ import annotations
@@ -64,7 +66,8 @@ def atan2_nonneg(y, x):
     swap = y > ax
     num = jnp.where(swap, ax, y)
     den = jnp.where(swap, y, ax)
-    a = jnp.where(den > 0, num / jnp.where(den > 0, den, 1), 0.0)
+    # ``den == 0`` (not ``den > 0``): a NaN argument must give NaN, never a finite angle.
+    a = jnp.where(den == 0, 0.0, num / jnp.where(den == 0, 1, den))
     big = a > _TAN_PI_8
     t = _atan_reduced(jnp.where(big, (a - 1.0) / (a + 1.0), a))
     t = jnp.where(big, t + math.pi / 4, t)
@@ -77,8 +80,9 @@ def _atan2_nonneg_jvp(primals, tangents):
     y, x = primals
     dy, dx = tangents
     r2 = x * x + y * y
-    safe = jnp.where(r2 > 0, r2, 1)
-    return atan2_nonneg(y, x), jnp.where(r2 > 0, (x * dy - y * dx) / safe, 0.0)
+    zero = r2 == 0  # NaN arguments give a NaN derivative, as atan2's
+    safe = jnp.where(zero, 1, r2)
+    return atan2_nonneg(y, x), jnp.where(zero, 0.0, (x * dy - y * dx) / safe)
 
 
 def atan2_builtin(y, x):

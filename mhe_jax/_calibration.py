@@ -11,9 +11,15 @@ density is ``∝ (1 − t²)^{(d−3)/2}``:
   Gauss–Legendre quadrature (finite for ``s < d − 1``).
 
 For half-space MHE the ``2N`` points are not independent (``(x, −x)`` pairs), and the reference is
-``(2(N − 1) I(d) + f(2)) / (2N − 1)`` (``f(π)`` for angular). A calibrated layer energy
-``E / E_ref`` is ≈ 1 for random (e.g. freshly initialised) neurons in any layer and < 1 for
-configurations more uniform than random. For ``s ≥ d − 1`` the uniform expectation diverges
+``(2(N − 1) I(d) + f(2)) / (2N − 1)`` (``f(π)`` for angular).
+
+Calibrated energy (:func:`calibrate_energy`). For ``s > 0``, ``E / E_ref`` (``E_ref > 0``). The
+log energy (``s = 0``) takes any sign (``I_0(d) < 0`` for ``d ≥ 3``, ``I_0(2) = 0``), so a ratio
+would reverse or blow up the regularizer; it is calibrated as ``exp(E − E_ref)``, the ratio of the
+geometric means of ``1/r`` (the ``s → 0`` limit of ``(mean r^{−s})^{1/s}``). Both are positive
+and increasing in ``E``, with gradient a positive multiple of ``∇E``; both are ≈ 1 for random
+(e.g. freshly initialised) neurons in any layer and < 1 for configurations more uniform than
+random. For ``s ≥ d − 1`` the uniform expectation diverges
 (e.g. s = 2 in R²) and calibration raises. The kernel ``f_s`` is :func:`mhe_jax._kernels.riesz`
 (the one definition, evaluated in float64 NumPy here); the closed forms are its expectations.
 """
@@ -22,11 +28,12 @@ from __future__ import annotations
 
 import math
 
+import jax.numpy as jnp
 import numpy as np
 
 from mhe_jax._kernels import riesz
 
-__all__ = ["uniform_reference_energy"]
+__all__ = ["uniform_reference_energy", "calibrate_energy"]
 
 
 def _digamma(x: float) -> float:
@@ -103,3 +110,17 @@ def uniform_reference_energy(n: int, d: int, *, s: float = 2.0, distance: str = 
     if half_space:
         return (2 * (n - 1) * ref + antipodal) / (2 * n - 1)
     return ref
+
+
+def calibrate_energy(energy, reference: float, s: float):
+    r"""The calibrated energy: ``E / E_ref`` for ``s > 0``, ``exp(E − E_ref)`` for ``s = 0``.
+
+    ``reference``: :func:`uniform_reference_energy` of the layer (a Python float). Positive and
+    increasing in ``energy`` for every ``s ≥ 0`` and ``d`` (module docstring); ≈ 1 when
+    ``energy ≈ reference``. ``energy``: a scalar array; returns one of its dtype.
+    """
+    if float(s) == 0.0:
+        return jnp.exp(energy - reference)
+    if not (math.isfinite(reference) and reference > 0):
+        raise ValueError(f"calibration reference must be finite and > 0 for s={s}, got {reference}")
+    return energy / reference

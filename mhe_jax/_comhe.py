@@ -78,10 +78,17 @@ def compressive_energy(
     Args:
       w: array with ``N`` neurons along ``neuron_axis`` (other axes flattened, size ``d``).
       key: PRNG key of the projections.
-      projections, dim, kind: ``P``, ``k`` and ``"gaussian"`` / ``"orthogonal"``.
-      s, distance, half_space, eps, min_distance: as in :func:`mhe_jax.hyperspherical_energy`.
+      projections: ``P``, the number of random projections.
+      dim: the dimension each neuron is projected to (``A_p`` has shape ``(dim, d)``).
+      kind: ``"gaussian"`` or ``"orthogonal"`` projection matrices.
+      s: Riesz exponent, as in :func:`mhe_jax.hyperspherical_energy`.
+      distance: ``"euclidean"`` or ``"angular"``, as in :func:`mhe_jax.hyperspherical_energy`.
+      half_space: add the virtual neurons ``−ŵ_i``, as in :func:`mhe_jax.hyperspherical_energy`.
+      neuron_axis: axis of ``w`` indexing neurons.
+      eps: singularity guard, as in :func:`mhe_jax.hyperspherical_energy`.
+      min_distance: pair-force bound, as in :func:`mhe_jax.hyperspherical_energy`.
       spec: a prebuilt :class:`mhe_jax.EnergySpec` instead of the options (its ``projection``
-        field, a :class:`~mhe_jax._spec.ProjectionSpec`, gives ``projections``/``dim``/``kind``).
+        field gives ``projections``/``dim``/``kind``).
 
     Returns:
       A scalar. Scale-invariant per neuron, with a tangent gradient.

@@ -72,13 +72,17 @@ def energy_stats(
 
     Args:
       w: array with ``N`` neurons along ``neuron_axis`` (other axes flattened).
-      s, distance, half_space, eps: as in :func:`mhe_jax.hyperspherical_energy`.
+      s: Riesz exponent of the energy, as in :func:`mhe_jax.hyperspherical_energy`.
+      distance: ``"euclidean"`` or ``"angular"``, as in :func:`mhe_jax.hyperspherical_energy`.
+      half_space: add the virtual neurons ``−ŵ_i``, as in :func:`mhe_jax.hyperspherical_energy`.
+      neuron_axis: axis of ``w`` indexing neurons.
+      eps: singularity guard, as in :func:`mhe_jax.hyperspherical_energy`.
       spec: a prebuilt :class:`mhe_jax.EnergySpec` instead of the options (its ``s``,
         ``distance``, ``half_space``, ``eps``, ``min_distance`` and ``precision`` are used).
 
     Returns:
       ``EnergyStats(energy, min_angle, mean_abs_cosine)`` of scalars; ``min_angle`` in radians
-      (π for one neuron). Only ``energy`` carries a gradient.
+        (π for one neuron). Only ``energy`` carries a gradient.
 
     Examples:
       >>> import jax.numpy as jnp

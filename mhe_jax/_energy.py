@@ -73,7 +73,9 @@ def energy_from_spec(w, spec: EnergySpec, *, neuron_axis: int = -1, key=None) ->
     * ``spec.sample_size``: an unbiased estimate from that many neurons (needs ``key``);
     * ``spec.projection``: the CoMHE energy :func:`mhe_jax.compressive_energy` (needs ``key``);
     * ``spec.calibrate``: divided by :func:`mhe_jax.uniform_reference_energy` of the layer's
-      shape (``N``, ``d``), so random neurons give ≈ 1 (needs a concrete ``s``).
+      shape (``N``, ``d``), so random neurons give ≈ 1 (needs a concrete ``s``); for the log
+      energy (``s = 0``, whose reference may be ≤ 0) ``exp(E − E_ref)`` instead (positive and
+      increasing in ``E``, :mod:`mhe_jax._calibration`).
 
     Args:
       w: array with ``N`` neurons along ``neuron_axis`` (other axes flattened).
@@ -99,7 +101,7 @@ def energy_from_spec(w, spec: EnergySpec, *, neuron_axis: int = -1, key=None) ->
     else:
         energy = _energy_of_matrix(W, spec, key)
     if spec.calibrate:
-        energy = energy / calibration_reference(spec, n_total, W.shape[0])
+        energy = calibrate(spec, energy, n_total, W.shape[0])
     return energy
 
 
@@ -113,6 +115,15 @@ def calibration_reference(spec: EnergySpec, n: int, d: int, half_space=None) -> 
         raise ValueError("calibrate=True needs a concrete s (not a traced hyperparameter)")
     half = spec.half_space if half_space is None else half_space
     return uniform_reference_energy(n, d, s=float(spec.s), distance=spec.distance, half_space=half)
+
+
+def calibrate(spec: EnergySpec, energy: Array, n: int, d: int, half_space=None) -> Array:
+    """``energy`` calibrated by :func:`calibration_reference` (``E / E_ref``, or
+    ``exp(E − E_ref)`` for ``s = 0``; see :func:`mhe_jax._calibration.calibrate_energy`)."""
+    from mhe_jax._calibration import calibrate_energy
+
+    ref = calibration_reference(spec, n, d, half_space)
+    return calibrate_energy(energy, ref, float(spec.s))
 
 
 def _energy_of_matrix(W: Array, spec: EnergySpec, key) -> Array:
@@ -155,8 +166,8 @@ def hyperspherical_energy(
         neurons of size ``kh·kw·in``). bf16/f16 are computed in float32. Empty shapes raise.
       s: Riesz exponent ``s ≥ 0`` (may be a traced scalar, e.g. under ``inject_hyperparams``).
         Any ``s`` gives finite values and gradients: where ``f_s`` would exceed ``e^L``
-        (``L ≈ 54`` in float32 for s = 50) the kernel is continued linearly (see
-        :mod:`mhe_jax._kernels`); this only acts for ``s ≳ 8`` in float32.
+        (``L ≈ 54`` in float32 for s = 50) the kernel is continued linearly (C¹, like
+        ``min_distance``); this only acts for ``s ≳ 8`` in float32.
       distance: ``"euclidean"`` or ``"angular"``.
       half_space: add the virtual neurons ``−ŵ_i`` (mean over ``2N(2N−1)`` ordered pairs).
       neuron_axis: axis of ``w`` indexing neurons.
@@ -171,14 +182,14 @@ def hyperspherical_energy(
         each pair's force is at most ``s·min_distance^{−s−1}``. For low dimensions (e.g. 10
         classifier neurons in R², where s = 2 forces grow like θ^{−3} at initialisation).
       block_size: neurons per tile of the Gram matrix. ``None`` (default): the ``N × N`` pair
-        matrices are formed at once for ``N ≤ 1024`` (``_tiled.DENSE_MAX``) and computed in
+        matrices are formed at once for ``N ≤ 1024`` and computed in
         tiles of about 256 neurons above; an int asks for tiles of about that size (an int
         ``≥ N``: one dense tile). Tiles visit
         each pair of blocks once (symmetry) and keep the memory at ``O(N·d + block·N/2)``; the
         value and gradient are those of the dense formula (up to the order of summation).
       spec: a prebuilt :class:`mhe_jax.EnergySpec` instead of the options above (leave them at
-        their defaults); same as :func:`energy_from_spec`, so its ``projection``,
-        ``calibrate`` and ``precision`` fields apply too.
+        their defaults); all its fields apply, ``projection``, ``calibrate`` and
+        ``precision`` included.
 
     Returns:
       A scalar (float32, or float64 for float64 input). ``N = 1`` gives 0 (full space).
@@ -330,7 +341,7 @@ def output_energy(
     f = jnp.where(same, jnp.zeros((), c.dtype), pair_value(kernel, params, c))
     energy = jnp.sum(f) / (m * (n - 1))
     if spec.calibrate:
-        energy = energy / calibration_reference(spec, n, d, half_space=False)
+        energy = calibrate(spec, energy, n, d, half_space=False)
     return energy
 
 

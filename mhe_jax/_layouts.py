@@ -93,14 +93,16 @@ def is_layer(layout: str, path: str, leaf) -> bool:
 
 
 def _as_axes(value, ndim: int, name: str) -> tuple[int, ...]:
-    items = (value,) if isinstance(value, (int, np.integer)) else value
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]  # a 0-d NumPy array: its scalar
+    items = (value,) if isinstance(value, (int, np.integer, float, np.floating, np.bool_)) else value
     try:
         items = tuple(items)
     except TypeError:
         raise TypeError(f"{name} must be an int or a sequence of ints, got {value!r}") from None
     out = []
     for a in items:
-        if not isinstance(a, (int, np.integer)) or isinstance(a, bool):
+        if not isinstance(a, (int, np.integer)) or isinstance(a, (bool, np.bool_)):
             raise TypeError(f"{name} must be an int or a sequence of ints, got {value!r}")
         if not -ndim <= a < ndim:
             raise ValueError(f"{name}={value!r} is out of range for an array with ndim={ndim}")

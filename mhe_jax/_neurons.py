@@ -20,6 +20,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.extend.core import Primitive
+from jax.interpreters import ad, batching, mlir
 
 from mhe_jax import _checks
 
@@ -42,22 +44,40 @@ def as_neuron_matrix(w, neuron_axis: int = -1, name: str = "w") -> Array:
     return w if w.dtype == _checks.compute_dtype(w.dtype) else _upcast(w)
 
 
-@jax.custom_vjp
+@jax.custom_jvp
 def _upcast(w: Array) -> Array:
+    """bf16/f16 → float32. Its tangent is :data:`_upcast_tangent_p`, a cast whose transpose (the
+    gradient) casts back *saturating*, so a huge float32 repulsion stays finite, not inf. A
+    ``custom_jvp`` with a linear tangent, not a ``custom_vjp``: forward mode (``jax.jvp``,
+    ``jax.hessian``) and ``vmap`` work too."""
     return w.astype(jnp.float32)
 
 
-def _upcast_fwd(w):
-    return _upcast(w), jnp.zeros((0,), w.dtype)
+def _to_float32(x):
+    return x.astype(jnp.float32)
 
 
-def _upcast_bwd(res, g):
-    # Saturating cast back to bf16/f16: a huge (float32) repulsion stays finite, not inf.
-    big = jnp.finfo(res.dtype).max
-    return (jnp.clip(g, -big, big).astype(res.dtype),)
+#: The linear map ``x ↦ float32(x)`` of a bf16/f16 tangent; transpose: saturating cast back.
+_upcast_tangent_p = Primitive("mhe_upcast_tangent")
+_upcast_tangent_p.def_impl(_to_float32)
+_upcast_tangent_p.def_abstract_eval(lambda x: jax.core.ShapedArray(x.shape, jnp.float32))
+mlir.register_lowering(_upcast_tangent_p, mlir.lower_fun(_to_float32, multiple_results=False))
+batching.defvectorized(_upcast_tangent_p)
 
 
-_upcast.defvjp(_upcast_fwd, _upcast_bwd)
+def _upcast_tangent_transpose(g, x):
+    dtype = x.aval.dtype
+    big = jnp.finfo(dtype).max
+    return [jnp.clip(g, -big, big).astype(dtype)]
+
+
+ad.deflinear2(_upcast_tangent_p, _upcast_tangent_transpose)
+
+
+@_upcast.defjvp
+def _upcast_jvp(primals, tangents):
+    (w,), (dw,) = primals, tangents
+    return _upcast(w), _upcast_tangent_p.bind(dw)
 
 
 def column_scales(W: Array) -> Array:
@@ -91,8 +111,16 @@ def _scale_free_jvp(primals, tangents):
     dWs = dW * scale
     sq = jnp.sum(Ws * Ws, axis=0, keepdims=True)
     ok = sq > 0
-    coef = jnp.where(ok, jnp.sum(dWs * Ws, axis=0, keepdims=True) / jnp.where(ok, sq, 1.0), 0.0)
-    return Ws, dWs - coef * Ws
+    safe_sq = jnp.where(ok, sq, 1.0)
+
+    def project(t):
+        coef = jnp.where(ok, jnp.sum(t * Ws, axis=0, keepdims=True) / safe_sq, 0.0)
+        return t - coef * Ws
+
+    # Twice ("twice is enough"): the second pass removes the rounding of the first, so a
+    # tangent exactly parallel to a column (identical neurons with equal entries, e.g. an
+    # all-ones kernel) projects to exactly 0.
+    return Ws, project(project(dWs))
 
 
 def inverse_norms(W: Array, norm_eps: float = 0.0) -> Array:

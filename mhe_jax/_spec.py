@@ -128,8 +128,12 @@ class EnergySpec:
       (1e-6 below float64, 1e-12 in float64).
     * ``min_distance``: force bound, the kernel is continued linearly below this distance.
     * ``sample_size``: energy of this many neurons drawn without replacement (needs a key).
-    * ``projection``: CoMHE projections (:class:`ProjectionSpec`, or a dict of its fields).
-    * ``calibrate``: divide by the energy of uniform random neurons (regularizer, diagnostics).
+    * ``projection``: CoMHE projections, a dict ``{"projections": P, "dim": k, "kind":
+      "gaussian" | "orthogonal"}`` (stored validated, as a frozen record of those three
+      fields; see :func:`mhe_jax.compressive_energy`).
+    * ``calibrate``: divide by the energy of uniform random neurons
+      (:func:`mhe_jax.uniform_reference_energy`; regularizer, diagnostics); ``exp(E − E_ref)``
+      for ``s = 0``, whose reference may be ≤ 0.
     * ``block_size``: neurons per Gram tile (``None``: automatic).
     * ``precision``: Gram-product precision, ``"highest"`` (default: full float32 products,
       6-pass bf16 on TPU), ``"high"`` (bf16×3, about float32 accuracy but ~1e-6 relative

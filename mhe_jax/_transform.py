@@ -28,7 +28,7 @@ import optax
 from jax.typing import ArrayLike
 
 from mhe_jax import _checks, _energy, _layouts, _tree
-from mhe_jax._diagnostics import energy_stats
+from mhe_jax._diagnostics import EnergyStats, energy_stats
 from mhe_jax._spec import EnergySpec, resolve_spec
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "mhe_penalty",
     "layer_energies",
     "energies_as_floats",
+    "EnergyStatsDegrees",
     "penalty_transformation",
 ]
 
@@ -46,14 +47,21 @@ ScalarOrSchedule = float | jax.Array | Callable[[jax.Array], jax.Array]
 LayerPenalty = Callable[..., jax.Array]
 
 
+#: Prefix of the strengths' keys in :class:`RegularizerState`.
+_LAST = "last_"
+
+
 class RegularizerState(NamedTuple):
     """State of the penalty transformations.
 
     ``count``: the step count (drives schedules and sampling keys). ``strengths``: the strengths
-    of the latest update (at ``init``: those the first update will use), by name; each is also an
-    attribute, ``state.hidden_strength``, ``state.output_strength`` (None when off) or
-    ``state.strength`` for the baselines, and ``optax.tree_utils.tree_get(opt_state,
-    "hidden_strength")`` finds it inside a chain.
+    of the latest update (at ``init``: those the first update will use), keyed ``"last_"`` + the
+    argument's name; each is also an attribute under the argument's name,
+    ``state.hidden_strength``, ``state.output_strength`` (None when off) or ``state.strength``
+    for the baselines. Inside a chain, ``optax.tree_utils.tree_get(opt_state,
+    "last_hidden_strength")`` finds it. The prefix keeps the keys apart from the hyperparameters
+    of ``optax.inject_hyperparams``, so ``tree_get(opt_state, "hidden_strength")`` there finds
+    the one injected value (not two).
     """
 
     count: jax.Array
@@ -61,9 +69,11 @@ class RegularizerState(NamedTuple):
 
     def __getattr__(self, name: str):
         strengths = tuple.__getitem__(self, 1)
-        if strengths is not None and name in strengths:
-            return strengths[name]
+        for key in (_LAST + name, name):
+            if strengths is not None and key in strengths:
+                return strengths[key]
         raise AttributeError(f"{type(self).__name__!r} has no attribute {name!r}")
+
 
 
 def check_strength(value, name: str, *, optional: bool = False):
@@ -115,8 +125,8 @@ def penalty_transformation(
 ) -> optax.GradientTransformationExtraArgs:
     """Add ``∇ penalty(layers)`` to the updates; the shared engine of every regularizer here.
 
-    At each step the layers are selected from ``params`` (:func:`mhe_jax._tree.select_layers`
-    with ``mask``, ``output``, ``neuron_axis``, ``layout``) and ``penalty(matrices, layers,
+    At each step the layers are selected from ``params`` (as :func:`mhe_jax.selected_layers`
+    does, with ``mask``, ``output``, ``neuron_axis``, ``layout``) and ``penalty(matrices, layers,
     count, key, **extra_args)`` is differentiated with respect to them: ``matrices[i]`` is the
     ``(d, N)`` neuron matrix of ``layers[i]``, ``count`` the step count (the penalty evaluates
     its own schedules with it), ``key`` a PRNG key from ``seed`` and the count, and
@@ -135,7 +145,7 @@ def penalty_transformation(
     def report(count):
         if strengths is None:
             return None
-        return {k: None if v is None else jnp.asarray(v, jnp.float32)
+        return {_LAST + k: None if v is None else jnp.asarray(v, jnp.float32)
                 for k, v in strengths(count).items()}
 
     def init_fn(params):
@@ -308,7 +318,8 @@ def mhe_regularizer(
       hidden_strength: λ_h ≥ 0, a number or an optax schedule of the step count.
       output_strength: λ_o ≥ 0 (number or schedule) for the layers matched by ``output`` (None:
         output layer not regularized). Requires ``output``.
-      s, distance: Riesz exponent (s = 0: log energy) and ``"euclidean"`` / ``"angular"``.
+      s: Riesz exponent ``s ≥ 0`` (s = 0: log energy).
+      distance: ``"euclidean"`` (chord) or ``"angular"`` (radians).
       half_space: half-space MHE on hidden layers (``True`` or ``"hidden"``); the output layer
         always gets full-space MHE (``"all"`` raises). Without ``output`` this warns: the last
         layer is then a hidden layer and gets half-space MHE too.
@@ -326,7 +337,7 @@ def mhe_regularizer(
       layout: ``"flax"`` (default: ``kernel`` leaves, neurons on the last axis; attention
         query/key/value kernels ``(in, heads, head_dim)`` on the last two), ``"equinox"``
         (``weight``, neurons on axis 0), ``"haiku"`` (``w``, last axis) or ``"torch"`` (names
-        ending in ``weight``, axis 0). See :mod:`mhe_jax._layouts`.
+        ending in ``weight``, axis 0); the names are :data:`mhe_jax.LAYOUTS`.
       sample_size: energy of a random subset of this many neurons per hidden layer (Sec. 3.6),
         drawn with keys from ``seed`` and the step count (reproducible).
       seed: seed of those keys.
@@ -336,7 +347,9 @@ def mhe_regularizer(
         for low-dimensional layers (10 classifier neurons in R²) where s = 2 explodes.
       calibrate: divide each layer's energy by the expected energy of uniformly random neurons
         of the same shape (:func:`mhe_jax.uniform_reference_energy`), so one λ means the same in
-        every layer (≈ λ at initialisation). Needs a concrete ``s < d − 1``.
+        every layer (≈ λ at initialisation); for the log energy (s = 0, whose reference can be
+        ≤ 0) ``exp(E − E_ref)`` instead, so the calibrated energy is positive and increasing in
+        ``E`` for every s. Needs a concrete ``s < d − 1``.
       projection: CoMHE (:func:`mhe_jax.compressive_energy`) for hidden layers with more than
         ``dim`` inputs, e.g. ``{"projections": 20, "dim": 40, "kind": "gaussian"}``; fresh
         projections every step (keys from ``seed`` and the step).
@@ -437,6 +450,15 @@ def mhe_penalty(
                    labels=labels)
 
 
+class EnergyStatsDegrees(NamedTuple):
+    """:class:`mhe_jax.EnergyStats` with the smallest angle in degrees (the field's name carries
+    the unit, so :func:`energies_as_floats` never converts it twice)."""
+
+    energy: jax.Array
+    min_angle_deg: jax.Array  # degrees
+    mean_abs_cosine: jax.Array
+
+
 def layer_energies(
     params: optax.Params,
     *,
@@ -463,7 +485,8 @@ def layer_energies(
     that of :func:`mhe_regularizer`. One Gram matrix per layer (jit it for repeated logging).
 
     Returns ``{path: EnergyStats(energy, min_angle, mean_abs_cosine)}`` (scalar arrays;
-    ``min_angle`` in radians, or degrees with ``degrees=True``); with ``as_floats=True`` plain
+    ``min_angle`` in radians), or with ``degrees=True`` ``{path: EnergyStatsDegrees(energy,
+    min_angle_deg, mean_abs_cosine)}`` (the unit in the field's name); with ``as_floats=True`` plain
     floats for a JSONL / TensorBoard logger, ``{path: {"energy": float, "min_angle_deg": float,
     "mean_abs_cosine": float}}`` (``"min_angle"`` in radians when ``degrees=False``), as
     :func:`energies_as_floats` gives from the arrays (use that one after a jitted call).
@@ -490,38 +513,50 @@ def layer_energies(
         st = energy_stats(W, spec=spec.replace(half_space=layer_half, calibrate=False))
         if spec.calibrate:
             d, n = W.shape
-            ref = _energy.calibration_reference(spec, n, d, half_space=layer_half)
-            st = st._replace(energy=st.energy / ref)
+            st = st._replace(energy=_energy.calibrate(spec, st.energy, n, d, layer_half))
         if degrees and not as_floats:
-            st = st._replace(min_angle=jnp.degrees(st.min_angle))
+            st = EnergyStatsDegrees(st.energy, jnp.degrees(st.min_angle), st.mean_abs_cosine)
         out[layer.path] = st
     return energies_as_floats(out, degrees=degrees) if as_floats else out
 
 
 def energies_as_floats(stats: Mapping[str, Any], *, degrees: bool = True) -> dict[str, dict]:
     """``{path: {"energy", "min_angle_deg" (or "min_angle" in radians), "mean_abs_cosine"}}``
-    as Python floats, from the (radian) arrays of :func:`layer_energies`.
+    as Python floats, from the arrays of :func:`layer_energies`: :class:`mhe_jax.EnergyStats`
+    (``min_angle`` in radians) or :class:`EnergyStatsDegrees` (``min_angle_deg``, from
+    ``degrees=True``); each is converted from its own unit, never twice.
 
     Examples:
       >>> import jax, jax.numpy as jnp, mhe_jax
       >>> stats = jax.jit(mhe_jax.layer_energies)({"Dense_0": {"kernel": jnp.eye(2)}})
       >>> round(mhe_jax.energies_as_floats(stats)["Dense_0/kernel"]["min_angle_deg"], 3)
       90.0
+      >>> deg = jax.jit(lambda p: mhe_jax.layer_energies(p, degrees=True))(
+      ...     {"Dense_0": {"kernel": jnp.eye(2)}})
+      >>> round(mhe_jax.energies_as_floats(deg)["Dense_0/kernel"]["min_angle_deg"], 3)
+      90.0
     """
     out = {}
     for path, st in stats.items():
+        if not isinstance(st, (EnergyStats, EnergyStatsDegrees)):
+            raise TypeError(
+                f"energies_as_floats: stats[{path!r}] must be an EnergyStats or "
+                f"EnergyStatsDegrees (from layer_energies), got {type(st).__name__}"
+            )
         try:
-            angle = float(st.min_angle)
+            if isinstance(st, EnergyStatsDegrees):  # the unit is in the type: convert once
+                deg = float(st.min_angle_deg)
+                angle = deg if degrees else math.radians(deg)
+            else:
+                rad = float(st.min_angle)
+                angle = math.degrees(rad) if degrees else rad
         except jax.errors.ConcretizationTypeError as e:
             raise TypeError(
                 "energies_as_floats / layer_energies(as_floats=True) need concrete values: call "
                 "it outside jit, on the result of a jitted layer_energies"
             ) from e
         entry = {"energy": float(st.energy)}
-        if degrees:
-            entry["min_angle_deg"] = math.degrees(angle)
-        else:
-            entry["min_angle"] = angle
+        entry["min_angle_deg" if degrees else "min_angle"] = angle
         entry["mean_abs_cosine"] = float(st.mean_abs_cosine)
         out[path] = entry
     return out

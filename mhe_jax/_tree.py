@@ -11,11 +11,14 @@ form give the same paths. The layout rules (which leaves, which axes) are in
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 from jax import tree_util
 
 from mhe_jax import _layouts
@@ -91,10 +94,19 @@ def default_is_layer(path: str, leaf) -> bool:
     return _layouts.is_layer("flax", path, leaf)
 
 
+def _is_scalar(x) -> bool:
+    """A Python or NumPy scalar (ints, and bools/floats that are then refused by name)."""
+    return isinstance(x, (numbers.Number, np.generic)) or (
+        isinstance(x, np.ndarray) and x.ndim == 0)
+
+
 def _is_single_spec(spec) -> bool:
-    if spec is None or isinstance(spec, (int, NeuronAxes)) or callable(spec):
+    """One spec for every leaf: None, a (NumPy) int, a NeuronAxes, a callable or a sequence of
+    scalars (not a pytree of per-leaf specs). Bools and floats count as one spec, so that
+    :func:`mhe_jax._layouts.normalize_axes` refuses them by name."""
+    if spec is None or _is_scalar(spec) or isinstance(spec, NeuronAxes) or callable(spec):
         return True
-    return isinstance(spec, (tuple, list)) and all(isinstance(a, int) for a in spec)
+    return isinstance(spec, (tuple, list)) and all(_is_scalar(a) for a in spec)
 
 
 def _leaf_specs(neuron_axis, params, treedef, paths, leaves) -> list:
@@ -163,8 +175,9 @@ def select_layers(
     come from ``neuron_axis`` where given (see :data:`NeuronAxis`), else from the layout.
 
     Returns ``(leaves, treedef, layers)``. Raises if ``params`` is None, if nothing is
-    selected, if ``output`` matches no layer or every layer, if a selected leaf has ndim < 2, or
-    if a 3-D kernel's neuron axes are ambiguous. ``warn``: warn when ``output`` matches several
+    selected, if ``output`` matches no layer or every layer, if a selected leaf has ndim < 2 or
+    a non-floating dtype (integer, bool, complex; the error names its path), or if a 3-D
+    kernel's neuron axes are ambiguous. ``warn``: warn when ``output`` matches several
     layers.
     """
     _layouts.check_layout(layout)
@@ -194,6 +207,13 @@ def select_layers(
                 "has ndim < 2: a layer needs neurons along one axis and their vectors along the "
                 "others"
             )
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is not None and not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(
+                f"leaf {path!r} (shape {tuple(leaf.shape)}, dtype {dtype}) was selected as a layer "
+                "but has no real floating dtype: MHE needs float32/float64/bf16/f16 neurons (and "
+                "a gradient). Leave it out with mask=, or cast it"
+            )
         if specs[i] is None:
             axes = _layouts.default_neuron_axes(layout, path, leaf, all_paths)
             if isinstance(axes, _layouts.AmbiguousKernel):
@@ -206,9 +226,15 @@ def select_layers(
         raise _layouts.ambiguity_error(ambiguous)
     if not layers:
         names = {"flax": "'kernel'", "equinox": "'weight'", "haiku": "'w'", "torch": "'...weight'"}
+        # The layouts under which this tree has layers (torch first for dotted state-dict keys).
+        fits = [other for other in _layouts.LAYOUTS if other != layout and any(
+            _layouts.is_layer(other, p, leaf) for p, leaf in zip(paths, leaves, strict=True))]
+        if any("." in p for p in paths):
+            fits.sort(key=lambda other: other != "torch")
+        hint = (f"; its leaves fit layout={fits[0]!r}: pass layout={fits[0]!r}" if fits else "")
         raise ValueError(
             f"no parameter was selected as a layer (layout={layout!r}: leaves named "
-            f"{names[layout]} with ndim >= 2; pass layout=, mask= or output=); paths are: "
+            f"{names[layout]} with ndim >= 2; pass layout=, mask= or output=){hint}; paths are: "
             f"{', '.join(paths) or '(none)'}"
         )
     return leaves, treedef, layers

@@ -393,6 +393,17 @@ def test_bad_arguments(kwargs, exc, match):
         basin_hopping(**{"key": 0, **kwargs})
 
 
+@pytest.mark.parametrize("chains", [1, 2])
+def test_coincident_init_is_refused_naming_init(chains):
+    """All points equal: it returned E = 17383 for 6 points, without an error."""
+    with pytest.raises(ValueError, match="init has coincident points: .*rows 0 and 1"):
+        basin_hopping(6, key=0, init=np.ones((6, 3)), hops=1, chains=chains)
+    x = np.random.default_rng(0).standard_normal((2, 6, 3))
+    x[1, 4] = 3.0 * x[1, 2]  # the same point after normalisation, in the second chain only
+    with pytest.raises(ValueError, match="start 1: rows 2 and 4"):
+        basin_hopping(6, key=0, init=x, hops=1)
+
+
 def test_key_is_required():
     with pytest.raises(TypeError, match="key"):
         basin_hopping(4)  # type: ignore[call-arg]

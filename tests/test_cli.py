@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 
+import jax
 import pytest
 
 from mhe_jax.experiments.__main__ import main as cli
@@ -218,6 +219,13 @@ def test_quickstart_runs_table_and_figure(tmp_path):
     lines = proc.stdout.splitlines()
     header = next(line for line in lines if line.startswith("method"))
     assert "test acc. (%)" in header and "train time" in header and " s " not in header
+    # the widths actually used (model.widths=4,4,8 above), not the default 16/32/64
+    title = lines[lines.index(header) - 2]
+    assert "CNN-9 4/4/8," in title and "16/32/64" not in proc.stdout, title
+    # the machine the numbers come from: CPU, cores, jax version and backend
+    machine = lines[lines.index(header) - 1]
+    assert machine.startswith("machine: ") and " CPUs (" in machine, machine
+    assert f"jax {jax.__version__}, backend cpu" in machine, machine
     rows = [line for line in lines if line.split()[:1] in (["baseline"], ["mhe"], ["half_mhe"])]
     assert len(rows) == 3 and all(row.endswith(" sec") for row in rows)
     assert "exponent 2" in proc.stdout  # s is named, not abbreviated
@@ -229,3 +237,155 @@ def test_progress_bar_is_labelled_with_the_run_name(tmp_path, capfd):
     cli(["run", "quickstart/mhe", "--out", str(tmp_path), *_sets(TINY)])
     err = capfd.readouterr().err
     assert "quickstart/mhe seed 0:" in err.replace("\r", "\n")
+
+
+# ------------------------------------------------------------------ bad input: one line, exit 2
+
+
+def _image_folder(root, *, corrupt=False, empty_val=False):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c in ("n01", "n02"):
+            (root / split / c).mkdir(parents=True)
+            if not (split == "val" and empty_val):
+                Image.new("RGB", (10, 12), (9, 99, 199)).save(root / split / c / "0.png")
+    bad = root / "train" / "n02" / "broken.jpg"
+    if corrupt:
+        bad.write_bytes(b"\xff\xd8\xff\xe0 not really a JPEG")
+    return bad
+
+
+def _bad_inputs(tmp_path):
+    """(argv, texts the one line must hold): every class of user error that ended in a
+    traceback (or was silently accepted) before."""
+    from tests.data_files import make_jpeg_npz
+
+    bad_jpg = _image_folder(tmp_path / "jpg", corrupt=True)
+    _image_folder(tmp_path / "noval", empty_val=True)
+    npz = tmp_path / "cifar.npz"
+    make_jpeg_npz(npz)
+    npz.write_bytes(npz.read_bytes()[: npz.stat().st_size // 2])
+    results = tmp_path / "done" / "results.json"
+    results.parent.mkdir()
+    results.write_text('{"name": "quickstart/mhe", "test_error": 1.')
+    config = tmp_path / "study" / "seed0" / "quickstart" / "baseline" / "config.json"
+    config.parent.mkdir(parents=True)
+    config.write_text('{"name": "quickstart/base')
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    imagenet = ["run", "table6/resnet18/mhe", "--out", str(tmp_path / "o"), "--no-progress",
+                "--set", "data.image_size=8"]
+    return {
+        "corrupt .jpg": ([*imagenet, "--set", f"data.data_dir={tmp_path / 'jpg'}"],
+                         [str(bad_jpg), "cannot be decoded"]),
+        "empty val/": ([*imagenet, "--set", f"data.data_dir={tmp_path / 'noval'}"],
+                       [str(tmp_path / "noval" / "val"), "no images", "data.data_dir"]),
+        "truncated JPEG .npz": (["run", "repro/cifar10_small/baseline", "--out",
+                                 str(tmp_path / "o"), "--set", f"data.data_dir={npz}"],
+                                [str(npz), "cannot be read"]),
+        "truncated results.json": (["report", str(tmp_path / "done")],
+                                   [str(results), "not valid JSON"]),
+        "truncated config.json": (["study", "--configs", "quickstart", "--methods", "baseline",
+                                   "--seeds", "0", "--out", str(tmp_path / "study")],
+                                  [str(config), "not valid JSON"]),
+        "--report-only, truncated config.json": (
+            ["study", "--report-only", "--runs", str(tmp_path / "study")],
+            [str(config), "not valid JSON"]),
+        "run --out a file": (["run", "quickstart/mhe", "--out", str(afile)],
+                             ["--out", str(afile), "is a file"]),
+        "quickstart --out below a file": (["quickstart", "--out", str(afile / "x")],
+                                          ["--out", "is below", str(afile)]),
+        "study --out below a file": (["study", "--configs", "quickstart", "--out",
+                                      str(afile / "x")], ["--out", str(afile)]),
+        "fig4 --out below a file": (["fig4", "--out", str(afile / "x")], ["--out", str(afile)]),
+        "report --out below a file": (["report", str(tmp_path / "done"), "--out",
+                                       str(afile / "t.md")], ["--out", str(afile)]),
+        "report --plot a folder": (["report", str(tmp_path / "done"), "--plot", str(tmp_path)],
+                                   ["--plot", "is a folder"]),
+        "quickstart --steps 0": (["quickstart", "--steps", "0", "--out", str(tmp_path / "q")],
+                                 ["--steps 0", ">= 1"]),
+        "quickstart --steps -3": (["quickstart", "--steps", "-3", "--out", str(tmp_path / "q")],
+                                  ["--steps -3"]),
+        "study --baseline nosuch": (["study", "--configs", "quickstart", "--baseline", "nosuch",
+                                     "--out", str(tmp_path / "q")],
+                                    ["--baseline 'nosuch'", "baseline,mhe,half_mhe"]),
+        "study --report-only --baseline nosuch": (
+            ["study", "--report-only", "--runs", str(tmp_path / "done"), "--baseline", "nosuch"],
+            ["--baseline 'nosuch'"]),
+    }
+
+
+BAD_INPUTS = ["corrupt .jpg", "empty val/", "truncated JPEG .npz", "truncated results.json",
+              "truncated config.json", "--report-only, truncated config.json", "run --out a file",
+              "quickstart --out below a file", "study --out below a file",
+              "fig4 --out below a file", "report --out below a file", "report --plot a folder",
+              "quickstart --steps 0", "quickstart --steps -3", "study --baseline nosuch",
+              "study --report-only --baseline nosuch"]
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_is_one_line_naming_the_file_or_argument(capsys, tmp_path, case):
+    """Each class of bad input: exit 2, one line on stderr, the file or argument named, and
+    nothing trained or written (no traceback, no silent default)."""
+    cases = _bad_inputs(tmp_path)
+    assert sorted(cases) == sorted(BAD_INPUTS)
+    argv, texts = cases[case]
+    before = sorted(p for p in tmp_path.rglob("*"))
+    line = _user_error(capsys, argv)
+    assert all(t in line for t in texts), line
+    assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing trained, nothing written
+
+
+def test_checkpoint_errors_are_one_line(capsys, tmp_path, monkeypatch):
+    """A model of another shape than the checkpoint's (run --resume-anyway with another
+    model.widths) ended in a traceback; the runner's error is now one line (the real run:
+    test_resume_anyway_with_other_widths_is_one_line, slow)."""
+    from mhe_jax.experiments import runner
+    from mhe_jax.train import CheckpointError, CheckpointMismatchError
+
+    for error in (CheckpointMismatchError("checkpoint /x/6 holds another model: leaf "
+                                          "model/kernel: checkpoint shape (3, 4) float32"),
+                  CheckpointError("no intact checkpoint in /x")):
+        def fake_run(*args, error=error, **kwargs):
+            raise error
+
+        monkeypatch.setattr(runner, "run", fake_run)
+        line = _user_error(capsys, ["run", "quickstart/mhe", "--out", str(tmp_path),
+                                    "--resume-anyway"])
+        assert str(error) in line
+
+
+@pytest.mark.slow  # a real tiny run (~30 s on 2 cores); the fast twin is the test above
+def test_resume_anyway_with_other_widths_is_one_line(capsys, tmp_path):
+    tiny = [*TINY, "logging.checkpoint_every=2"]
+    cli(["run", "quickstart/baseline", "--out", str(tmp_path), "--no-progress", *_sets(tiny)])
+    ckpts = tmp_path / "quickstart/baseline/checkpoints"
+    files = sorted(ckpts.rglob("*"))
+    line = _user_error(capsys, ["run", "quickstart/baseline", "--out", str(tmp_path),
+                                "--no-progress", "--resume-anyway",
+                                *_sets([*tiny, "model.widths=4,4,6"])])
+    assert "leaf model/" in line and "checkpoint shape" in line and "model shape" in line
+    assert sorted(ckpts.rglob("*")) == files
+    assert not (tmp_path / "quickstart/baseline/checkpoints.damaged").exists()
+
+
+def test_help_explains_the_options_with_todays_keys(capsys):
+    """--out, --steps, --no-progress and --seeds had no help; --set's example used a key of
+    the old flat configs (steps=100)."""
+    from mhe_jax.experiments.__main__ import _parser
+
+    commands = _parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    seen = set()
+    for command in ("quickstart", "fig4", "study", "run", "report"):
+        for action in commands[command]._actions:
+            named = {"--out", "--steps", "--no-progress", "--seeds", "--set"}
+            for option in named & set(action.option_strings):
+                assert action.help and len(action.help.split()) >= 4, (command, option)
+                seen.add(option)
+        with pytest.raises(SystemExit):
+            _parser().parse_args([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        if "--set KEY=VALUE" in text:
+            assert "--set optim.steps=100" in text and "--set steps=" not in text
+    assert seen == {"--out", "--steps", "--no-progress", "--seeds", "--set"}

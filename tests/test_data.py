@@ -926,6 +926,43 @@ def test_image_folder_errors(tmp_path):
         D.load_image_folder(tmp_path, max_per_class=0)
 
 
+def test_image_folder_without_images_in_a_split_or_class_raises(tmp_path):
+    """A val/ without images loaded silently as "N train / 0 test" (torchvision's ImageFolder
+    raises); so does a class folder without images."""
+    for c in ("a", "b"):
+        _write_image(tmp_path / "train" / c / "0.png", _banded(8, 8, 1))
+        (tmp_path / "val" / c).mkdir(parents=True)
+    (tmp_path / "val/a/readme.txt").write_text("not an image")
+    with pytest.raises(D.DatasetNotFoundError, match=r"val holds no images: expected files"):
+        D.load_image_folder(tmp_path, size=8)
+    _write_image(tmp_path / "val/a/0.png", _banded(8, 8, 1))
+    with pytest.raises(D.DatasetNotFoundError, match=r"val has no images for class\(es\) b"):
+        D.load_image_folder(tmp_path, size=8)
+    _write_image(tmp_path / "val/b/0.png", _banded(8, 8, 1))
+    (tmp_path / "train/c").mkdir()
+    with pytest.raises(D.DatasetNotFoundError, match=r"train has no images for class\(es\) c"):
+        D.load_image_folder(tmp_path, size=8)
+    (tmp_path / "train/c").rmdir()
+    assert D.load_image_folder(tmp_path, size=8).summary().startswith(f"{tmp_path.name}: 2 "
+                                                                       "train / 2 test")
+
+
+@pytest.mark.parametrize("workers", [0, -1, True, 1.5])
+def test_image_folder_workers_is_checked(tmp_path, workers):
+    """workers=0 silently meant "the CPU count" (``workers or cpu_count``)."""
+    with pytest.raises(ValueError, match="workers must be a positive int"):
+        D.load_image_folder(tmp_path, workers=workers)
+
+
+@pytest.mark.parametrize("num_classes", [3.7, -1, 0, True, np.float64(3.0), "3"])
+def test_make_dataset_num_classes_must_be_a_positive_int(num_classes):
+    """num_classes=3.7 was stored as 3; -1 and True were accepted."""
+    x = np.zeros((2, 4, 4, 1), np.uint8)
+    with pytest.raises(ValueError, match="num_classes must be an int >= 1"):
+        D.make_dataset(x, [0, 1], x, [1, 1], num_classes, "toy")
+    assert D.make_dataset(x, [0, 1], x, [1, 1], np.int64(2), "toy").num_classes == 2
+
+
 def test_imagenet_config_reads_an_image_folder(tmp_path):
     from mhe_jax.experiments import apply_overrides, get_config
     from mhe_jax.experiments.runner import load_dataset

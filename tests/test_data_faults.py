@@ -292,6 +292,23 @@ def test_fuzz_truncated_downloads(tmp_path, server, n):
 MNIST_IMAGES = "train-images-idx3-ubyte.gz"
 
 
+@pytest.mark.parametrize("loader", ["mnist", "cifar10"])
+def test_failed_load_leaves_no_new_folder(tmp_path, server, loader):
+    """A mistyped root= (the CLI's data.data_dir) was created on disk before the download
+    failed; now every folder made for the download goes again with it (an existing one stays)."""
+    root = tmp_path / "typo" / "data"
+    with pytest.raises(D.DownloadError):
+        if loader == "mnist":
+            D.load_mnist(root=root, mirrors=[server.url + "/none/"])
+        else:
+            D.load_cifar10(root, urls=server.url + "/none.tar.gz")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(D.DownloadError):
+        D.download_file(server.url + "/none", tmp_path / "kept" / "a" / "f.bin", None)
+    assert _listing(tmp_path) == ["kept"]
+
+
 def _serve_mnist(server, files, prefix="/m/", override=None):
     for name, blob in files.items():
         server.serve(prefix + name, *(override or {}).get(name, [("ok", blob)]))

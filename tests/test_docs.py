@@ -17,6 +17,7 @@ import inspect
 import os
 import pathlib
 import pkgutil
+import re
 import subprocess
 import sys
 import types
@@ -208,3 +209,150 @@ def test_docs_python_blocks_run(where, code, tmp_path):
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, f"{where} failed:\n{result.stderr[-4000:]}"
+
+
+# --- The rendered API pages (issue 26). mkdocstrings reads Google-style sections: an Args entry
+# is one line at the section's indentation, `name: text`, the rest of the entry indented deeper;
+# a Returns entry likewise, and `word: text` there reads as a return value named `word`.
+
+SECTION = re.compile(r"^(Args|Arguments|Parameters|Keyword Args|Returns|Yields|Raises|Examples|"
+                     r"Attributes|Note|Notes|Example|Warns|Warnings|References):\s*$")
+PRIVATE_MHE_PATH = re.compile(r"\bmhe_jax(?:\.\w+)*\._[A-Za-z]\w*")
+
+
+def _sections(doc: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    current = None
+    for line in doc.splitlines():
+        match = SECTION.match(line)
+        if match:
+            current = match.group(1)
+            out.setdefault(current, [])
+        elif current and line.strip() and not line[0].isspace():
+            current = None
+        elif current:
+            out[current].append(line)
+    return out
+
+
+def _entries(lines: list[str]) -> list[str]:
+    """The first lines of a section's entries: those at the section's own indentation."""
+    text = [line for line in lines if line.strip()]
+    if not text:
+        return []
+    indent = min(len(line) - len(line.lstrip()) for line in text)
+    return [line.strip() for line in text if len(line) - len(line.lstrip()) == indent]
+
+
+def _rendered_objects() -> list[tuple[str, object]]:
+    """Every function and class of the API pages, with the public methods of the classes."""
+    objects = []
+    for path in _public_paths():
+        obj = _resolve(path)
+        if inspect.isfunction(obj) or inspect.isclass(obj):
+            objects.append((path, obj))
+        if inspect.isclass(obj):
+            for name, member in vars(obj).items():
+                function = getattr(member, "__func__", member)
+                if not name.startswith("_") and inspect.isfunction(function):
+                    objects.append((f"{path}.{name}", function))
+    return objects
+
+
+RENDERED = _rendered_objects()
+
+
+def test_args_entries_name_one_parameter_of_the_signature_each():
+    # "s, distance: ..." rendered as one required parameter named "s, distance", without a type
+    bad = []
+    for path, obj in RENDERED:
+        doc = inspect.getdoc(obj) or ""
+        try:
+            parameters = set(inspect.signature(obj).parameters)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            continue
+        for entry in _entries(_sections(doc).get("Args", [])):
+            match = re.match(r"\*{0,2}(\w+)\s*(?:\([^)]*\))?:", entry)
+            if match is None or match.group(1) not in parameters:
+                bad.append(f"{path}: {entry[:60]!r}")
+    assert not bad, "Args entries that are not one parameter of the signature:\n" + "\n".join(bad)
+
+
+def test_returns_sections_are_one_unnamed_entry():
+    # basin_hopping's 7-line Returns rendered as 7 rows; "A :class:`X`: ..." as a value named "A"
+    bad = []
+    for path, obj in RENDERED:
+        entries = _entries(_sections(inspect.getdoc(obj) or "").get("Returns", []))
+        if len(entries) > 1:
+            bad.append(f"{path}: {len(entries)} entries (indent the continuation lines)")
+        elif entries and re.match(r"\w+\s*(?:\([^)]*\))?:", entries[0]):
+            bad.append(f"{path}: {entries[0][:40]!r} reads as a return value named by its 1st word")
+    assert not bad, "\n".join(bad)
+
+
+def test_docstrings_point_at_public_names_only():
+    # the reference documents the public names; a private module (mhe_jax._kernels) is not in it
+    bad = [f"{path}: {match.group(0)}" for path, obj in RENDERED
+           for match in PRIVATE_MHE_PATH.finditer(inspect.getdoc(obj) or "")]
+    bad += [f"{path}: ``{match.group(1)}``" for path, obj in RENDERED
+            for match in re.finditer(r"``(_[a-z]\w*\.\w+)``", inspect.getdoc(obj) or "")]
+    assert not bad, "references to private names in rendered docstrings:\n" + "\n".join(bad)
+
+
+def test_no_code_spans_in_indented_blocks():
+    # an indented block is a code block in Markdown: its ``x`` showed as literal backticks
+    bad = []
+    for path, obj in RENDERED:
+        doc = inspect.getdoc(obj) or ""
+        text = doc.split("\nArgs:")[0].split("\nExamples:")[0]
+        for block in re.findall(r"\n\n((?: {4}.*\n?)+)", text):
+            if "``" in block and ">>>" not in block:
+                bad.append(f"{path}: {block.strip()[:60]!r}")
+    assert not bad, "\n".join(bad)
+
+
+def test_checkpointer_page_lists_every_public_method():
+    # docs/api/train.md renders Checkpointer's methods only (not the attributes __init__ sets)
+    from mhe_jax.train import Checkpointer
+
+    page = (ROOT / "docs" / "api" / "train.md").read_text(encoding="utf-8")
+    match = re.search(r"::: mhe_jax\.train\.Checkpointer\n(?:    .*\n)*?\s+members: \[(.*)\]",
+                      page)
+    assert match, "docs/api/train.md: no members list for mhe_jax.train.Checkpointer"
+    listed = [name.strip() for name in match.group(1).split(",")]
+    public = [name for name, member in vars(Checkpointer).items()
+              if not name.startswith("_") and callable(member)]
+    assert sorted(listed) == sorted(public)
+
+
+def test_hook_gives_private_titles_their_public_names():
+    html = ('<code><span title="mhe_jax._tree.PathPattern">PathPattern</span></code> '
+            '<a title="mhe_jax.EnergyStats (mhe_jax._diagnostics.EnergyStats)" href="#x">E</a> '
+            '<span title="mhe_jax._energy.Array">Array</span> '
+            '<span title="mhe_jax.sphere._basin.DEFAULT_MOVE">DEFAULT_MOVE</span> '
+            '<span title="mhe_jax._layouts.NeuronAxes">NeuronAxes</span> '
+            '<span title="mhe_jax._nothing.Here">Here</span>'
+            '<p class="doc doc-class-bases">\n Bases: <code><span >_Section</span></code></p>'
+            '<p class="doc doc-class-bases">\n Bases: <code><span >NamedTuple</span></code></p>')
+    fixed = HOOKS.public_titles(html)
+    assert 'title="str | Callable[[str], bool]"' in fixed
+    assert 'title="mhe_jax.EnergyStats"' in fixed
+    assert 'title="jax.Array"' in fixed
+    assert "title=\"&#x27;relocate&#x27;\"" in fixed
+    assert 'title="mhe_jax.NeuronAxes"' in fixed
+    assert "<span >Here</span>" in fixed  # unknown: no title rather than a private path
+    assert "_Section" not in fixed and "NamedTuple" in fixed
+    assert not HOOKS.page_problems(fixed)
+
+
+def test_hook_reports_what_a_page_must_not_show():
+    returns = ('<p><span class="doc-section-title">Returns:</span></p>\n<table>\n<thead><tr>'
+               '<th>Name</th><th>Type</th></tr></thead>\n<tbody><tr><td>An</td></tr>'
+               '<tr><td>x</td></tr></tbody>')
+    html = ('<p>see <code>mhe_jax._kernels</code></p><pre><code>``E(x)``</code></pre>'
+            '<tr class="doc-section-item">\n<td>\n<code>s, distance</code>' + returns)
+    problems = "\n".join(HOOKS.page_problems(html))
+    for expected in ("private path 'mhe_jax._kernels'", "literal double backticks",
+                     "'s, distance'", "Returns entry with a name", "Returns split into 2 rows"):
+        assert expected in problems
+    assert HOOKS.page_problems('<tr class="doc-section-item"><td><code>s</code>') == []

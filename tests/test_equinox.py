@@ -104,6 +104,15 @@ def test_flax_layout_on_equinox_params_says_what_to_do():
     params = eqx.filter(eqx.nn.MLP(4, 3, 8, depth=1, key=jax.random.key(0)), eqx.is_array)
     with pytest.raises(ValueError, match="layout='flax'.*pass layout="):
         mhe_jax.mhe_regularizer(1.0).init(params)
+    # the hint names the layout that fits the tree (Equinox: '/'-joined attribute paths)
+    with pytest.raises(ValueError, match="its leaves fit layout='equinox': pass "
+                                         "layout='equinox'"):
+        mhe_jax.mhe_regularizer(1.0).init(params)
+    with pytest.raises(ValueError, match="fit layout='equinox'"):
+        mhe_jax.selected_layers(params, layout="haiku")
+    torch_state = {"fc1.weight": jnp.ones((3, 4))}  # a state dict: dotted keys
+    with pytest.raises(ValueError, match="fit layout='torch'"):
+        mhe_jax.mhe_regularizer(1.0).init(torch_state)
 
 
 @pytest.fixture(scope="module")

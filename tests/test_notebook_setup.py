@@ -66,3 +66,28 @@ def test_setup_rejects_a_bad_smoke_value_before_creating_anything(tmp_path):
     with pytest.raises(ValueError, match="MHE_JAX_SMOKE"):
         notebook_setup("03", environ={"MHE_JAX_SMOKE": "2", "MHE_JAX_NOTEBOOK_OUT": str(out)})
     assert not out.exists()
+
+
+def test_out_dir_expands_the_home_folder(tmp_path, monkeypatch):
+    """``~/figs`` made a literal ``./~/figs`` in the working folder."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    env = notebook_setup("01", environ={"MHE_JAX_NOTEBOOK_OUT": "~/figs"}, verbose=False)
+    assert env.out_dir == tmp_path / "home" / "figs" and env.out_dir.is_dir()
+    assert not (tmp_path / "~").exists()
+
+
+@pytest.mark.parametrize("value", [" ", "   ", "\t"])
+def test_blank_out_dir_is_refused_naming_the_variable(tmp_path, monkeypatch, value):
+    """A value of spaces made a folder named with spaces."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"MHE_JAX_NOTEBOOK_OUT=.* is blank"):
+        notebook_setup("01", environ={"MHE_JAX_NOTEBOOK_OUT": value}, verbose=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_out_dir_on_a_file_is_refused_naming_the_variable(tmp_path):
+    (tmp_path / "file").write_text("x")
+    for value in (tmp_path / "file", tmp_path / "file" / "figs"):
+        with pytest.raises(ValueError, match=r"MHE_JAX_NOTEBOOK_OUT=.*a file is in the way"):
+            notebook_setup("01", environ={"MHE_JAX_NOTEBOOK_OUT": str(value)}, verbose=False)

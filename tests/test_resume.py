@@ -22,7 +22,7 @@ import pytest
 
 from mhe_jax.experiments import ConfigError, apply_overrides, get_config
 from mhe_jax.experiments.runner import ResumeError, run
-from mhe_jax.train import Checkpointer, CheckpointError
+from mhe_jax.train import Checkpointer, CheckpointError, CheckpointMismatchError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -157,6 +157,101 @@ def test_no_intact_checkpoint_raises_naming_every_damaged_one(tmp_path):
     assert "--restart" in str(info.value)
     _assert_same(before, _pure(model))  # nothing half-loaded
     assert ck.restore(model, opt) is None  # both moved aside: an empty directory now
+
+
+# ------------------------------------------------------------------ another model: not damage
+
+
+def _other_models():
+    """(model, optimizer, leaf the error names, checkpoint side, model side) of another shape,
+    another dtype and another optimizer than _two_checkpoints'."""
+    wide = nnx.Linear(3, 5, rngs=nnx.Rngs(1))
+    half = nnx.Linear(3, 4, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(1))
+    adam_model = nnx.Linear(3, 4, rngs=nnx.Rngs(1))
+    return {
+        "shape": (wide, nnx.Optimizer(wide, optax.sgd(0.1, momentum=0.9), wrt=nnx.Param),
+                  "leaf model/bias", "checkpoint shape (4,) float32", "model shape (5,) float32"),
+        "dtype": (half, nnx.Optimizer(half, optax.sgd(0.1, momentum=0.9), wrt=nnx.Param),
+                  "leaf model/bias", "shape (4,) float32", "shape (4,) bfloat16"),
+        "optimizer": (adam_model, nnx.Optimizer(adam_model, optax.adam(0.1), wrt=nnx.Param),
+                      "optimizer/opt_state/0/mu/bias", "the model has leaves", "trace"),
+    }
+
+
+@pytest.mark.parametrize("case", ["shape", "dtype", "optimizer"])
+def test_checkpoint_of_another_model_is_refused_and_left_in_place(tmp_path, case):
+    """A mismatched model is not damage: it moved every intact checkpoint to .damaged and then
+    said "no intact checkpoint". Now: one error naming the leaf and both sides; nothing moved,
+    nothing loaded, no warning."""
+    _two_checkpoints(tmp_path / "ck")
+    files = _files(tmp_path / "ck")
+    model, opt, *named = _other_models()[case]
+    before = _pure(model)
+    ck = Checkpointer(tmp_path / "ck")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "damaged" warning
+        with pytest.raises(CheckpointMismatchError) as info:
+            ck.restore(model, opt)
+    message = str(info.value)
+    assert all(text in message for text in named), message
+    assert "/ck/6 " in message and "intact" in message
+    assert not (tmp_path / "ck.damaged").exists() and _files(tmp_path / "ck") == files
+    assert ck.steps() == [3, 6]
+    _assert_same(before, _pure(model))
+    model, opt = _model_and_opt(seed=5)  # the right model still restores the newest
+    assert ck.restore(model, opt)[0] == 6
+    ck.close()
+
+
+def test_damage_is_still_damage_when_checking_the_model(tmp_path):
+    """The mismatch check reads orbax's metadata: a damaged _METADATA is damage (falls back)."""
+    _two_checkpoints(tmp_path / "ck")
+    DAMAGES["garbage _METADATA"](tmp_path / "ck" / "6")
+    model, opt = _model_and_opt(seed=5)
+    with pytest.warns(RuntimeWarning, match="ck/6 is damaged"):
+        assert Checkpointer(tmp_path / "ck").restore(model, opt)[0] == 3
+
+
+# ------------------------------------------------------------------ Checkpointer arguments
+
+
+@pytest.mark.parametrize("kwargs,exc,match", [
+    (dict(max_to_keep=0), ValueError, "max_to_keep must be an int >= 1"),
+    (dict(max_to_keep=-1), ValueError, "max_to_keep must be an int >= 1"),
+    (dict(max_to_keep=True), ValueError, "max_to_keep must be an int >= 1"),
+    (dict(max_to_keep=1.5), ValueError, "max_to_keep must be an int >= 1"),
+    (dict(every=True), ValueError, "every must be"),
+    (dict(every=0), ValueError, "every must be"),
+    (dict(metadata={"f": object()}), TypeError, "metadata must be JSON-able"),
+    (dict(metadata=[1]), TypeError, "metadata must be a dict"),
+])
+def test_checkpointer_arguments_are_checked_at_construction(tmp_path, kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        Checkpointer(tmp_path / "ck", **kwargs)
+    assert not (tmp_path / "ck").exists()
+
+
+@pytest.mark.parametrize("below", [False, True])
+def test_checkpointer_on_a_regular_file_fails_at_construction(tmp_path, below):
+    """It failed only at the first save, from orbax's background thread."""
+    (tmp_path / "file").write_text("x")
+    path = tmp_path / "file" / "ck" if below else tmp_path / "file"
+    with pytest.raises(NotADirectoryError, match=re.escape(str(tmp_path / "file"))):
+        Checkpointer(path)
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_checkpointer_keeps_max_to_keep_or_every_checkpoint(tmp_path):
+    model, opt = _model_and_opt()
+    for keep, want in ((1, [3]), (None, [1, 2, 3])):
+        with Checkpointer(tmp_path / str(keep), max_to_keep=keep) as ck:
+            for step in (1, 2, 3):
+                ck.save(step, model, opt)
+            assert ck.steps() == want
+    ck = Checkpointer(tmp_path / "e", every=4)
+    assert ck.every == 4 and ck.directory == (tmp_path / "e").absolute()
+    assert not any(name in vars(ck) for name in ("manager", "metadata", "directory", "every"))
+    ck.close()
 
 
 # ------------------------------------------------------------------ config checks (runner)

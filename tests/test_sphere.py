@@ -229,6 +229,61 @@ def test_bad_arguments(kwargs, exc, match):
         minimize_energy(**kwargs)
 
 
+def _octahedron():
+    return np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]], float)
+
+
+def _coincident_starts():
+    """Starts with two (or all) points at one place: a saddle of the energy, never a minimum."""
+    rng = np.random.default_rng(0)
+    pair = rng.standard_normal((6, 3))
+    pair[1] = pair[0]
+    near = _octahedron()
+    near[1] = near[0] + np.array([0.0, 1e-9, 0.0])  # below what float64 resolves (3e-8)
+    scaled = _octahedron()
+    scaled[3] = 5.0 * scaled[2]  # equal after normalisation
+    restarts = np.stack([_octahedron(), pair])  # the second of two starts
+    return {"pair": (pair, "rows 0 and 1"), "all equal": (np.ones((6, 3)), "rows 0 and 1"),
+            "1e-9 apart": (near, "rows 0 and 1"), "a multiple": (scaled, "rows 2 and 3"),
+            "in start 1": (restarts, "start 1: rows 0 and 1")}
+
+
+@pytest.mark.parametrize("case", sorted(_coincident_starts()))
+@pytest.mark.parametrize("solver", ["minimize_energy", "tammes"])
+def test_coincident_init_is_refused_naming_init(case, solver):
+    """Two coincident points: the energy is singular there and the symmetric start cannot
+    separate them (it stalled at E = inf, or ended 'converged' at E = 2905 for the octahedron's
+    9.985, or at a Tammes angle of 8.5e-7°): refused, naming init and the rows."""
+    init, rows = _coincident_starts()[case]
+    fn = minimize_energy if solver == "minimize_energy" else tammes
+    with pytest.raises(ValueError, match=rf"init has coincident points: {rows} are .* apart"):
+        fn(6, init=init)
+
+
+@pytest.mark.parametrize("s", [0.0, 1.0, 50.0])
+def test_distinct_close_init_converges_to_the_minimum(s):
+    """Just above the resolution limit the points separate: the octahedron, truly converged."""
+    init = _octahedron()
+    init[1] = init[0] + np.array([0.0, 1e-6, 0.0])
+    res = minimize_energy(6, init=init, s=s)
+    assert int(res.status[0]) == 1
+    best = minimize_energy(6, init=_octahedron(), s=s)
+    assert float(res.energy) == pytest.approx(float(best.energy), rel=1e-9)
+
+
+def test_coincidence_limit_is_the_solver_resolution():
+    from mhe_jax.sphere import _solver
+
+    assert _solver.min_chord(np.float32) == pytest.approx(6.9e-4, rel=0.01)
+    assert _solver.min_chord(np.float64) == pytest.approx(3.0e-8, rel=0.01)
+    x = _octahedron()
+    x[1] = x[0] + np.array([0.0, 2e-4, 0.0])  # float32: the Gram distance rounds to 0
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    with pytest.raises(ValueError, match="float32 solver"):
+        _solver.check_distinct(x[None], np.float32)
+    _solver.check_distinct(x[None], np.float64)  # resolved in float64
+
+
 @pytest.mark.parametrize(
     "kwargs,match",
     [

@@ -322,6 +322,15 @@ def test_short_batch_stream_inside_a_generator_is_the_same_error():
         next(trainer())
 
 
+def test_fit_intervals_refuse_bools():
+    """log_every=True (and Every(True, fn)) passed as an interval of 1 step."""
+    model, opt, one, _ = _linear_fit_parts()
+    for kwargs, name in ((dict(log_every=True), "log_every"),
+                         (dict(evals=[Every(True, lambda m: {})]), r"evals\[0\].steps")):
+        with pytest.raises(ValueError, match=name):
+            fit(model, opt, _five_batches(), steps=2, train_step=one, **kwargs)
+
+
 def test_short_batch_stream_at_a_save_point_saves_once(tmp_path):
     model, opt, one, _ = _linear_fit_parts()
     with Checkpointer(tmp_path / "ck", every=5) as ck:

@@ -553,7 +553,7 @@ def test_state_exposes_current_strengths():
     chain = optax.chain(optax.add_decayed_weights(1e-4), tx, optax.sgd(0.1))
     chain_state = chain.init(params)
     _, chain_state = chain.update(zero, chain_state, params)
-    assert float(optax.tree_utils.tree_get(chain_state, "hidden_strength")) == 1.0
+    assert float(optax.tree_utils.tree_get(chain_state, "last_hidden_strength")) == 1.0
     with pytest.raises(AttributeError):
         state.no_such_strength  # noqa: B018
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -45,9 +46,10 @@ def make_dataset(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
                  label_names: Sequence[str] = ()) -> Dataset:
     """Build a ``Dataset`` after validating shapes and dtypes (casts labels to int32).
 
-    Raises ValueError naming the argument: images must be uint8 (n, H, W, C) with the same
-    (H, W, C) in both splits, labels 1-D integers in [0, num_classes) of matching length,
-    ``label_names`` empty or one per class.
+    Raises ValueError naming the argument: ``num_classes`` must be an int ``>= 1`` (not a
+    bool or a float), images uint8 (n, H, W, C) with the same (H, W, C) in both splits, labels
+    1-D integers in [0, num_classes) of matching length, ``label_names`` empty or one per
+    class.
 
     Examples:
         >>> import numpy as np
@@ -55,6 +57,9 @@ def make_dataset(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
         >>> make_dataset(x, [0, 1], x, [1, 1], 2, "toy").summary()
         'toy: 2 train / 2 test, 4x4x1 uint8, 2 classes'
     """
+    if (isinstance(num_classes, (bool, np.bool_)) or not isinstance(num_classes, numbers.Integral)
+            or num_classes < 1):
+        raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
     arrays = {"x_train": x_train, "x_test": x_test}
     for arg, x in arrays.items():
         if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim != 4:

@@ -155,7 +155,8 @@ def download_file(
     connection stalls for ``timeout`` seconds, the body is shorter than its ``Content-Length``,
     or the received bytes do not have the expected size and md5. Raises ``ChecksumError`` if a
     URL answered but no answer had the expected size and md5, ``DownloadError`` if none
-    answered. In every failure case nothing is left at ``dest`` or in its directory.
+    answered. In every failure case nothing is left at ``dest`` or in its directory, and the
+    folders created for ``dest`` are removed again.
 
     Examples:
         >>> path = download_file(  # doctest: +SKIP
@@ -180,6 +181,26 @@ def download_file(
 
     pooch, requests = _import_pooch()
     downloader = _SizedDownloader(size, float(timeout))
+    # The folders pooch will create for dest: removed again (if still empty) when every URL
+    # fails, so a mistyped root= or data_dir leaves nothing on disk.
+    created = []
+    parent = dest.parent.absolute()
+    while not parent.exists() and parent != parent.parent:
+        created.append(parent)
+        parent = parent.parent
+    try:
+        return _retrieve(pooch, requests, urls, dest, md5, downloader)
+    except BaseException:
+        for folder in created:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (another writer) or already gone: leave it
+                break
+        raise
+
+
+def _retrieve(pooch, requests, urls: list[str], dest: Path, md5: str | None,
+              downloader: _SizedDownloader) -> Path:
     errors: list[str] = []
     bad_checksum = False
     for url in urls:

@@ -38,7 +38,11 @@ def list_image_folder(
     split_dir: str | os.PathLike, classes: Sequence[str] | None = None,
     max_per_class: int | None = None,
 ) -> tuple[list[str], list[tuple[Path, int]]]:
-    """(sorted class names, [(path, label), …]) of ``split_dir/<class>/<image>``."""
+    """(sorted class names, [(path, label), …]) of ``split_dir/<class>/<image>``.
+
+    ``DatasetNotFoundError`` (naming ``split_dir``) if it is missing or a class folder of it
+    (or, with ``classes``, of the given ones) holds no image: an empty split is never loaded
+    as 0 images."""
     split_dir = Path(split_dir)
     if not split_dir.is_dir():
         raise DatasetNotFoundError(f"no image folder at {split_dir}")
@@ -50,12 +54,21 @@ def list_image_folder(
                          f"{sorted(set(found) - set(classes))[:5]}")
     if not classes:
         raise ValueError(f"{split_dir} has no class sub-folders")
-    items = []
+    items, empty = [], []
     for label, name in enumerate(classes):
         folder = split_dir / name
         files = (sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
                  if folder.is_dir() else [])
+        if not files:
+            empty.append(name)
         items += [(p, label) for p in files[:max_per_class]]
+    if empty:  # as torchvision's ImageFolder: a class without images is an error, not 0 images
+        what = ("holds no images" if len(empty) == len(classes) else
+                f"has no images for class(es) {', '.join(empty[:5])}"
+                + (f" (and {len(empty) - 5} more)" if len(empty) > 5 else ""))
+        raise DatasetNotFoundError(
+            f"{split_dir} {what}: expected files with an extension of {', '.join(IMAGE_EXTENSIONS)}"
+            " in each class folder")
     return list(classes), items
 
 
@@ -109,23 +122,31 @@ def load_image_folder(
     Args:
       root: dataset directory (e.g. an ImageNet copy with ``train/`` and ``val/`` class folders).
       size: output height and width (shorter side resized, then centre crop).
-      train, test: split folder names.
+      train: name of the training split's folder under ``root``.
+      test: name of the test split's folder under ``root``.
       max_per_class: keep at most this many images per class and split (sorted by file name).
       name: dataset name (default: the folder name of ``root``).
       workers: decoding threads (default: the CPU count).
+
+    Raises ``DatasetNotFoundError`` if ``root``, a split folder, or a class folder's images
+    are missing (an empty ``val/`` is an error, as in torchvision's ``ImageFolder``), and
+    ``CorruptDataError`` naming a file that cannot be decoded.
     """
     if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
         raise ValueError(f"size must be a positive int, got {size!r}")
     if max_per_class is not None and (not isinstance(max_per_class, (int, np.integer))
-                                      or max_per_class < 1):
+                                      or isinstance(max_per_class, bool) or max_per_class < 1):
         raise ValueError(f"max_per_class must be a positive int or None, got {max_per_class!r}")
+    if workers is not None and (not isinstance(workers, (int, np.integer))
+                                or isinstance(workers, bool) or workers < 1):
+        raise ValueError(f"workers must be a positive int or None, got {workers!r}")
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DatasetNotFoundError(f"image folder dataset not found: {root} (expected {train}/ "
                                    f"and {test}/ with one sub-folder per class)")
     classes, train_items = list_image_folder(root / train, max_per_class=max_per_class)
     _, test_items = list_image_folder(root / test, classes, max_per_class=max_per_class)
-    workers = workers or os.cpu_count() or 1
+    workers = int(workers) if workers is not None else os.cpu_count() or 1
     x_train, y_train = _load_split(train_items, int(size), workers)
     x_test, y_test = _load_split(test_items, int(size), workers)
     return make_dataset(x_train, y_train, x_test, y_test, len(classes), name or root.name, classes)

@@ -5,8 +5,9 @@ The notebooks in ``notebooks/`` read two environment variables (``notebooks/READ
 - ``MHE_JAX_SMOKE``: smoke mode (tiny sizes, no network), as CI runs every notebook. Unset,
   empty, ``0``, ``false``, ``no`` or ``off`` mean off; ``1``, ``true``, ``yes`` or ``on`` mean
   on (any case); anything else raises, naming the variable.
-- ``MHE_JAX_NOTEBOOK_OUT``: the folder the figures are saved to (created if missing); by
-  default a fresh temporary folder.
+- ``MHE_JAX_NOTEBOOK_OUT``: the folder the figures are saved to (created if missing; a
+  leading ``~`` is the home folder); unset or empty, a fresh temporary folder. A blank value
+  (only spaces) raises, naming the variable.
 """
 
 from __future__ import annotations
@@ -60,6 +61,24 @@ def smoke_mode(environ: Mapping[str, str] | None = None) -> bool:
     return value in _ON
 
 
+def _out_dir(value: str, name: str) -> Path:
+    """The figure folder ``value`` (``~`` expanded), created; unset or empty: a fresh
+    temporary folder. A blank value or one at (or below) a regular file raises, naming the
+    variable."""
+    if value == "":
+        return Path(tempfile.mkdtemp(prefix=f"mhe_jax_{name}_"))
+    if not value.strip():
+        raise ValueError(f"{OUT_VARIABLE}={value!r} is blank: set it to a folder, or unset it "
+                         "(or set it empty) for a fresh temporary folder")
+    out_dir = Path(value).expanduser()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as e:
+        raise ValueError(f"{OUT_VARIABLE}={value!r}: {out_dir} cannot be a folder "
+                         f"({type(e).__name__}: a file is in the way)") from None
+    return out_dir
+
+
 def notebook_setup(name: str, *, environ: Mapping[str, str] | None = None,
                    verbose: bool = True) -> NotebookEnv:
     """Smoke flag, figure folder, ``show`` and start time of the notebook ``name``.
@@ -75,7 +94,7 @@ def notebook_setup(name: str, *, environ: Mapping[str, str] | None = None,
       verbose: print the versions and settings.
 
     Returns:
-      A :class:`NotebookEnv` ``(smoke, out_dir, show, start)``.
+      The settings as a :class:`NotebookEnv` ``(smoke, out_dir, show, start)``.
 
     Examples:
       >>> import tempfile
@@ -92,8 +111,7 @@ def notebook_setup(name: str, *, environ: Mapping[str, str] | None = None,
     environ = os.environ if environ is None else environ
     start = time.perf_counter()
     smoke = smoke_mode(environ)
-    out_dir = Path(environ.get(OUT_VARIABLE) or tempfile.mkdtemp(prefix=f"mhe_jax_{name}_"))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = _out_dir(environ.get(OUT_VARIABLE, ""), name)
 
     def show(fig: Any, figure_name: str) -> Path:
         import matplotlib.pyplot as plt  # lazy: matplotlib is an optional dependency

@@ -17,6 +17,7 @@ except ModuleNotFoundError as _error:
 from mhe_jax.models.cnn import CNN as CNN, cnn6 as cnn6, cnn9 as cnn9, cnn15 as cnn15
 from mhe_jax.models.layers import PReLU as PReLU
 from mhe_jax.models.mnist2d import MNIST2D as MNIST2D, mnist2d as mnist2d
+from mhe_jax.models.prototype import PrototypeHead as PrototypeHead, Prototypes as Prototypes
 from mhe_jax.models.resnet import (
     BasicBlock as BasicBlock,
     ResNet as ResNet,
@@ -36,4 +37,5 @@ __all__ = [
     "ResNetCIFAR", "ResNet", "BasicBlock", "resnet32", "resnet18", "resnet34",
     "MNIST2D", "mnist2d", "PReLU",
     "SphereFace20", "SphereFaceHead", "sphereface20",
+    "PrototypeHead", "Prototypes",
 ]

@@ -5,13 +5,15 @@
 * :func:`basin_hopping` — putative global minima of the same energies (basin-hopping over the
   local minima, several chains at once);
 * :func:`fibonacci_points` — the Fibonacci spiral on ``S²`` (a low-discrepancy start);
-* :func:`tammes` — maximise the minimum angle (Tammes problem).
+* :func:`tammes` — maximise the minimum angle (Tammes problem);
+* :func:`prototypes` — a fixed classifier: the simplex ETF, or a minimum-energy configuration.
 """
 
 from mhe_jax.sphere._basin import (
     basin_hopping as basin_hopping,
     fibonacci_points as fibonacci_points,
 )
+from mhe_jax.sphere._prototypes import prototypes as prototypes
 from mhe_jax.sphere._solver import (
     STATUS_NAMES as STATUS_NAMES,
     EnergyResult as EnergyResult,
@@ -28,5 +30,6 @@ __all__ = [
     "fibonacci_points",
     "minimize_energy",
     "physics_energy",
+    "prototypes",
     "tammes",
 ]

@@ -146,6 +146,9 @@ def _starts(n: int, dim: int, chains: int, init, rng: np.random.Generator) -> np
         x = np.asarray(arr, np.float64)
         if not np.all(np.isfinite(x)) or not np.all(np.linalg.norm(x, axis=-1) > 0):
             raise ValueError("init must be finite with non-zero rows (points on the sphere)")
+        x = x / np.linalg.norm(x, axis=-1, keepdims=True)
+        _solver.check_distinct(x, _solver.compute_dtype())
+        return x
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
@@ -477,7 +480,8 @@ def basin_hopping(
         nearest-neighbour spacing; default 0.4.
       init: ``"random"`` (default: uniform random starts), ``"fibonacci"`` (the Fibonacci spiral
         :func:`fibonacci_points`, randomly rotated per chain; ``dim = 3``), or an array of shape
-        ``(n, dim)`` or ``(chains, n, dim)`` (rows are normalised).
+        ``(n, dim)`` or ``(chains, n, dim)`` (rows are normalised; coincident rows raise
+        ``ValueError`` naming ``init``, as in :func:`minimize_energy`).
       chains: number of chains; default 4 (or the number of starts in a 3-d ``init``).
       patience: stop after ``patience × chains`` hops (all chains together) without a new
         best; default ``max(100, 4 n)``.
@@ -487,13 +491,13 @@ def basin_hopping(
       move: ``"relocate"`` (default) or ``"cap"``, the perturbation of a hop (above).
 
     Returns:
-      :class:`EnergyResult`: ``points``/``energy`` of the best minimum over all chains;
-      ``energies``, ``iterations`` (L-BFGS iterations summed over the hops), ``grad_norms``,
-      ``status`` per chain; ``hops`` (the most any chain ran), ``best_hop`` (the hop of its
-      chain that first reached the returned minimum), ``minimisations`` (all chains, hop 0
-      included), ``seconds`` and ``seconds_to_best`` (its time within the jitted call that
-      found it is interpolated by loop iterations), ``swaps`` (accepted exchanges of
-      temperature).
+      The search as an :class:`EnergyResult`, with ``points``/``energy`` of the best minimum
+        over all chains; ``energies``, ``iterations`` (L-BFGS iterations summed over the
+        hops), ``grad_norms``, ``status`` per chain; ``hops`` (the most any chain ran),
+        ``best_hop`` (the hop of its chain that first reached the returned minimum),
+        ``minimisations`` (all chains, hop 0 included), ``seconds`` and ``seconds_to_best``
+        (its time within the jitted call that found it is interpolated by loop iterations),
+        ``swaps`` (accepted exchanges of temperature).
 
     Examples:
       >>> import jax

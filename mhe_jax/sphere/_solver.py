@@ -444,7 +444,9 @@ def initial_points(n: int, dim: int, restarts: int | None, key, init, dtype):
         norms = np.linalg.norm(x0, axis=-1, keepdims=True)
         if not np.all(np.isfinite(x0)) or not np.all(norms > 0):
             raise ValueError("init must be finite with non-zero rows (points on the sphere)")
-        return jnp.asarray(x0 / norms, dtype)
+        x0 = x0 / norms
+        check_distinct(x0, dtype)
+        return jnp.asarray(x0, dtype)
     restarts = 16 if restarts is None else restarts
     if key is None:
         key = jax.random.key(0)
@@ -454,6 +456,42 @@ def initial_points(n: int, dim: int, restarts: int | None, key, init, dtype):
     seed = np.asarray(jax.random.key_data(key)).ravel().astype(np.uint64).tolist()
     x0 = np.random.default_rng(seed).standard_normal((restarts, n, dim))
     return jnp.asarray(x0 / np.linalg.norm(x0, axis=-1, keepdims=True), dtype)
+
+
+def min_chord(dtype) -> float:
+    """Smallest chord between two start points that the solver resolves in ``dtype``:
+    ``2 √ε_mach`` (float32: 6.9e-4, float64: 3.0e-8). Closer points have a Gram distance
+    ``2 − 2 x_i·x_j`` of at most 4 ulps; below about half of this it rounds to 0 (measured:
+    chord 2e-4 in float32), where the energy is singular and its gradient vanishes by symmetry."""
+    return 2.0 * math.sqrt(float(jnp.finfo(dtype).eps))
+
+
+def check_distinct(x0s: np.ndarray, dtype, name: str = "init") -> None:
+    """Raise ``ValueError`` naming ``name`` when two rows of a start in ``x0s`` (``(starts, n,
+    dim)``, unit rows, float64) are closer than :func:`min_chord`: coincident points are a
+    singular, symmetric start (equal rows stay equal under the solver's updates, and the energy
+    there is infinite, or saturated with a zero gradient), not a configuration to minimise."""
+    limit = min_chord(dtype)
+    n = x0s.shape[1]
+    for r, x in enumerate(x0s):
+        # Chord² = ‖x_i − x_j‖² = 2 − 2 x_i·x_j for unit rows (float64: error ~4e-16, below
+        # the float64 limit 9e-16), in blocks of rows to bound the memory.
+        for lo in range(0, n, 1024):
+            d2 = 2.0 - 2.0 * (x[lo:lo + 1024] @ x.T)
+            rows = np.arange(lo, min(lo + 1024, n))
+            d2[rows[:, None] >= np.arange(n)[None, :]] = np.inf
+            k = int(np.argmin(d2))
+            i, j = divmod(k, n)
+            if d2[i, j] < limit * limit:
+                where = f"start {r}: " if x0s.shape[0] > 1 else ""
+                raise ValueError(
+                    f"{name} has coincident points: {where}rows {lo + i} and {j} are "
+                    f"{math.sqrt(max(float(d2[i, j]), 0.0)):.3g} apart (chord, after "
+                    f"normalisation), closer than the {limit:.2g} the "
+                    f"{jnp.dtype(dtype).name} solver resolves; the energy is singular there "
+                    "and the symmetric start cannot separate them. Pass distinct points "
+                    f"(perturb the duplicates), or leave {name} out for random starts"
+                )
 
 
 def default_steps(n: int) -> int:
@@ -650,8 +688,8 @@ def minimize_energy(
 
     Minimises the Riesz ``s``-energy in the physics convention (each pair once, unnormalised)
 
-        ``E(x) = Σ_{i<j} f_s(dist(x_i, x_j))``,  ``f_s(r) = r^{−s}`` (s > 0),
-        ``f_0(r) = log(1/r)`` (s = 0),
+        E(x) = Σ_{i<j} f_s(dist(x_i, x_j)),
+        f_s(r) = r^{−s} (s > 0),   f_0(r) = log(1/r) (s = 0),
 
     with ``dist`` the euclidean (chordal) distance ``‖x_i − x_j‖`` or the angular distance
     ``arccos(x_i·x_j)`` (radians). ``s = 1``, ``dim = 3`` is the Thomson problem; ``s = 0`` is
@@ -689,14 +727,19 @@ def minimize_energy(
       key: PRNG key (or int seed) for the random starts; default ``jax.random.key(0)``.
         Results are deterministic for a fixed key.
       init: optional starts, shape ``(n, dim)`` or ``(restarts, n, dim)`` (rows are normalised).
+        Two rows of a start closer than the solver resolves (chord ``2 √ε_mach`` after
+        normalisation: 6.9e-4 in float32, 3.0e-8 in float64), such as duplicates, raise
+        ``ValueError`` naming ``init`` and the rows: the energy is singular there and the
+        symmetric start cannot separate them. (A start with an exact symmetry, e.g. every
+        point on one great circle, keeps it, and can end at a saddle of the full problem.)
       steps: maximum L-BFGS iterations per restart (default ``max(2000, 40 n)``).
       tol: stop when the Riemannian gradient norm ``≤ tol · max(|E|, 1)``; default 1e-11 in
         float64, 1e-5 in float32. Restarts also stop when round-off stalls the decrease.
       memory: L-BFGS memory (number of stored pairs).
 
     Returns:
-      :class:`EnergyResult` (best points and energy, per-restart energies, iterations, gradient
-      norms and stop status).
+      The best points and energy, and per restart the energies, iterations, gradient norms
+        and stop status, as an :class:`EnergyResult`.
 
     Examples:
       >>> from mhe_jax import sphere

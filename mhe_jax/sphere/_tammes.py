@@ -268,7 +268,8 @@ def tammes(
       dim: ambient dimension, ``>= 2``.
       restarts: random starts (default 16, or the number of starts in ``init``).
       key: PRNG key or int seed (default ``jax.random.key(0)``).
-      init: optional starts, ``(n, dim)`` or ``(restarts, n, dim)``.
+      init: optional starts, ``(n, dim)`` or ``(restarts, n, dim)``; coincident rows raise
+        ``ValueError`` naming ``init``, as in :func:`minimize_energy`.
       schedule: increasing Riesz exponents of the continuation.
       betas: increasing sharpness values of the max–min smoothing (empty: skip the stage).
       polish_top: number of best restarts given to the Newton polish (0: no polish).

@@ -13,6 +13,7 @@ from mhe_jax.train.batches import epoch_batches as epoch_batches
 from mhe_jax.train.checkpoint import (
     Checkpointer as Checkpointer,
     CheckpointError as CheckpointError,
+    CheckpointMismatchError as CheckpointMismatchError,
 )
 from mhe_jax.train.loggers import (
     JsonlLogger as JsonlLogger,

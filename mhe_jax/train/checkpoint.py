@@ -6,12 +6,16 @@ metadata holds its step, the caller's ``metadata`` (the runner stores the run's 
 SHA-256 of every saved array, checked on restore. :meth:`Checkpointer.restore` tries the
 checkpoints newest first: a damaged one (unreadable metadata, missing or truncated state files,
 a checksum mismatch) is moved to ``<directory>.damaged/`` with a warning naming it, and the next
-older one is used; when none is intact it raises :class:`CheckpointError`.
+older one is used; when none is intact it raises :class:`CheckpointError`. A checkpoint of
+another model (a leaf's shape or dtype differs, or a leaf is missing or extra) is not damage: it
+raises :class:`CheckpointMismatchError` naming the leaf, and every checkpoint stays where it is.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import numbers
 import os
 import shutil
 import time
@@ -25,11 +29,81 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-__all__ = ["Checkpointer", "CheckpointError"]
+__all__ = ["Checkpointer", "CheckpointError", "CheckpointMismatchError"]
 
 
 class CheckpointError(RuntimeError):
     """No intact checkpoint could be restored (every candidate is named in the message)."""
+
+
+class CheckpointMismatchError(ValueError):
+    """The newest readable checkpoint holds another model or optimizer than the one restored
+    into: the message names the leaf path, the checkpoint's shape and dtype and the model's.
+    Nothing is moved aside (the checkpoints are intact)."""
+
+
+def _path_str(path) -> str:
+    """``model/layers/0/kernel`` for a key path (dict keys, sequence indices, attributes)."""
+    parts = []
+    for k in path:
+        for attr in ("key", "idx", "name"):
+            if hasattr(k, attr):
+                parts.append(str(getattr(k, attr)))
+                break
+        else:
+            parts.append(str(k))
+    return "/".join(parts)
+
+
+def _leaf_specs(tree: Any) -> dict[str, tuple[tuple[int, ...] | None, str | None]]:
+    """``{leaf path: (shape, dtype name)}`` of a state tree or of orbax's tree metadata (None
+    where a leaf does not say)."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    out = {}
+    for path, leaf in flat:
+        shape = getattr(leaf, "shape", None)
+        dtype = getattr(leaf, "dtype", None)
+        out[_path_str(path)] = (None if shape is None else tuple(int(d) for d in shape),
+                                None if dtype is None else np.dtype(dtype).name)
+    return out
+
+
+def _describe(spec: tuple[tuple[int, ...] | None, str | None]) -> str:
+    shape, dtype = spec
+    return f"shape {shape} {dtype or ''}".rstrip()
+
+
+def _mismatch(stored: dict, target: dict) -> str | None:
+    """The first difference between the checkpoint's leaves and the model's, in words."""
+    missing = sorted(set(target) - set(stored))
+    extra = sorted(set(stored) - set(target))
+    for path in sorted(set(stored) & set(target)):
+        (s_shape, s_dtype), (t_shape, t_dtype) = stored[path], target[path]
+        if (s_shape is not None and t_shape is not None and s_shape != t_shape) or (
+                s_dtype is not None and t_dtype is not None and s_dtype != t_dtype):
+            return (f"leaf {path}: checkpoint {_describe(stored[path])}, model "
+                    f"{_describe(target[path])}")
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"the model has leaves the checkpoint lacks ({', '.join(missing[:5])}"
+                         + (", ..." if len(missing) > 5 else "") + ")")
+        if extra:
+            parts.append(f"the checkpoint has leaves the model lacks ({', '.join(extra[:5])}"
+                         + (", ..." if len(extra) > 5 else "") + ")")
+        return "; ".join(parts)
+    return None
+
+
+def _check_directory(directory: Path) -> None:
+    """``directory`` must be a directory or creatable as one: no regular file at it or above."""
+    for p in (directory, *directory.parents):
+        if p.exists():
+            if not p.is_dir():
+                where = "is" if p == directory else f"is below {p}, which is"
+                raise NotADirectoryError(
+                    f"Checkpointer directory {directory} {where} not a directory")
+            return
 
 
 def _checksum(state: Any) -> str:
@@ -47,23 +121,50 @@ class Checkpointer:
     """Keep the ``max_to_keep`` newest ``(model, optimizer)`` checkpoints in ``directory``.
 
     Args:
-      directory: where the checkpoints live (one sub-directory per step).
+      directory: where the checkpoints live (one sub-directory per step); created if missing.
+        ``NotADirectoryError`` (at construction) if it, or a folder above it, is a regular file.
       every: :func:`mhe_jax.train.fit` saves every this many steps (None: only at the end).
-      max_to_keep: older checkpoints are deleted.
-      metadata: JSON-able dict stored with every checkpoint (e.g. the run's config).
+      max_to_keep: an int ``>= 1``: older checkpoints are deleted (None: keep every one).
+      metadata: JSON-able dict stored with every checkpoint (e.g. the run's config); checked
+        at construction.
     """
 
     def __init__(self, directory: str | os.PathLike[str], *, every: int | None = None,
-                 max_to_keep: int = 2, metadata: dict[str, Any] | None = None):
-        if every is not None and (not isinstance(every, int) or every < 1):
+                 max_to_keep: int | None = 2, metadata: dict[str, Any] | None = None):
+        if every is not None and (isinstance(every, (bool, np.bool_))
+                                  or not isinstance(every, numbers.Integral) or every < 1):
             raise ValueError(f"every must be an int >= 1 or None, got {every!r}")
-        self.directory = Path(directory).absolute()
-        self.every = every
-        self.metadata = dict(metadata or {})
-        self.manager = ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+        if max_to_keep is not None and (isinstance(max_to_keep, (bool, np.bool_))
+                                        or not isinstance(max_to_keep, numbers.Integral)
+                                        or max_to_keep < 1):
+            raise ValueError(
+                f"max_to_keep must be an int >= 1 (None: keep every checkpoint), got "
+                f"{max_to_keep!r}; 0 would keep nothing to resume from")
+        if metadata is not None and not isinstance(metadata, dict):
+            raise TypeError(f"metadata must be a dict or None, got {type(metadata).__name__}")
+        try:
+            json.dumps(metadata or {})
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"metadata must be JSON-able: {e}") from None
+        self._directory = Path(directory).absolute()
+        _check_directory(self._directory)
+        self._every = None if every is None else int(every)
+        self._metadata = dict(metadata or {})
+        self._manager = ocp.CheckpointManager(
+            self._directory,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=None if max_to_keep is None else int(max_to_keep), create=True),
         )
+
+    @property
+    def directory(self) -> Path:
+        """The checkpoints' directory (absolute)."""
+        return self._directory
+
+    @property
+    def every(self) -> int | None:
+        """Steps between the saves of :func:`mhe_jax.train.fit` (None: only at the end)."""
+        return self._every
 
     @staticmethod
     def _state(model: nnx.Module, optimizer: nnx.Optimizer) -> dict[str, Any]:
@@ -73,18 +174,18 @@ class Checkpointer:
     def save(self, step: int, model: nnx.Module, optimizer: nnx.Optimizer) -> None:
         """Write checkpoint ``step`` (blocks until it is complete on disk)."""
         state = jax.device_get(self._state(model, optimizer))
-        meta = {**self.metadata, "step": int(step), "checksum": _checksum(state)}
-        self.manager.save(
+        meta = {**self._metadata, "step": int(step), "checksum": _checksum(state)}
+        self._manager.save(
             int(step),
             args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                     metadata=ocp.args.JsonSave(meta)),
         )
-        self.manager.wait_until_finished()
+        self._manager.wait_until_finished()
 
     def steps(self) -> list[int]:
         """Steps of the complete (renamed) checkpoints on disk, oldest first."""
-        self.manager.reload()
-        return sorted(self.manager.all_steps())
+        self._manager.reload()
+        return sorted(self._manager.all_steps())
 
     def latest_step(self) -> int | None:
         """The newest complete checkpoint's step, or None when there is none."""
@@ -99,12 +200,15 @@ class Checkpointer:
         ``check(step, metadata)`` runs before a checkpoint's arrays are loaded and may raise
         (e.g. a config mismatch); that error propagates. Returns ``(step, metadata)``, or None
         when the directory holds no checkpoint. Damaged checkpoints are moved aside with a
-        warning; :class:`CheckpointError` if none is intact.
+        warning; :class:`CheckpointError` if none is intact. A checkpoint whose leaves (paths,
+        shapes, dtypes, read from orbax's metadata before any array) differ from ``model`` /
+        ``optimizer``'s raises :class:`CheckpointMismatchError` naming the first difference,
+        and moves nothing.
         """
         damaged: list[str] = []
         target = self._state(model, optimizer)
         for step in reversed(self.steps()):
-            path = self.directory / str(step)
+            path = self._directory / str(step)
             try:
                 meta = self._read_metadata(step)
             except Exception as e:  # noqa: BLE001 - any unreadable metadata means damaged
@@ -112,8 +216,17 @@ class Checkpointer:
                 continue
             if check is not None:
                 check(step, meta)
+            stored = self._stored_leaves(step)
+            if stored is not None:
+                difference = _mismatch(stored, _leaf_specs(target))
+                if difference is not None:
+                    raise CheckpointMismatchError(
+                        f"checkpoint {path} holds another model or optimizer than the one "
+                        f"restored into: {difference}. The checkpoints are intact and stay "
+                        "where they are; restore into the model they were saved from, or "
+                        "start over in another directory (CLI: --restart)")
             try:
-                restored = self.manager.restore(
+                restored = self._manager.restore(
                     step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
                 state = jax.device_get(restored["state"])
                 if "checksum" in meta and _checksum(state) != meta["checksum"]:
@@ -130,12 +243,23 @@ class Checkpointer:
             return int(step), meta
         if damaged:
             raise CheckpointError(
-                f"no intact checkpoint in {self.directory}; damaged (moved aside): "
+                f"no intact checkpoint in {self._directory}; damaged (moved aside): "
                 + "; ".join(damaged) + ". Start over (CLI: --restart) or restore a backup.")
         return None
 
+    def _stored_leaves(self, step: int) -> dict | None:
+        """``{leaf path: (shape, dtype)}`` of checkpoint ``step`` from orbax's metadata (no
+        array is read), or None when that metadata is unreadable (the restore then decides)."""
+        try:
+            md = ocp.StandardCheckpointer().metadata(self._directory / str(step) / "state")
+            tree = getattr(md, "item_metadata", md)
+            tree = getattr(tree, "tree", tree)
+            return _leaf_specs(tree) if isinstance(tree, dict) and tree else None
+        except Exception:  # noqa: BLE001 - damage is judged by the restore that follows
+            return None
+
     def _read_metadata(self, step: int) -> dict[str, Any]:
-        restored = self.manager.restore(
+        restored = self._manager.restore(
             step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))
         meta = restored["metadata"]
         if not isinstance(meta, dict) or meta.get("step", step) != step:
@@ -144,19 +268,19 @@ class Checkpointer:
 
     def _quarantine(self, step: int, why: str) -> str:
         """Move checkpoint ``step`` out of the manager's way (kept for inspection); warn."""
-        src = self.directory / str(step)
-        dst_dir = self.directory.with_name(self.directory.name + ".damaged")
+        src = self._directory / str(step)
+        dst_dir = self._directory.with_name(self._directory.name + ".damaged")
         dst_dir.mkdir(parents=True, exist_ok=True)
         dst = dst_dir / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6}"
         shutil.move(str(src), str(dst))
-        self.manager.reload()
+        self._manager.reload()
         message = f"checkpoint {src} is damaged: {why}; moved to {dst}"
         warnings.warn(message + "; falling back to an older one", RuntimeWarning, stacklevel=3)
         return message
 
     def close(self) -> None:
         """Close the underlying orbax ``CheckpointManager`` (also on leaving a ``with`` block)."""
-        self.manager.close()
+        self._manager.close()
 
     def __enter__(self) -> Checkpointer:
         return self

@@ -31,10 +31,14 @@ def fit(model: nnx.Module, optimizer: nnx.Optimizer, batches: Iterable, *, steps
     """Train ``model`` from ``optimizer.step`` up to ``steps`` steps.
 
     Args:
-      model, optimizer: an NNX module and its ``nnx.Optimizer`` (restored from a checkpoint
-        beforehand to resume: training continues at ``optimizer.step``).
+      model: the NNX module to train (restored from a checkpoint beforehand to resume).
+      optimizer: its ``nnx.Optimizer`` (restored with the model to resume: training continues
+        at ``optimizer.step``).
       batches: iterable whose next item is the batch of the next step (of step
-        ``optimizer.step`` when resuming, e.g. :func:`mhe_jax.train.epoch_batches`).
+        ``optimizer.step`` when resuming, e.g. :func:`mhe_jax.train.epoch_batches`). If it
+        ends before ``steps``, the steps trained so far are saved (with a ``checkpointer``, as
+        the checkpoint of the step reached) and ``ValueError`` says how many ran; with
+        ``steps_per_call > 1`` the batches of an incomplete call are not trained.
       steps: total number of steps of the run.
       train_step: ``train_step(model, optimizer, batch) -> dict`` of scalar metrics (device
         arrays; they are fetched to the host only every ``log_every`` steps, so nothing
@@ -53,8 +57,9 @@ def fit(model: nnx.Module, optimizer: nnx.Optimizer, batches: Iterable, *, steps
         more, so choose a divisor of the intervals.
 
     Returns:
-      ``{"history": [records], "final": merged eval results at the end, "start_step",
-      "steps", "seconds" (training time, without the final evaluations)}``.
+      A dict with the keys ``"history"`` (the list of records), ``"final"`` (the merged eval
+        results at the end), ``"start_step"`` (``optimizer.step`` at the call), ``"steps"`` (the
+        argument) and ``"seconds"`` (training time, without the final evaluations).
 
     Examples:
         An own NNX model, an ``optax`` chain with :func:`mhe_jax.mhe_regularizer` (λ_h = λ_o = 1,
@@ -95,7 +100,7 @@ def fit(model: nnx.Module, optimizer: nnx.Optimizer, batches: Iterable, *, steps
         raise ValueError(f"steps must be an int >= 0, got {steps!r}")
     for name, n in [("log_every", log_every)] + [(f"evals[{i}].steps", e.steps)
                                                   for i, e in enumerate(evals)]:
-        if n is not None and (not isinstance(n, int) or n < 1):
+        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
             raise ValueError(f"{name} must be an int >= 1 or None, got {n!r}")
     if (not isinstance(steps_per_call, int) or isinstance(steps_per_call, bool)
             or steps_per_call < 1):
@@ -127,16 +132,32 @@ def fit(model: nnx.Module, optimizer: nnx.Optimizer, batches: Iterable, *, steps
                    + [n - step % n for n in intervals])
 
     data = iter(batches)
+
+    def next_batch(step: int):
+        try:
+            return next(data)
+        except StopIteration:
+            pass
+        saved = ""
+        if checkpointer is not None and step > start:
+            if checkpointer.latest_step() != step:  # not already saved at a save point
+                checkpointer.save(step, model, optimizer)
+            saved = f"; they are saved as checkpoint {step} in {checkpointer.directory}"
+        raise ValueError(
+            f"batches ran out after step {step} of steps={steps}: {step - start} step(s) ran "
+            f"in this call (from step {start}){saved}. Pass a stream with a batch for every "
+            "step (e.g. epoch_batches, which repeats the data), or a smaller steps") from None
+
     model.train()
     t0 = time.perf_counter()
     step = start
     while step < steps:
         if steps_per_call == 1:
-            metrics = train_step(model, optimizer, next(data))
+            metrics = train_step(model, optimizer, next_batch(step))
             done = step + 1
         else:
             n = steps_to_host_point(step)
-            chunk = [next(data) for _ in range(n)]
+            chunk = [next_batch(step) for _ in range(n)]
             metrics = train_step(model, optimizer,
                                  jax.tree.map(lambda *xs: jnp.stack(xs), *chunk))
             _check_stacked(metrics, n)
