@@ -59,6 +59,8 @@ def check_weights(w, name: str = "w") -> jax.Array:
 
 
 def check_axis(axis: int, ndim: int, name: str = "neuron_axis") -> int:
+    if isinstance(axis, np.ndarray) and axis.ndim == 0:
+        axis = axis[()]  # a 0-d NumPy array: its scalar
     if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
         raise TypeError(f"{name} must be an int, got {type(axis).__name__}")
     if not -ndim <= axis < ndim:

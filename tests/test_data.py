@@ -913,8 +913,8 @@ def test_image_folder_errors(tmp_path):
     with pytest.raises(D.DatasetNotFoundError, match="val"):
         D.load_image_folder(tmp_path)
     _write_image(tmp_path / "val/zzz/0.png", _banded(8, 8, 1))
-    with pytest.raises(ValueError, match="not in the training split"):
-        D.load_image_folder(tmp_path)
+    with pytest.raises(D.DatasetLayoutError, match="not in the training split"):
+        D.load_image_folder(tmp_path)  # a user error for the CLI: one line, exit 2
     with pytest.raises(ValueError, match="size"):
         D.load_image_folder(tmp_path, size=0)
     bad = tmp_path / "train/a/1.png"

@@ -144,7 +144,7 @@ ENERGIES = _energies()
 def test_non_finite_weight_gives_non_finite_energy_on_every_path(bad):
     """Was: the angular energies (and Eq. 8, the official a* presets, layer_energies) hid a NaN
     or Inf weight behind a finite value such as 4e5."""
-    w = np.asarray(rand((6, 9), seed=3))
+    w = np.array(rand((6, 9), seed=3))
     w[2, 4] = bad
     w = jnp.asarray(w)
     hidden = []
@@ -158,7 +158,7 @@ def test_non_finite_weight_gives_non_finite_energy_on_every_path(bad):
 @pytest.mark.parametrize("name", [n for n in ENERGIES if "angular" in n or "official a" in n
                                   or n == "min_angle"][:: 5])
 def test_non_finite_weight_gives_non_finite_gradient(name):
-    w = np.asarray(rand((6, 9), seed=4))
+    w = np.array(rand((6, 9), seed=4))
     w[1, 1] = np.nan
     g = jax.grad(lambda w: sum(jnp.sum(x) for x in jax.tree.leaves(ENERGIES[name](w))))(
         jnp.asarray(w))

@@ -581,3 +581,18 @@ def test_energy_logger_records_full_space_energy_role_and_shape():
     axes = energy_logger(output="head", neuron_axis=0)(net)["layers"]
     assert (axes["hidden/kernel"]["neurons"], axes["hidden/kernel"]["dim"]) == (4, 3)
     assert (axes["head/kernel"]["neurons"], axes["head/kernel"]["dim"]) == (3, 2)
+
+
+def test_truncated_json_is_named(tmp_path):
+    """A results.json / config.json cut short by a killed run raises ValueError naming the file
+    (load_run, find_runs, report.collect), not a bare JSONDecodeError."""
+    d = make_run(tmp_path, "baseline", 0, 30.0)
+    (d / "results.json").write_text('{"name": "x", "test_er')
+    for call in (lambda: study.load_run(d), lambda: study.find_runs(tmp_path),
+                 lambda: report.collect([tmp_path])):
+        with pytest.raises(ValueError, match="results.json is not valid JSON"):
+            call()
+    (d / "results.json").unlink()
+    (d / "config.json").write_text("{")
+    with pytest.raises(ValueError, match="config.json is not valid JSON"):
+        study.load_run(d)

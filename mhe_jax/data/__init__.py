@@ -26,6 +26,7 @@ from mhe_jax.data._errors import (
     ChecksumError as ChecksumError,
     CorruptDataError as CorruptDataError,
     DatasetError as DatasetError,
+    DatasetLayoutError as DatasetLayoutError,
     DatasetNotFoundError as DatasetNotFoundError,
     DownloadError as DownloadError,
 )
@@ -86,7 +87,7 @@ __all__ = [
     "CIFAR100_SIZE", "CIFAR100_URL", "ENV_VAR", "IMAGE_EXTENSIONS", "MNIST_FILES",
     "MNIST_MIRRORS", "MNIST_SIZES",
     "CacheRepairWarning", "ChecksumError", "CorruptDataError", "Dataset", "DatasetError",
-    "DatasetNotFoundError", "DownloadError",
+    "DatasetLayoutError", "DatasetNotFoundError", "DownloadError",
     "augment_batch", "batches", "cache_dir", "cifar10_multi_class_imbalance",
     "cifar10_single_class_imbalance", "class_counts", "download_file", "extract_tar",
     "imbalance_by_count", "imbalance_by_ratio", "list_image_folder", "load_cifar10",

@@ -23,6 +23,7 @@ __all__ = [
     "ChecksumError",
     "CorruptDataError",
     "DatasetError",
+    "DatasetLayoutError",
     "DatasetNotFoundError",
     "DownloadError",
 ]
@@ -35,6 +36,11 @@ class DatasetError(Exception):
 class DatasetNotFoundError(DatasetError, FileNotFoundError):
     """The dataset is not on disk and could not be downloaded (``download=False``, or no
     download exists for it)."""
+
+
+class DatasetLayoutError(DatasetError, ValueError):
+    """A dataset folder exists but is not laid out as the loader expects (e.g. an image folder's
+    ``val/`` holds a class that ``train/`` has not, or a split has no class sub-folders)."""
 
 
 class DownloadError(DatasetError, RuntimeError):

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from mhe_jax.data._dataset import Dataset, make_dataset
-from mhe_jax.data._errors import CorruptDataError, DatasetNotFoundError
+from mhe_jax.data._errors import CorruptDataError, DatasetLayoutError, DatasetNotFoundError
 
 __all__ = ["IMAGE_EXTENSIONS", "load_image_folder", "list_image_folder", "load_image"]
 
@@ -50,10 +50,10 @@ def list_image_folder(
     if classes is None:
         classes = found
     elif set(found) - set(classes):
-        raise ValueError(f"{split_dir} has classes not in the training split: "
+        raise DatasetLayoutError(f"{split_dir} has classes not in the training split: "
                          f"{sorted(set(found) - set(classes))[:5]}")
     if not classes:
-        raise ValueError(f"{split_dir} has no class sub-folders")
+        raise DatasetLayoutError(f"{split_dir} has no class sub-folders")
     items, empty = [], []
     for label, name in enumerate(classes):
         folder = split_dir / name

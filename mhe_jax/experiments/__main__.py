@@ -471,7 +471,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from mhe_jax import data as D
 
     errors: list[type[BaseException]] = [D.DatasetNotFoundError, D.DownloadError,
-                                         D.CorruptDataError]
+                                         D.CorruptDataError, D.DatasetLayoutError]
     try:  # the checkpoint errors: a damaged run folder, or a model of another shape
         from mhe_jax.train import CheckpointError, CheckpointMismatchError
 

@@ -35,14 +35,17 @@ def method_color(method: str, i: int = 0) -> str:
 
 
 def collect(paths) -> list[dict]:
-    """Every ``results.json`` under the given directories (or files), with its run directory."""
+    """Every ``results.json`` under the given directories (or files), with its run directory
+    (a file that is not JSON raises ``ValueError`` naming it)."""
+    from mhe_jax.experiments.study import read_json
+
     found = []
     for p in map(Path, paths):
         if not p.exists():
             raise FileNotFoundError(f"{p} does not exist")
         files = [p] if p.is_file() else sorted(p.rglob("results.json"))
         for f in files:
-            r = json.loads(f.read_text())
+            r = read_json(f)
             r["run_dir"] = str(f.parent)
             found.append(r)
     return found

@@ -57,6 +57,17 @@ def _lookup(config: dict, key: str, default=None):
     return default
 
 
+def read_json(path) -> Any:
+    """``json.loads`` of a file; a file that is not JSON (e.g. truncated by a killed run) raises
+    ``ValueError`` naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}): truncated or damaged? Delete it to "
+                         "rerun that run, or restore it") from None
+
+
 def read_jsonl(path) -> list[dict]:
     """Records of a JSONL log; a truncated last line (a killed run) is dropped."""
     path = Path(path)
@@ -114,8 +125,8 @@ def load_run(run_dir) -> StudyRun:
     cfg_path, res_path = d / "config.json", d / "results.json"
     if not cfg_path.exists() and not res_path.exists():
         raise FileNotFoundError(f"{d} is not a run folder (no config.json or results.json)")
-    results = json.loads(res_path.read_text()) if res_path.exists() else None
-    config = (json.loads(cfg_path.read_text()) if cfg_path.exists()
+    results = read_json(res_path) if res_path.exists() else None
+    config = (read_json(cfg_path) if cfg_path.exists()
               else dict((results or {}).get("config") or {"name": (results or {}).get("name")}))
     name = str(config.get("name") or d.name)
     method = name.rsplit("/", 1)[-1] if "/" in name else str(_lookup(config, "method", name))
@@ -482,7 +493,7 @@ def run_study(prefix: str, methods: Sequence[str], seeds: Sequence[int], out_dir
             d = run_dir_for(out_dir, prefix, method, seed)
             done = (d / "results.json").exists()
             if (d / "config.json").exists():
-                diffs = config_differences(json.loads((d / "config.json").read_text()), cfg,
+                diffs = config_differences(read_json(d / "config.json"), cfg,
                                            finished=done)
                 if diffs:
                     raise ConfigError(

@@ -114,7 +114,10 @@ def evaluate(model: nnx.Module, eval_step: Callable[[nnx.Module, Any], ArrayLike
     model.train()                               # batches' copies and steps overlap
     pred = np.concatenate(jax.device_get(preds))
     y = np.asarray(y)
-    k = num_classes or int(y.max()) + 1
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(
+            num_classes, int) or num_classes < 1):
+        raise ValueError(f"num_classes must be an int >= 1 or None, got {num_classes!r}")
+    k = num_classes if num_classes is not None else int(y.max()) + 1
     per_class = [float(np.mean(pred[y == c] == c)) if np.any(y == c) else float("nan")
                  for c in range(k)]
     return {"accuracy": float(np.mean(pred == y)), "per_class_accuracy": per_class}
