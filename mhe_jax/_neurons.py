@@ -118,8 +118,8 @@ def _scale_free_jvp(primals, tangents):
         return t - coef * Ws
 
     # Twice ("twice is enough"): the second pass removes the rounding of the first, so a
-    # tangent exactly parallel to a column (identical neurons with equal entries, e.g. an
-    # all-ones kernel) projects to exactly 0.
+    # tangent exactly parallel to a column (identical neurons whose entries equal one power of
+    # two, e.g. an all-ones kernel) projects to exactly 0.
     return Ws, project(project(dWs))
 
 

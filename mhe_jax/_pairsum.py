@@ -24,7 +24,7 @@ from jax.custom_derivatives import SymbolicZero
 
 from mhe_jax import _tiled
 from mhe_jax._kernels import Kernel, pair_function, pair_value
-from mhe_jax._neurons import inverse_norms, normalize_columns
+from mhe_jax._neurons import normalize_columns
 from mhe_jax._spec import PRECISIONS
 
 Array = jax.Array
@@ -126,7 +126,7 @@ def _normalized_pairwise_sum_jvp(k: Kernel, norm_eps, block_size, primals, tange
         value = _tiled.pair_sum(h, normalize_columns(W, norm_eps), block_size, False, precision)[0]
         return value, jnp.zeros_like(value)
     if _tiled.is_dense(W.shape[1], block_size):
-        value, grad = _tiled.dense_normalized(h, W, inverse_norms(W, norm_eps), precision)
+        value, grad = _tiled.dense_normalized(h, W, norm_eps, precision)
         return value, jnp.sum(grad * dW)
     Wn, dWn = jax.jvp(lambda W: normalize_columns(W, norm_eps), (W,), (dW,))
     value, force = _tiled.pair_sum(h, Wn, block_size, True, precision)

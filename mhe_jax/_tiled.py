@@ -105,30 +105,36 @@ def pair_sum(
     return _tiled(h, Wn, k, b, with_force, precision)
 
 
-def dense_normalized(h: Callable[[Array], Array], W: Array, inv: Array, precision=_HIGHEST):
+def dense_normalized(h: Callable[[Array], Array], W: Array, norm_eps: float = 0.0,
+                     precision=_HIGHEST):
     """Value and gradient w.r.t. the *raw* columns ``W`` (d, N) of ``Σ_{i≠j} h(c_ij)``.
 
-    ``inv`` (1, N) holds the inverse norms ``r_i`` (``ŵ_i = r_i w_i``, ``r_i = 0`` for a zero
-    column). The normalisation is folded into the ``N × N`` work: ``c = (WᵀW) ∘ r rᵀ`` and, with
-    ``A = h'(C)`` (diagonal removed) and ``∂r_i/∂w_i = −r_i³ w_i``,
+    With ``G = WᵀW`` the inverse norms ``r_i = 1 / sqrt(G_ii + norm_eps)`` (``ŵ_i = r_i w_i``,
+    ``r_i = 0`` for a zero column) come from the Gram product's diagonal, and the
+    normalisation is folded into the ``N × N`` work: ``c = G ∘ r rᵀ`` and, with ``A = h'(C)``
+    (diagonal removed) and ``∂r_i/∂w_i = −r_i³ w_i``,
 
         ∇_W = W Q,   Q = 2 A ∘ r rᵀ − 2 diag(r_i² Σ_j A_ij c_ij),
 
     so value and gradient are the Gram product and one more ``d × N × N`` product — no pass over
-    the ``d × N`` normalised copy and its backward (what makes ``d ≫ N`` layers cheap).
+    ``W`` (its squared norms) or the ``d × N`` normalised copy and its backward (what makes
+    ``d ≫ N`` layers cheap). The factor 2 is applied to ``Q`` (``N × N``), not to ``∇_W``.
     """
     n = W.shape[1]
-    r = inv.reshape(n)
+    g = _dot(W, W, (0, 0), precision)
+    sq = jnp.diagonal(g) + norm_eps
+    ok = sq > jnp.finfo(W.dtype).tiny
+    r = jnp.where(ok, lax.rsqrt(jnp.where(ok, sq, 1.0)), 0.0)
     rr = r[:, None] * r[None, :]
-    c = _dot(W, W, (0, 0), precision) * rr
+    c = g * rr
     off = lax.broadcasted_iota(jnp.int32, (n, n), 0) != lax.broadcasted_iota(jnp.int32, (n, n), 1)
     zero = jnp.zeros((), c.dtype)
     hv, dh = jax.jvp(h, (c,), (jnp.ones_like(c),))
     dh = jnp.where(off, dh, zero)
     value = jnp.sum(jnp.where(off, hv, zero))
     radial = r * r * jnp.sum(dh * c, axis=1)
-    q = jnp.where(off, dh * rr, -radial[:, None])
-    return value, 2.0 * _dot(W, q, (1, 0), precision)
+    q = jnp.where(off, (2.0 * dh) * rr, (-2.0) * radial[:, None])
+    return value, _dot(W, q, (1, 0), precision)
 
 
 def _dense(h, Wn, with_force, precision=_HIGHEST):

@@ -321,3 +321,46 @@ def test_sharded_one_device_in_process():
     np.testing.assert_allclose(g1, g0, rtol=1e-11, atol=1e-15)
     with pytest.raises(TypeError, match="mesh"):
         mhe_jax.sharded_hyperspherical_energy(w, "mesh", "x")
+
+
+# ------------------------------------------------------------------ compiled passes (issue 29)
+
+#: Ceilings of the compiled (XLA CPU) value+grad of a (2304, 256) layer, s = 2: fusions,
+#: reduces, selects, and the instructions that touch a d × N or an N × N array. Measured when
+#: this test was written: 22 / 6 / 34, 10 d×N (column scales, the scaled copy, the 2 matmuls, the
+#: 1/(N(N−1)) factor, the two tangent-projection passes) and 9 N×N; bdec18e had 11 / 3 / 8, 4 d×N
+#: and 8 N×N (benchmarks/RESULTS.md). A new pass over either array fails here.
+PASS_CEILINGS = {"fusions": 22, "reduces": 6, "selects": 34, "dN": 10, "NN": 9}
+
+
+def compiled_passes(d, n, **kw):
+    """Counts in the optimised HLO of ``jit(value_and_grad(hyperspherical_energy))``."""
+    import re
+
+    f = jax.jit(jax.value_and_grad(lambda w: energy(w, **kw)))
+    text = f.lower(jax.ShapeDtypeStruct((d, n), jnp.float32)).compile().as_text()
+    entry = text[text.index("ENTRY"):]
+    counts = {"fusions": len(re.findall(r"^\s*(?:ROOT )?%\S+ = \S+ fusion\(", text, re.M)),
+              "reduces": len(re.findall(r" reduce\(", text)),
+              "selects": len(re.findall(r" select\(", text)), "dN": 0, "NN": 0}
+    shapes = {}
+    for line in entry.splitlines()[1:]:
+        m = re.match(r"\s*(?:ROOT )?%(\S+) = (\S+) ([\w-]+)\((.*?)\)", line)
+        if not m:
+            continue
+        name, shape, op, args = m.groups()
+        shapes[name] = shape
+        if op in ("parameter", "constant", "tuple", "get-tuple-element"):
+            continue
+        touched = [shape] + [shapes.get(o, "") for o in re.findall(r"%([\w.\-]+)", args)]
+        counts["dN"] += any(t.startswith(f"f32[{d},{n}]") for t in touched)
+        counts["NN"] += any(t.startswith(f"f32[{n},{n}]") for t in touched)
+    return counts
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="counts of the XLA CPU program")
+def test_compiled_value_and_grad_passes_do_not_grow():
+    counts = compiled_passes(2304, 256, s=2.0)
+    over = {k: (counts[k], v) for k, v in PASS_CEILINGS.items() if counts[k] > v}
+    assert not over, f"compiled value+grad grew (count, ceiling): {over}; all: {counts}"
+    assert counts["dN"] >= 4 and counts["NN"] >= 4  # the parser still sees the program

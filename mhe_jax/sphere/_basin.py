@@ -455,7 +455,9 @@ def basin_hopping(
     Stops once every chain has made ``hops`` hops, after ``patience × chains`` hops of all
     chains together without a new overall best (better by more than 1e-10 relative), after
     ``time_limit`` seconds, or once the best energy is ``≤ target``; then polishes the best
-    minimum of every chain to the tolerance of :func:`minimize_energy`. The starts and moves
+    minimum of every chain to the tolerance of :func:`minimize_energy` (without its saddle
+    check: every hop perturbs the chain's minimum, which leaves a saddle; with ``hops=0`` a
+    symmetric ``init`` can end at one, use :func:`minimize_energy`). The starts and moves
     are drawn from ``key`` (deterministic for a fixed key unless ``time_limit`` cuts the run).
     ``s`` is compiled into the search (one compilation per ``(n, dim, chains, s, distance,
     move)``). Use float64 (``jax_enable_x64``) for large ``n``:

@@ -365,25 +365,117 @@ def lbfgs_iteration(fun: Callable, params, tol, steps, opts: _Options) -> Callab
     return body
 
 
-def _riemannian_lbfgs(fun: Callable, x0: Array, params, tol, steps, opts: _Options):
+def _riemannian_lbfgs(
+    fun: Callable, x0: Array, params, tol, steps, opts: _Options, checks: int = 0
+):
     """Minimise ``fun(x, params)`` over rows of ``x`` on the unit sphere; returns (x, f, ‖grad‖,
-    iterations, status). ``tol`` and ``steps`` are traced (no recompilation)."""
-    body = lbfgs_iteration(fun, params, tol, steps, opts)
-    st = lax.while_loop(lambda st: st.status == RUNNING, body, lbfgs_start(x0, opts))
-    return st.x, st.f, st.gnorm, st.k, st.status
+    iterations, status). ``tol`` and ``steps`` are traced (no recompilation). ``checks > 0``:
+    followed by the saddle check of :func:`_saddle_checked` (``checks`` is static)."""
+
+    def minimise(st: _State, steps) -> _State:
+        body = lbfgs_iteration(fun, params, tol, steps, opts)
+        return lax.while_loop(lambda st: st.status == RUNNING, body, st)
+
+    if checks == 0:
+        st = minimise(lbfgs_start(x0, opts), steps)
+        return st.x, st.f, st.gnorm, st.k, st.status
+    return _saddle_checked(minimise, x0, tol, steps, opts, checks)
 
 
-def _solve_batch_impl(fun, x0s, params, tol, steps, opts: _Options):
+# Saddle check (issue #29): the perturbation's size relative to the typical spacing
+# n^{-1/(dim-1)} and its floor in units of √ε_mach, the PRNG seed of its directions, the
+# iteration cap of a check's re-minimisation, and the number of checks (minimize_energy's
+# default).
+SADDLE_KICK = 1e-3
+SADDLE_KICK_FLOOR = 8.0
+SADDLE_SEED = 29
+SADDLE_CHECK_STEPS = 10
+SADDLE_CHECKS = 3
+# Statuses whose point is a stationary point to the tolerance or to round-off: checked.
+_CHECKED = (CONVERGED, LINESEARCH_FAILED, STALLED)
+
+
+def saddle_kick(n: int, dim: int, dtype) -> float:
+    """Size (chord, per point) of the saddle check's perturbation: ``1e-3`` of the typical
+    spacing ``n^{−1/(dim−1)}``, at least ``8 √ε_mach`` (float32: 2.8e-3; float64: 1.2e-7)."""
+    floor = SADDLE_KICK_FLOOR * math.sqrt(float(jnp.finfo(dtype).eps))
+    return max(SADDLE_KICK * n ** (-1.0 / (dim - 1)), floor)
+
+
+def _kick(x: Array, round_: Array) -> Array:
+    """``x`` moved by the saddle check's deterministic tangent perturbation number ``round_``
+    (key ``fold_in(key(SADDLE_SEED), round_)``: the same for every restart and call), rows of
+    expected chord :func:`saddle_kick`."""
+    n, dim = x.shape
+    key = jax.random.fold_in(jax.random.key(SADDLE_SEED), round_)
+    v = project(x, jax.random.normal(key, x.shape, x.dtype))
+    v = v * (saddle_kick(n, dim, x.dtype) / math.sqrt(max(dim - 1, 1)))
+    return normalize_rows(x + v)
+
+
+def _saddle_checked(minimise: Callable, x0: Array, tol, steps, opts: _Options, checks: int):
+    """Minimise from ``x0`` (``steps``), then check the point reached, at most ``checks`` times:
+    move it by :func:`_kick` and minimise for at most ``SADDLE_CHECK_STEPS`` iterations (the
+    L-BFGS memory kept). A check that ends lower than the checked point by more than
+    ``max(tol, 64 ε_mach) · max(|f|, 1)`` found descent (a saddle): the search continues from
+    there (full ``steps``) and its end is checked in turn; otherwise the checked result stands
+    (its points, energy, status) and the check ends. Only statuses 1–3 are checked. One copy of
+    the L-BFGS loop, in a ``while_loop`` over rounds; the iterations of all rounds are summed."""
+    dtype = x0.dtype
+    rel = jnp.maximum(tol, 64 * float(jnp.finfo(dtype).eps))
+    inf = jnp.asarray(jnp.inf, dtype)
+    check_steps = jnp.minimum(steps, SADDLE_CHECK_STEPS)
+
+    def cond(c):
+        return c[0].status == RUNNING
+
+    def body(c):
+        start, best, iters, done, is_check = c
+        st = minimise(start, jnp.where(is_check, check_steps, steps))
+        bf = best[1]
+        dropped = st.f < bf - rel * jnp.maximum(jnp.abs(bf), 1.0)
+        accept = ~is_check | dropped
+        best = jax.tree.map(
+            lambda a, b: jnp.where(accept, a, b), (st.x, st.f, st.gnorm, st.status), best
+        )
+        checked = jnp.isin(st.status, jnp.asarray(_CHECKED, jnp.int32))
+        # After a full run: check it (if checks are left). After a check that found descent:
+        # continue (no kick) unless the check already converged, then check that.
+        resume = is_check & dropped & (st.status == MAX_STEPS)
+        kick = accept & checked & (done < checks)
+        go_on = resume | kick
+        nxt = st._replace(
+            x=jnp.where(kick, _kick(st.x, done), st.x),
+            f=inf,
+            g=jnp.zeros_like(st.g),
+            k=jnp.asarray(-1, jnp.int32),
+            gnorm=inf,
+            status=jnp.where(go_on, RUNNING, st.status).astype(jnp.int32),
+            stall=jnp.zeros((), jnp.int32),
+        )
+        return nxt, best, iters + jnp.maximum(st.k, 0), done + kick.astype(jnp.int32), kick
+
+    start = lbfgs_start(x0, opts)
+    best = (start.x, inf, inf, start.status)
+    zero = jnp.zeros((), jnp.int32)
+    init = (start, best, zero, zero, jnp.zeros((), bool))
+    _, (x, f, gnorm, status), iters, _, _ = lax.while_loop(cond, body, init)
+    return x, f, gnorm, iters, status
+
+
+def _solve_batch_impl(fun, x0s, params, tol, steps, opts: _Options, checks: int = 0):
     """``vmap`` of the Riemannian L-BFGS over restarts (leading axis of ``x0s``)."""
-    return jax.vmap(lambda x0: _riemannian_lbfgs(fun, x0, params, tol, steps, opts))(x0s)
+    return jax.vmap(lambda x0: _riemannian_lbfgs(fun, x0, params, tol, steps, opts, checks))(
+        x0s
+    )
 
 
-_solve_batch = jax.jit(_solve_batch_impl, static_argnames=("fun", "opts"))
+_solve_batch = jax.jit(_solve_batch_impl, static_argnames=("fun", "opts", "checks"))
 # Small problems run in milliseconds: compile them without LLVM optimisations (about half the
 # compile time; a few times slower to run, which only matters for large n).
 _solve_batch_small = jax.jit(
     _solve_batch_impl,
-    static_argnames=("fun", "opts"),
+    static_argnames=("fun", "opts", "checks"),
     compiler_options={"xla_backend_optimization_level": 0},
 )
 SMALL_N = 32
@@ -510,7 +602,8 @@ class EnergyResult(NamedTuple):
       points: ``(n, dim)`` best configuration, unit rows.
       energy: its energy ``Σ_{i<j} f_s(dist(x_i, x_j))`` (physics convention, no guard).
       energies: ``(restarts,)`` final energy of every restart.
-      iterations: ``(restarts,)`` L-BFGS iterations of every restart.
+      iterations: ``(restarts,)`` L-BFGS iterations of every restart (those of the saddle check
+        of :func:`minimize_energy` included).
       grad_norm: final Riemannian gradient norm (Frobenius over all points) of the best restart.
       grad_norms: ``(restarts,)`` the same for every restart.
       status: ``(restarts,)`` stop reason, see :data:`STATUS_NAMES` (1: gradient tolerance,
@@ -662,13 +755,16 @@ def _as_dtype(params, dtype):
     return {k: np.asarray(v, np.int32 if k == "mode" else dtype) for k, v in params.items()}
 
 
-def run_restarts(fun, x0s, params, *, steps: int, tol: float, opts: _Options):
-    """Run the jitted, vmapped solver; returns (points, f, grad norms, iterations, status)."""
+def run_restarts(
+    fun, x0s, params, *, steps: int, tol: float, opts: _Options, checks: int = 0
+):
+    """Run the jitted, vmapped solver; returns (points, f, grad norms, iterations, status).
+    ``checks``: re-minimisations of the saddle check (0: none; see :func:`minimize_energy`)."""
     check_power(fun, params)
     dtype = x0s.dtype
     solve = _solve_batch_small if x0s.shape[1] <= SMALL_N else _solve_batch
     tol_array, steps_array = np.asarray(tol, dtype), np.asarray(steps, np.int32)
-    return solve(fun, x0s, _as_dtype(params, dtype), tol_array, steps_array, opts)
+    return solve(fun, x0s, _as_dtype(params, dtype), tol_array, steps_array, opts, checks)
 
 
 def minimize_energy(
@@ -683,6 +779,7 @@ def minimize_energy(
     steps: int | None = None,
     tol: float | None = None,
     memory: int = 10,
+    saddle_checks: int = SADDLE_CHECKS,
 ) -> EnergyResult:
     r"""Minimum-energy configuration of ``n`` points on the unit sphere ``S^{dim−1} ⊂ R^dim``.
 
@@ -702,8 +799,10 @@ def minimize_energy(
     normalisation, vector transport by projection, Armijo / approximate-Wolfe backtracking),
     ``restarts`` random starts ``jax.vmap``-ed in one ``jax.jit`` call (each a
     ``lax.while_loop``), best kept. It finds local minima; for large ``n`` the global minimum
-    needs many restarts (the number of local minima grows exponentially). One compilation per
-    ``(n, dim, restarts, distance, memory)``: ``s``, ``tol`` and ``steps`` are traced values.
+    needs many restarts (the number of local minima grows exponentially). Every restart that
+    ends at a stationary point is then checked for a saddle (``saddle_checks``). One
+    compilation per ``(n, dim, restarts, distance, memory, saddle_checks)``: ``s``, ``tol`` and
+    ``steps`` are traced values.
 
     Precision: computes in float64 when ``jax.config.update("jax_enable_x64", True)`` is set —
     needed for ~1e-10 relative energies — and in float32 otherwise (about 1e-6 relative). For
@@ -730,12 +829,27 @@ def minimize_energy(
         Two rows of a start closer than the solver resolves (chord ``2 √ε_mach`` after
         normalisation: 6.9e-4 in float32, 3.0e-8 in float64), such as duplicates, raise
         ``ValueError`` naming ``init`` and the rows: the energy is singular there and the
-        symmetric start cannot separate them. (A start with an exact symmetry, e.g. every
-        point on one great circle, keeps it, and can end at a saddle of the full problem.)
+        symmetric start cannot separate them. A start with an exact symmetry (e.g. every
+        point on one great circle) keeps it under the updates and ends at a saddle of the full
+        problem; the saddle check (``saddle_checks``) leaves it.
       steps: maximum L-BFGS iterations per restart (default ``max(2000, 40 n)``).
       tol: stop when the Riemannian gradient norm ``≤ tol · max(|E|, 1)``; default 1e-11 in
         float64, 1e-5 in float32. Restarts also stop when round-off stalls the decrease.
       memory: L-BFGS memory (number of stored pairs).
+      saddle_checks: deterministic saddle check, at most this many times per restart (0:
+        none). A restart that ends at a stationary point (status 1–3) is moved by a fixed
+        tangent perturbation (key ``SADDLE_SEED``, the same for every restart and call; chord
+        ``max(1e-3 n^{−1/(dim−1)}, 8 √ε_mach)`` per point: float32 2.8e-3, float64 1e-4 at
+        ``n`` = 100) and minimised again for at most ``SADDLE_CHECK_STEPS`` = 10 iterations,
+        the L-BFGS memory kept. If that ends lower by more than ``max(tol, 64 ε_mach) ·
+        max(|E|, 1)``, the point was a saddle: the minimisation continues from there (a fresh
+        ``steps``) and its end is checked again; otherwise the checked result is returned
+        unchanged (points, energy and status; the perturbed run is discarded even when it is
+        lower by less than that). It guarantees escape from saddles whose descent lowers the
+        energy by that much within 10 iterations — every great-circle start of ``n`` = 4, 6,
+        12 at ``s`` = 0, 1, 2 in float32 and float64 (tested; 5 iterations were not enough for
+        one of them in float32) — not from arbitrarily flat ones. Cost: about 10 iterations per
+        restart, a few per cent for random starts (``benchmarks/RESULTS.md``).
 
     Returns:
       The best points and energy, and per restart the energies, iterations, gradient norms
@@ -756,6 +870,7 @@ def minimize_energy(
     if restarts is not None:
         restarts = _check_int(restarts, "restarts", 1)
     memory = _check_int(memory, "memory", 1)
+    saddle_checks = _check_int(saddle_checks, "saddle_checks", 0)
     dtype = compute_dtype()
     steps = default_steps(n) if steps is None else _check_int(steps, "steps", 1)
     if tol is None:
@@ -766,7 +881,13 @@ def minimize_energy(
     fun = SphereObjective(distance, _solver_eps(distance, dtype))
     params = energy_params(s)
     xs, f, gnorms, iters, status = run_restarts(
-        fun, x0s, params, steps=steps, tol=tol, opts=solver_options(n, dim, memory)
+        fun,
+        x0s,
+        params,
+        steps=steps,
+        tol=tol,
+        opts=solver_options(n, dim, memory),
+        checks=saddle_checks,
     )
     return energy_result(xs, f, gnorms, iters, status, params, distance)
 

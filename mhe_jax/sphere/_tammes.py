@@ -269,7 +269,9 @@ def tammes(
       restarts: random starts (default 16, or the number of starts in ``init``).
       key: PRNG key or int seed (default ``jax.random.key(0)``).
       init: optional starts, ``(n, dim)`` or ``(restarts, n, dim)``; coincident rows raise
-        ``ValueError`` naming ``init``, as in :func:`minimize_energy`.
+        ``ValueError`` naming ``init``, as in :func:`minimize_energy`. Every stage ends with
+        the saddle check of :func:`minimize_energy` (``saddle_checks`` = 3), so a symmetric
+        start (e.g. ``n = 6`` on one great circle: 60°) leaves the saddle (the octahedron, 90°).
       schedule: increasing Riesz exponents of the continuation.
       betas: increasing sharpness values of the max–min smoothing (empty: skip the stage).
       polish_top: number of best restarts given to the Newton polish (0: no polish).
@@ -310,8 +312,10 @@ def tammes(
     for k, params in enumerate(stages):
         # Intermediate stages only need to bring the restarts near the next stage's minimiser.
         stage_tol = tol if k == len(stages) - 1 else max(tol, 1e-6)
+        # The saddle check of minimize_energy on every stage (one compilation for all): a
+        # symmetric start (points on one great circle) otherwise keeps its symmetry throughout.
         xs, f, _, _, _ = _solver.run_restarts(
-            fun, x, params, steps=steps, tol=stage_tol, opts=opts
+            fun, x, params, steps=steps, tol=stage_tol, opts=opts, checks=_solver.SADDLE_CHECKS
         )
         xs, f = np.asarray(xs), np.asarray(f)
         ok = np.isfinite(f)[:, None, None] & np.all(np.isfinite(xs), axis=(1, 2), keepdims=True)
