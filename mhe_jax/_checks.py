@@ -58,7 +58,7 @@ def check_weights(w, name: str = "w") -> jax.Array:
     return w
 
 
-def check_axis(axis: int, ndim: int, name: str = "neuron_axis") -> int:
+def check_axis(axis, ndim: int, name: str = "neuron_axis") -> int:
     if isinstance(axis, np.ndarray) and axis.ndim == 0:
         axis = axis[()]  # a 0-d NumPy array: its scalar
     if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):

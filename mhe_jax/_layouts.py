@@ -95,7 +95,8 @@ def is_layer(layout: str, path: str, leaf) -> bool:
 def _as_axes(value, ndim: int, name: str) -> tuple[int, ...]:
     if isinstance(value, np.ndarray) and value.ndim == 0:
         value = value[()]  # a 0-d NumPy array: its scalar
-    items = (value,) if isinstance(value, (int, np.integer, float, np.floating, np.bool_)) else value
+    scalar = isinstance(value, (int, np.integer, float, np.floating, np.bool_))
+    items = (value,) if scalar else value
     try:
         items = tuple(items)
     except TypeError:

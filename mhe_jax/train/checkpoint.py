@@ -42,19 +42,6 @@ class CheckpointMismatchError(ValueError):
     Nothing is moved aside (the checkpoints are intact)."""
 
 
-def _path_str(path) -> str:
-    """``model/layers/0/kernel`` for a key path (dict keys, sequence indices, attributes)."""
-    parts = []
-    for k in path:
-        for attr in ("key", "idx", "name"):
-            if hasattr(k, attr):
-                parts.append(str(getattr(k, attr)))
-                break
-        else:
-            parts.append(str(k))
-    return "/".join(parts)
-
-
 def _leaf_specs(tree: Any) -> dict[str, tuple[tuple[int, ...] | None, str | None]]:
     """``{leaf path: (shape, dtype name)}`` of a state tree or of orbax's tree metadata (None
     where a leaf does not say)."""
@@ -63,8 +50,9 @@ def _leaf_specs(tree: Any) -> dict[str, tuple[tuple[int, ...] | None, str | None
     for path, leaf in flat:
         shape = getattr(leaf, "shape", None)
         dtype = getattr(leaf, "dtype", None)
-        out[_path_str(path)] = (None if shape is None else tuple(int(d) for d in shape),
-                                None if dtype is None else np.dtype(dtype).name)
+        key = jax.tree_util.keystr(path, simple=True, separator="/")
+        out[key] = (None if shape is None else tuple(int(d) for d in shape),
+                    None if dtype is None else np.dtype(dtype).name)
     return out
 
 
