@@ -28,8 +28,8 @@ def main() -> None:
         record = json.loads(line)
         if "loss" in record and "layers" not in record:  # batch records only
             losses.append((int(record["step"]), float(record["loss"])))
-    if not losses or losses[-1][0] < steps:
-        raise SystemExit(f"{args.run_dir}: the run has not reached step {steps} yet")
+    if not (args.run_dir / "results.json").exists() or not losses:
+        raise SystemExit(f"{args.run_dir}: the run has not finished (no results.json)")
     last = [v for s, v in losses if steps - args.window < s <= steps]
     before = [v for s, v in losses if steps - 2 * args.window < s <= steps - args.window]
     a, b = statistics.fmean(last), statistics.fmean(before)
