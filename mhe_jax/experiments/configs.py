@@ -810,8 +810,9 @@ def _build_registry() -> dict[str, ExperimentConfig]:
     # BN momentum 0.99; batch 128, SGD momentum 0.9, wd 5e-4, label smoothing 0.01; lr 0.05
     # after a 200-step warm-up, x0.1 at 50 % and 75 % of the steps (counted from step 0);
     # 30 epochs (11720 steps): the pre-registered plateau check on a 15-epoch baseline run
-    # (results/cifar10_full16/README.md) found no plateau, so the length doubled. Arms: the code's λ (1 / 10), the released logs' λ (0.1 / 1) and
-    # half-space MHE (1 / 10), each paired with the baseline by seed.
+    # (results/cifar10_full16/README.md) found no plateau, so the length doubled. Arms: the
+    # code's λ (1 / 10), the released logs' λ (0.1 / 1) and half-space MHE (1 / 10), each
+    # paired with the baseline by seed.
     full16 = {
         "data": {"dataset": "cifar10_jpeg"},
         "model": {"widths": (16, 32, 64), "bn_momentum": 0.99},
