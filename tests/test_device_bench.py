@@ -47,13 +47,13 @@ def _check(result, stdout, parts, methods=("baseline", "mhe", "half_mhe")):
         assert part not in result
 
 
+@pytest.mark.slow  # ~60 s; fast twin: the --methods baseline subset below
 def test_device_smoke_runs_all_three_parts(tmp_path):
-    """The command CI runs (issue 16 §4): all three parts, every method."""
+    """``--smoke``: all three parts, every method."""
     result, stdout = _run(tmp_path)
     _check(result, stdout, ("energy", "train_step", "table1"))
 
 
-@pytest.mark.slow
 def test_device_smoke_subset_runs_all_three_parts(tmp_path):
     """``--methods baseline``: the same three parts, baseline rows only in (b) and (c)."""
     result, stdout = _run(tmp_path, "--methods", "baseline")
