@@ -148,8 +148,8 @@ def holm_intervals(differences: Mapping[str, Sequence[float]], *, level: float =
 
     The arms are ordered by their paired t-test p-value; the k-th (k = 1..m, m the arms with at
     least two pairs) gets the interval at confidence ``1 − α/(m − k + 1)``, ``α = 1 − level``.
-    Returns ``{arm: {"interval": (lo, hi), "level": confidence used, "p": raw p,
-    "p_holm": adjusted p}}``.
+    Returns ``{arm: {"interval": (lo, hi), "level": confidence used, "t": paired t,
+    "p": raw p, "p_holm": adjusted p}}``.
 
     Examples:
         >>> out = holm_intervals({"a": [0.2, 0.4, 0.6], "b": [0.1, -0.1, 0.3]})
@@ -157,7 +157,8 @@ def holm_intervals(differences: Mapping[str, Sequence[float]], *, level: float =
         (0.975, 0.95)
     """
     alpha = 1 - level
-    p = {k: paired_t_test(d)[1] for k, d in differences.items()}
+    tests = {k: paired_t_test(d) for k, d in differences.items()}
+    p = {k: tp[1] for k, tp in tests.items()}
     adjusted = holm(p)
     order = sorted((v, k) for k, v in p.items() if not math.isnan(v))
     m = len(order)
@@ -165,10 +166,10 @@ def holm_intervals(differences: Mapping[str, Sequence[float]], *, level: float =
     for rank, (_, k) in enumerate(order):
         conf = 1 - alpha / (m - rank)
         out[k] = {"interval": paired_t_interval(differences[k], level=conf), "level": conf,
-                  "p": p[k], "p_holm": adjusted[k]}
+                  "t": tests[k][0], "p": p[k], "p_holm": adjusted[k]}
     for k in differences:
-        out.setdefault(k, {"interval": (math.nan, math.nan), "level": math.nan, "p": p[k],
-                           "p_holm": adjusted[k]})
+        out.setdefault(k, {"interval": (math.nan, math.nan), "level": math.nan,
+                           "t": tests[k][0], "p": p[k], "p_holm": adjusted[k]})
     return out
 
 

@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from mhe_jax.experiments.stats import holm_intervals, mean_std, paired_t_test
+from mhe_jax.experiments.stats import holm_intervals, mean_std
 
 METHOD_ORDER = ("baseline", "mhe", "half_mhe", "a_mhe", "half_a_mhe", "orthonormal",
                 "orthogonality")
@@ -242,13 +242,18 @@ def final_train_accuracy(run: StudyRun) -> float:
     res = run.results or {}
     if res.get("train_accuracy") is not None:
         return float(res["train_accuracy"])
-    recs = [r for r in run.log if "accuracy" in r and "layers" not in r]
+    return _batch_tail_mean(run, "accuracy", 0.1)
+
+
+def _batch_tail_mean(run: StudyRun, key: str, fraction: float) -> float:
+    """Mean of the logged batch records' ``key`` over the last ``fraction`` of the steps (at
+    least the last record; NaN without any)."""
+    recs = [r for r in run.log if key in r and "layers" not in r]
     if not recs:
         return math.nan
     end = max(r["step"] for r in recs)
-    start = end - max(1, round(0.1 * (run.steps or end)))
-    tail = [r["accuracy"] for r in recs if r["step"] > start]
-    return statistics.fmean(tail or [recs[-1]["accuracy"]])
+    start = end - max(1, round(fraction * (run.steps or end)))
+    return statistics.fmean([r[key] for r in recs if r["step"] > start] or [recs[-1][key]])
 
 
 def train_accuracy_gain(run: StudyRun, fraction: float = 0.25) -> float:
@@ -277,13 +282,7 @@ def best_test_error(run: StudyRun) -> float:
 def final_train_loss(run: StudyRun, fraction: float = 0.05) -> float:
     """Mean logged batch loss (augmented batches, train mode) over the last ``fraction`` of the
     steps (at least the last record; NaN without any)."""
-    recs = [r for r in run.log if "loss" in r and "layers" not in r]
-    if not recs:
-        return math.nan
-    end = max(r["step"] for r in recs)
-    start = end - max(1, round(fraction * (run.steps or end)))
-    return statistics.fmean([r["loss"] for r in recs if r["step"] > start]
-                            or [recs[-1]["loss"]])
+    return _batch_tail_mean(run, "loss", fraction)
 
 
 METRICS = (  # key, column header, format
@@ -386,8 +385,8 @@ def summarize(runs: Sequence[StudyRun], *, methods: Sequence[str] | None = None,
         family = holm_intervals(diffs, level=level)
         for m, d in diffs.items():
             mean, sd = mean_std(d)
-            t, p = paired_t_test(d)
-            paired[m][key] = {"differences": d, "mean": mean, "std": sd, "t": t, "p": p,
+            paired[m][key] = {"differences": d, "mean": mean, "std": sd, "t": family[m]["t"],
+                              "p": family[m]["p"],
                               "p_holm": family[m]["p_holm"], "interval": family[m]["interval"],
                               "interval_level": family[m]["level"]}
     for m in paired:
