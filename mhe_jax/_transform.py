@@ -149,7 +149,10 @@ def penalty_transformation(
                 for k, v in strengths(count).items()}
 
     def init_fn(params):
-        _tree.select_layers(params, warn=True, **select)
+        leaves, _, layers = _tree.select_layers(params, warn=True, **select)
+        check_layers = getattr(penalty, "check_layers", None)
+        if check_layers is not None:  # shape-only checks, raised here rather than at update
+            check_layers([(layer, _matrix_shape(leaves[layer.index], layer)) for layer in layers])
         count = jnp.zeros([], jnp.int32)
         return RegularizerState(count=count, strengths=report(count))
 
@@ -176,6 +179,13 @@ def penalty_transformation(
     return optax.GradientTransformationExtraArgs(
         init_fn, update_fn  # pyright: ignore[reportArgumentType]
     )
+
+
+def _matrix_shape(leaf, layer: _tree.Layer) -> tuple[int, int]:
+    """``(d, N)`` of a layer's neuron matrix from its leaf's shape (concrete or abstract)."""
+    shape = tuple(leaf.shape)
+    n = math.prod(shape[a] for a in layer.neuron_axes)
+    return math.prod(shape) // max(n, 1), n
 
 
 # --------------------------------------------------------------------------------------------
@@ -234,6 +244,23 @@ class _MHEPenalty:
             return spec.replace(sample_size=None)
         k = spec.sample_size if spec.sample_size is not None and spec.sample_size < n else None
         return spec.replace(projection=None, sample_size=k)
+
+    def check_layers(self, shapes: list[tuple[_tree.Layer, tuple[int, int]]]) -> None:
+        """At ``init``: each layer's calibration reference exists (``s < d − 1``), so an
+        impossible ``calibrate=True`` names the layer before any step, not at the first update."""
+        if not self.spec.calibrate:
+            return
+        for layer, (d, n) in shapes:
+            if layer.is_output and self.output_strength is None:
+                continue
+            if not layer.is_output and _is_zero(self.hidden_strength):
+                continue
+            spec = self.output_spec() if layer.is_output else self.hidden_spec(d, n)
+            try:
+                _energy.calibration_reference(spec, n, d)
+            except ValueError as e:
+                raise ValueError(f"calibrate=True cannot calibrate layer {layer.path!r} "
+                                 f"(d={d} inputs, N={n} neurons): {e}") from e
 
     def __call__(self, matrices, layers, count, key, labels=None, **unused_extra) -> jax.Array:
         lam_h = _value(self.hidden_strength, count)

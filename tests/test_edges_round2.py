@@ -363,3 +363,22 @@ def test_readme_states_the_all_ones_claim_as_tested():
     text = re.sub(r"\s+", " ", (ROOT / "README.md").read_text())
     assert "(an all-ones kernel, `2^k·ones`) and d = 1 get an exactly zero gradient" in text
     assert "tested over 70 shapes" in text
+
+
+def test_impossible_calibration_raises_at_init_naming_the_layer():
+    """calibrate=True with s ≥ d − 1 has no uniform reference: init names the layer (it used to
+    raise only inside the first jitted update)."""
+    params = {"conv": {"kernel": jnp.ones((3, 3, 1, 4))},  # d = 9: s = 8 diverges
+              "head": {"kernel": jnp.ones((9, 10))}}
+    tx = mhe_jax.mhe_regularizer(1.0, s=8.0, calibrate=True)
+    with pytest.raises(ValueError, match=r"cannot calibrate layer 'conv/kernel'.*d=9"):
+        tx.init(params)
+    with pytest.raises(ValueError, match="calibrate=True cannot calibrate layer"):
+        tx.init(jax.eval_shape(lambda: params))  # abstract shapes too
+    # s = 2 with d = 3 (s ≥ d − 1) on the output layer only: named when the output is regularized
+    small = {"body": {"kernel": jnp.ones((9, 4))}, "head": {"kernel": jnp.ones((3, 10))}}
+    tx = mhe_jax.mhe_regularizer(1.0, 1.0, output="head", s=2.0, calibrate=True)
+    with pytest.raises(ValueError, match=r"layer 'head/kernel' \(d=3"):
+        tx.init(small)
+    mhe_jax.mhe_regularizer(1.0, None, output="head", s=2.0, calibrate=True).init(small)
+    mhe_jax.mhe_regularizer(0.0, 1.0, output="head", s=0.0, calibrate=True).init(small)
