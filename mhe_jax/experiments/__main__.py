@@ -3,6 +3,13 @@
 A mistake in the command (an unknown config, a bad ``--set``, missing data) prints one line to
 stderr saying what was wrong and how to fix it, and exits with status 2; ``--debug`` shows the
 traceback instead.
+
+``run``, ``quickstart`` and ``study`` also run as several processes (one per host or
+accelerator, each started with the same command): ``--distributed`` takes the settings from
+the cluster (SLURM, Open MPI, TPU pod, Kubernetes; ``jax.distributed.initialize()``), or
+``--coordinator HOST:PORT --num-processes N --process-id I`` (or the environment variables
+``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``) give them. Process 0
+alone writes the runs' logs, results, reports and figures; all save the checkpoints.
 """
 
 from __future__ import annotations
@@ -117,6 +124,52 @@ def _check_json_files(root, names=("config.json", "results.json")) -> None:
             ) from e
 
 
+# --------------------------------------------------------------------------- several processes
+
+_PROCESS_FLAGS = {"coordinator": "--coordinator", "num_processes": "--num-processes",
+                  "process_id": "--process-id", "detect": "--distributed"}
+
+
+def _process_settings(args):
+    """The checked multi-process settings of the command (None: one process); a
+    :class:`UsageError` naming the flag or environment variable. Nothing connects yet."""
+    if not hasattr(args, "coordinator"):  # a command without the options (list, report, fig4)
+        return None
+    from mhe_jax.train.distributed import process_settings
+
+    try:
+        settings = process_settings(args.coordinator, args.num_processes, args.process_id,
+                                    detect=args.distributed, names=_PROCESS_FLAGS)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if settings is not None and getattr(args, "workers", 1) > 1:
+        raise UsageError(f"--workers {args.workers} with several processes: a multi-process "
+                         "study trains one run at a time over all of them; give --workers 1")
+    return settings
+
+
+def _start_processes(args) -> bool:
+    """Start the distributed runtime when the command asks for several processes (after the
+    command's own checks, before anything uses JAX); True in the process that writes the
+    files (process 0, or the only one)."""
+    settings = getattr(args, "process_settings", None)
+    if settings is None:
+        return True
+    import jax
+
+    if not getattr(args, "processes_started", False):
+        from mhe_jax.train.distributed import DistributedError, initialize_distributed
+
+        try:
+            initialize_distributed(settings, names=_PROCESS_FLAGS)
+        except DistributedError as e:
+            where = ("--distributed" if settings.detect
+                     else f"--coordinator {settings.coordinator}")
+            raise UsageError(f"{where}: {e}") from None
+        args.processes_started = True
+    return jax.process_index() == 0
+
+
 def _run(name, overrides, out_dir, progress, resume: ResumeMode = "auto",
          steps_per_call: int | Literal["auto"] = 1):
     from mhe_jax.experiments.runner import run
@@ -192,21 +245,27 @@ def cmd_quickstart(args):
     cfgs = {(n, s): config_for(n, [*overrides, f"seed={s}"]) for s in seeds for n in names}
     from mhe_jax.experiments.runner import run
 
+    writes = _start_processes(args)  # several processes: process 0 alone prints and writes
     rows, runs, shapes = [], [], {}
     for seed in seeds:
         for name in names:
             label = name if len(seeds) == 1 else f"{name} seed {seed}"
             seed_dir = f"seed{seed}" if len(seeds) > 1 else ""
             out = Path(args.out) / "quickstart" / seed_dir / name.split("/")[1]
-            print(f"{label}: loading data, building and compiling the model ...", file=sys.stderr,
-                  flush=True)
+            if writes:
+                print(f"{label}: loading data, building and compiling the model ...",
+                      file=sys.stderr, flush=True)
             r = run(cfgs[name, seed], out, progress=not args.no_progress, resume="restart",
                     command=_command_line())
+            if not writes:
+                continue
             shapes = shapes or _layer_shapes(r["model"])
             run_ = load_run(out)
             runs.append(run_)
             rows.append((name.split("/")[1], seed, run_metrics(run_, use_checkpoint=False),
                          r["train_seconds"]))
+    if not writes:
+        return
     # what ran, from the config (a --set model.widths=... shows here) and where: CPU results
     # differ between machines in the last digits, so the numbers travel with the machine
     import platform
@@ -231,7 +290,8 @@ def cmd_quickstart(args):
     print(f"machine: {cpu}, {os.cpu_count()} CPUs ({usable} usable by this process), "
           f"{platform.system()} {platform.machine()}, Python {platform.python_version()}, "
           f"jax {jax.__version__}, backend {jax.default_backend()} "
-          f"({', '.join(str(d) for d in jax.devices())})")
+          f"({', '.join(str(d) for d in jax.devices())}"
+          f"{f' in {jax.process_count()} processes' if jax.process_count() > 1 else ''})")
     print(f"{'method':<9} {'seed':>4} {'test acc. (%)':>13} {'hidden energy':>13} "
           f"{'hidden min angle':>16} {'classifier min angle':>20} {'train time':>10}")
     def cell(v, fmt, width):
@@ -282,6 +342,9 @@ def cmd_study(args):
     if args.report_out is not None:
         _check_out(args.report_out, "--report-out")
     if args.report_only:
+        if args.process_settings is not None:
+            raise UsageError("--report-only trains nothing: run it as one process, without "
+                             "--distributed, --coordinator, --num-processes, --process-id")
         runs_dir = Path(args.runs if args.runs is not None else args.out)
         if not runs_dir.is_dir():
             raise UsageError(f"--runs {runs_dir}: no such folder; give the study's --out folder")
@@ -306,9 +369,12 @@ def cmd_study(args):
         _check_out(args.out)
         _check_json_files(args.out)
         command = _command_line()
+        writes = _start_processes(args)
         study.run_study(args.configs, methods, seeds, args.out, overrides=args.set,
                         progress=not args.no_progress, command=command,
                         config_for=config_for, workers=args.workers, steps_per_call=k)
+        if not writes:  # the report is process 0's
+            return
         summary = report.write_report(
             args.out, args.report_out or args.out, methods=methods, baseline=args.baseline,
             title=f"Study: {args.configs}, seeds {', '.join(map(str, seeds))}", command=command,
@@ -343,12 +409,14 @@ def cmd_run(args):
                           "force" if args.resume_anyway else "auto")
     k = _steps_per_call(args.steps_per_call)
     _check_out(args.out)
+    writes = _start_processes(args)  # several processes: process 0 alone prints and writes
     for name in names:
         r, out = _run(name, args.set, Path(args.out) / name, not args.no_progress, resume=resume,
                       steps_per_call=k)
-        paper = (r.get("paper") or {}).get("value")
-        print(f"{name}: test error {r['test_error']:.2f} % (paper: "
-              f"{'—' if paper is None else f'{paper} %'}) -> {out}")
+        if writes:
+            paper = (r.get("paper") or {}).get("value")
+            print(f"{name}: test error {r['test_error']:.2f} % (paper: "
+                  f"{'—' if paper is None else f'{paper} %'}) -> {out}")
 
 
 def cmd_report(args):
@@ -398,6 +466,27 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--no-progress", action="store_true",
                         help="no progress bar (e.g. for logs and CI)")
 
+    def process_options(sp):
+        g = sp.add_argument_group(
+            "several processes",
+            "Start every process with the same command (one per host or accelerator). "
+            "Process 0 alone writes the logs, results, reports and figures; all of them save "
+            "the checkpoints, so --out must be a folder every process sees. The global batch "
+            "is the single-process run's (data.batch_size a multiple of the number of "
+            "devices), each process loading its own rows of it.")
+        g.add_argument("--distributed", action="store_true",
+                       help="start JAX's distributed runtime with the settings of the cluster "
+                            "(SLURM, Open MPI, TPU pod, Kubernetes: jax.distributed."
+                            "initialize()) for those not given below")
+        g.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                       help="address of process 0 and a free port, the same in every process "
+                            "(default: $JAX_COORDINATOR_ADDRESS)")
+        g.add_argument("--num-processes", default=None, metavar="N",
+                       help="how many processes (default: $JAX_NUM_PROCESSES)")
+        g.add_argument("--process-id", default=None, metavar="I",
+                       help="this process's id, 0..N-1; 0 writes the files (default: "
+                            "$JAX_PROCESS_ID)")
+
     q = add("quickstart", cmd_quickstart, cmd_quickstart.__doc__)
     q.add_argument("--out", default="runs", metavar="DIR",
                    help="runs go to DIR/quickstart/<method> (DIR/quickstart/seed<S>/<method> "
@@ -411,6 +500,7 @@ def _parser() -> argparse.ArgumentParser:
                         "(default: 0)")
     set_option(q)
     no_progress_option(q)
+    process_options(q)
     f4 = add("fig4", cmd_fig4, cmd_fig4.__doc__)
     f4.add_argument("--configs", default="repro/fig4_digits",
                     help="prefix of <prefix>/baseline, <prefix>/mhe_output")
@@ -442,6 +532,7 @@ def _parser() -> argparse.ArgumentParser:
     set_option(st)
     steps_per_call_option(st)
     no_progress_option(st)
+    process_options(st)
     ls = add("list", cmd_list, "list named configs (glob pattern)")
     ls.add_argument("pattern", nargs="?", default="*")
     r = add("run", cmd_run, "run a named config (or a glob of them)")
@@ -456,6 +547,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="resume from the checkpoint even if the config changed (the model's "
                         "shapes must still match the checkpoint's)")
     no_progress_option(r)
+    process_options(r)
     rep = add("report", cmd_report, "markdown table (+ plot) of finished runs")
     rep.add_argument("runs", nargs="+", help="run folders (or folders above them, or "
                      "results.json files)")
@@ -499,8 +591,13 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     debug = getattr(args, "debug", False)
     try:
+        args.process_settings = _process_settings(args)  # checked before anything runs
         args.fn(args)
         sys.stdout.flush()
+        if getattr(args, "processes_started", False):  # every process got here: leave together
+            import jax
+
+            jax.distributed.shutdown()
     except BrokenPipeError:
         _quiet_broken_pipe()
         return 0

@@ -166,10 +166,21 @@ def build(cfg: ExperimentConfig):
 
 
 def machine() -> dict:
-    """Platform, processor, JAX devices and version (stored in results.json)."""
-    return {"platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "devices": [str(d) for d in jax.devices()], "jax": jax.__version__}
+    """Platform, processor, JAX devices and version (stored in results.json); the number of
+    processes too when there are several (the devices are then those of every process)."""
+    out = {"platform": platform.platform(),
+           "processor": platform.processor() or platform.machine(),
+           "devices": [str(d) for d in jax.devices()], "jax": jax.__version__}
+    if jax.process_count() > 1:
+        out["processes"] = jax.process_count()
+    return out
+
+
+def _sync(name: str) -> None:
+    """Wait until every process gets here (a multi-process run)."""
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(f"mhe_jax runner: {name}")
 
 
 ResumeMode = Literal["auto", "force", "restart"]
@@ -178,6 +189,15 @@ ResumeMode = Literal["auto", "force", "restart"]
 def run(cfg: ExperimentConfig, out_dir, *, resume: ResumeMode = "auto", progress: bool = True,
         command: str | None = None, steps_per_call: int | Literal["auto"] = 1) -> dict:
     """Train ``cfg``; write ``config.json``, ``log.jsonl``, ``results.json`` and checkpoints.
+
+    Multi-process (``jax.distributed`` initialized before, as the CLI's ``--coordinator``
+    etc. do; every process calls ``run`` with the same arguments): the model is replicated
+    over the devices of every process, each process loads only its rows of each global
+    batch (the global batches are the single-process run's, in the same order), the
+    evaluations count over the whole test set, and the checkpoints are saved by all
+    processes together. Process 0 alone writes ``config.json``, ``log.jsonl`` and
+    ``results.json`` and shows the progress bar; every process returns the same results.
+    ``data.batch_size`` must be a multiple of the number of devices (``ConfigError``).
 
     Args:
       cfg: the experiment.
@@ -209,16 +229,32 @@ def run(cfg: ExperimentConfig, out_dir, *, resume: ResumeMode = "auto", progress
         raise ValueError(f"steps_per_call must be an int >= 1 or 'auto', got {steps_per_call!r}")
     out = Path(out_dir)
     ds, counts = load_dataset(cfg)  # first: a missing data path fails before anything is written
-    out.mkdir(parents=True, exist_ok=True)
+    # Several processes (jax.distributed initialized): one global batch over every device,
+    # each process its own rows; process 0 alone writes the run's files, all save checkpoints.
+    several = jax.process_count() > 1
+    writes = jax.process_index() == 0
+    if several and cfg.data.batch_size % jax.device_count():
+        raise ConfigError(
+            f"data.batch_size {cfg.data.batch_size} is not divisible by the "
+            f"{jax.device_count()} devices of the {jax.process_count()} processes: each device "
+            "takes an equal share of the global batch; --set data.batch_size=... a multiple "
+            f"of {jax.device_count()}")
     ckpt_dir = out / "checkpoints"
-    if resume == "restart":
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-        (out / "log.jsonl").unlink(missing_ok=True)
+    if writes:
+        out.mkdir(parents=True, exist_ok=True)
+        if resume == "restart":
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
+            (out / "log.jsonl").unlink(missing_ok=True)
+    if several:  # the others look for checkpoints after process 0 has removed them
+        _sync("run folder ready")
     _, h, _, c = ds.x_train.shape
     model = build_model(cfg, ds.num_classes, c, h)
     optimizer, lr = build_optimizer(cfg, model)
     _, energy_kwargs = build_regularizer(cfg.regularizer, model.output_path)
-    put = DataParallel() if jax.local_device_count() > 1 else None
+    if several:
+        put: DataParallel | None = DataParallel(jax.devices())
+    else:
+        put = DataParallel() if jax.local_device_count() > 1 else None
     if put is not None:
         put.replicate(model, optimizer)
 
@@ -244,7 +280,8 @@ def run(cfg: ExperimentConfig, out_dir, *, resume: ResumeMode = "auto", progress
             if differences:
                 warnings.warn(f"resuming {ckpt_dir} despite: {'; '.join(differences)}",
                               RuntimeWarning, stacklevel=2)
-    (out / "config.json").write_text(cfg.to_json() + "\n")
+    if writes:
+        (out / "config.json").write_text(cfg.to_json() + "\n")
 
     fns = make_steps(augment=cfg.data.augment, label_smoothing=cfg.optim.label_smoothing,
                      pass_labels=cfg.regularizer.eq8, seed=cfg.seed, learning_rate=lr)
@@ -261,8 +298,9 @@ def run(cfg: ExperimentConfig, out_dir, *, resume: ResumeMode = "auto", progress
     energies = None if log.energy_every is None else energy_logger(**energy_kwargs)
     if energies is not None:
         evals.insert(0, Every(log.energy_every, energies))
-    loggers: list[JsonlLogger | ProgressBar] = [JsonlLogger(out / "log.jsonl", keep_until=start)]
-    if progress:
+    loggers: list[JsonlLogger | ProgressBar] = (
+        [JsonlLogger(out / "log.jsonl", keep_until=start)] if writes else [])
+    if progress and writes:
         loggers.append(ProgressBar(cfg.optim.steps, initial=start,
                                    desc=f"{cfg.name} seed {cfg.seed}"))
     t0 = time.time()
@@ -295,7 +333,8 @@ def run(cfg: ExperimentConfig, out_dir, *, resume: ResumeMode = "auto", progress
         "strengths": [lam_h, lam_o], "config": cfg.to_dict(),
         "resume_differences": differences,
     }
-    (out / "results.json").write_text(json.dumps(summary, indent=1, default=_json_default))
+    if writes:
+        (out / "results.json").write_text(json.dumps(summary, indent=1, default=_json_default))
     return {**summary, "model": model}
 
 

@@ -9,11 +9,20 @@ except ModuleNotFoundError as _error:
         "mhe_jax.train needs flax, which is not installed: "
         "install mhe_jax[models] (pip install 'mhe_jax[models]')", name="flax") from _error
 
-from mhe_jax.train.batches import epoch_batches as epoch_batches
+from mhe_jax.train.batches import (
+    epoch_batches as epoch_batches,
+    process_batches as process_batches,
+)
 from mhe_jax.train.checkpoint import (
     Checkpointer as Checkpointer,
     CheckpointError as CheckpointError,
     CheckpointMismatchError as CheckpointMismatchError,
+)
+from mhe_jax.train.distributed import (
+    DistributedError as DistributedError,
+    ProcessSettings as ProcessSettings,
+    initialize_distributed as initialize_distributed,
+    process_settings as process_settings,
 )
 from mhe_jax.train.loggers import (
     JsonlLogger as JsonlLogger,

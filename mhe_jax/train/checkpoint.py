@@ -160,9 +160,22 @@ class Checkpointer:
                 "optimizer": nnx.to_pure_dict(nnx.state(optimizer))}
 
     def save(self, step: int, model: nnx.Module, optimizer: nnx.Optimizer) -> None:
-        """Write checkpoint ``step`` (blocks until it is complete on disk)."""
-        state = jax.device_get(self._state(model, optimizer))
-        meta = {**self._metadata, "step": int(step), "checksum": _checksum(state)}
+        """Write checkpoint ``step`` (blocks until it is complete on disk).
+
+        In a multi-process run every process calls it (orbax's collective save: the global
+        arrays are written shard by shard, each by a process that holds it, the metadata by
+        process 0); the directory must be one that every process sees (a shared filesystem
+        or a bucket).
+        """
+        if jax.process_count() > 1:
+            state = self._state(model, optimizer)  # global arrays: orbax's multi-process save
+            host = _host_values(state)
+            meta = {**self._metadata, "step": int(step)}
+            if host is not None:
+                meta["checksum"] = _checksum(host)
+        else:
+            state = jax.device_get(self._state(model, optimizer))
+            meta = {**self._metadata, "step": int(step), "checksum": _checksum(state)}
         self._manager.save(
             int(step),
             args=ocp.args.Composite(state=ocp.args.StandardSave(state),
@@ -216,8 +229,9 @@ class Checkpointer:
             try:
                 restored = self._manager.restore(
                     step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
-                state = jax.device_get(restored["state"])
-                if "checksum" in meta and _checksum(state) != meta["checksum"]:
+                state = _host_values(restored["state"])  # None: sharded over processes
+                if ("checksum" in meta and state is not None
+                        and _checksum(state) != meta["checksum"]):
                     raise ValueError("the arrays do not match the checksum saved with them")
             except Exception as e:  # noqa: BLE001 - truncated / missing / corrupt state
                 damaged.append(self._quarantine(step, f"unreadable state ({_short(e)})"))
@@ -255,12 +269,21 @@ class Checkpointer:
         return dict(meta)
 
     def _quarantine(self, step: int, why: str) -> str:
-        """Move checkpoint ``step`` out of the manager's way (kept for inspection); warn."""
+        """Move checkpoint ``step`` out of the manager's way (kept for inspection); warn.
+        With several processes, process 0 moves it while the others wait."""
         src = self._directory / str(step)
         dst_dir = self._directory.with_name(self._directory.name + ".damaged")
-        dst_dir.mkdir(parents=True, exist_ok=True)
         dst = dst_dir / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**6}"
-        shutil.move(str(src), str(dst))
+        several = jax.process_count() > 1
+        if several:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"mhe_jax quarantine {step} (read)")
+        if jax.process_index() == 0:
+            dst_dir.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(src), str(dst))
+        if several:
+            multihost_utils.sync_global_devices(f"mhe_jax quarantine {step} (moved)")
         self._manager.reload()
         message = f"checkpoint {src} is damaged: {why}; moved to {dst}"
         warnings.warn(message + "; falling back to an older one", RuntimeWarning, stacklevel=3)
@@ -275,6 +298,16 @@ class Checkpointer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _host_values(state: Any) -> Any | None:
+    """``state`` on the host when this process can read every leaf whole (replicated or local
+    arrays, as data parallelism gives), else None (a sharded state: no checksum)."""
+    leaves = jax.tree.leaves(state)
+    if all(not isinstance(a, jax.Array) or a.is_fully_addressable or a.is_fully_replicated
+           for a in leaves):
+        return jax.device_get(state)
+    return None
 
 
 def _short(e: Exception) -> str:

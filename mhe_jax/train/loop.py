@@ -30,6 +30,15 @@ def fit(model: nnx.Module, optimizer: nnx.Optimizer, batches: Iterable, *, steps
         checkpointer: Checkpointer | None = None, steps_per_call: int = 1) -> dict:
     """Train ``model`` from ``optimizer.step`` up to ``steps`` steps.
 
+    Several processes (``jax.distributed`` initialized): every process calls ``fit`` with the
+    same arguments, on global arrays — the model and optimizer replicated by a
+    :class:`mhe_jax.train.DataParallel` over ``jax.devices()``, the batches global arrays
+    sharded along its ``data`` axis (``epoch_batches(..., put=put)``: each process loads only
+    its rows of each global batch), the evaluations global (``accuracy_eval(..., put=put)``).
+    Every process then records the same (global) metrics; give the loggers to process 0
+    only (``loggers if jax.process_index() == 0 else []``). A ``checkpointer`` saves in all
+    processes together (orbax's multi-process save), into a folder they all see.
+
     Args:
       model: the NNX module to train (restored from a checkpoint beforehand to resume).
       optimizer: its ``nnx.Optimizer`` (restored with the model to resume: training continues

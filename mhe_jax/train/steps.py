@@ -103,7 +103,17 @@ def make_steps(
 def evaluate(model: nnx.Module, eval_step: Callable[[nnx.Module, Any], ArrayLike],
              x: np.ndarray, y: ArrayLike, *, batch_size: int = 500,
              num_classes: int | None = None, put: DataParallel | None = None) -> dict:
-    """Accuracy on ``(x, y)`` in eval mode, overall and per class (NaN for an absent class)."""
+    """Accuracy on ``(x, y)`` in eval mode, overall and per class (NaN for an absent class).
+
+    With a ``put`` that spans several processes (:attr:`DataParallel.spans_processes`) every
+    process calls it with the same ``(x, y)`` and loads only its rows of each batch (the last
+    one padded to a multiple of the devices, the padding not counted); the counts of correct
+    predictions are summed over all devices, so every process returns the accuracy of the
+    whole set, the same numbers as a single process computes from the same predictions.
+    """
+    if put is not None and put.spans_processes:
+        return _evaluate_across_processes(model, eval_step, x, y, batch_size=batch_size,
+                                          num_classes=num_classes, put=put)
     model.eval()
     preds = []
     for i in range(0, len(x), batch_size):
@@ -114,13 +124,49 @@ def evaluate(model: nnx.Module, eval_step: Callable[[nnx.Module, Any], ArrayLike
     model.train()                               # batches' copies and steps overlap
     pred = np.concatenate(jax.device_get(preds))
     y = np.asarray(y)
-    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(
-            num_classes, int) or num_classes < 1):
-        raise ValueError(f"num_classes must be an int >= 1 or None, got {num_classes!r}")
+    _check_num_classes(num_classes)
     k = num_classes if num_classes is not None else int(y.max()) + 1
     per_class = [float(np.mean(pred[y == c] == c)) if np.any(y == c) else float("nan")
                  for c in range(k)]
     return {"accuracy": float(np.mean(pred == y)), "per_class_accuracy": per_class}
+
+
+def _check_num_classes(num_classes: int | None) -> None:
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(
+            num_classes, int) or num_classes < 1):
+        raise ValueError(f"num_classes must be an int >= 1 or None, got {num_classes!r}")
+
+
+def _class_counts(pred, y, valid, num_classes):
+    """(correct, total) per class of the valid examples, int32 (num_classes,)."""
+    hits = jax.nn.one_hot(y, num_classes, dtype=jnp.int32) * valid[:, None].astype(jnp.int32)
+    return jnp.sum(hits * (pred == y)[:, None], axis=0), jnp.sum(hits, axis=0)
+
+
+def _evaluate_across_processes(model, eval_step, x, y, *, batch_size, num_classes, put):
+    y = np.asarray(y)
+    _check_num_classes(num_classes)
+    k = num_classes if num_classes is not None else int(y.max()) + 1
+    counts = put._counts
+    model.eval()
+    correct = total = None
+    for i in range(0, len(x), batch_size):
+        n = min(batch_size, len(x) - i)
+        padded = -(-n // put.num_devices) * put.num_devices
+        rows = put.process_rows(padded)
+        mine = rows[rows < n] + i  # this process's examples; rows >= n are padding
+        xb = np.zeros((len(rows), *x.shape[1:]), x.dtype)
+        yb = np.zeros(len(rows), np.int32)
+        valid = rows < n
+        xb[valid], yb[valid] = x[mine], y[mine]
+        c, t = counts(eval_step(model, put.from_process_rows(xb, padded)),
+                      put.from_process_rows(yb, padded), put.from_process_rows(valid, padded),
+                      k)
+        correct, total = (c, t) if correct is None else (correct + c, total + t)
+    model.train()
+    correct, total = (np.asarray(a, np.int64) for a in jax.device_get((correct, total)))
+    per_class = [float(correct[c] / total[c]) if total[c] else float("nan") for c in range(k)]
+    return {"accuracy": float(correct.sum() / len(y)), "per_class_accuracy": per_class}
 
 
 def accuracy_eval(eval_step: Callable[[nnx.Module, Any], ArrayLike], x: np.ndarray,
@@ -153,6 +199,13 @@ class DataParallel:
     statistic and optimizer leaf within ~3e-6 of its largest value). It is the code path
     of ``runner.run`` (and so of notebook 04 and ``benchmarks/device.py``) whenever more
     than one local device is present (8 TPU cores on Colab).
+
+    Several processes (``jax.distributed`` initialized, e.g. by
+    :func:`mhe_jax.train.initialize_distributed`): ``DataParallel(jax.devices())`` spans the
+    devices of every process (:attr:`spans_processes`). ``replicate`` works as in one process
+    (every process builds the same model from the same seed); the batches are then built
+    from each process's own rows (:meth:`process_rows`, :meth:`from_process_rows`), which
+    :func:`mhe_jax.train.epoch_batches` and :func:`mhe_jax.train.evaluate` do when given it.
     """
 
     # jax.Device is a runtime alias (a variable to type checkers), hence Sequence[Any].
@@ -163,6 +216,67 @@ class DataParallel:
                                   axis_types=(jax.sharding.AxisType.Auto,))
         self.batch = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec("data"))
         self.replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+        # evaluate()'s counts of correct predictions, summed over every device (replicated)
+        self._counts = jax.jit(_class_counts, static_argnums=3,
+                               out_shardings=(self.replicated, self.replicated))
+
+    @property
+    def spans_processes(self) -> bool:
+        """Whether the mesh holds devices of other processes (a multi-process run): the
+        batches are then built from each process's own rows (:meth:`process_rows`,
+        :meth:`from_process_rows`)."""
+        return not self.batch.is_fully_addressable
+
+    def process_rows(self, batch_size: int) -> np.ndarray:
+        """The rows of a global batch of ``batch_size`` that this process's devices hold,
+        ascending: what this process loads of each batch (all rows in a single process).
+
+        The processes' rows are disjoint and together every row of the batch; ``ValueError``
+        when ``batch_size`` is not a multiple of the number of devices.
+
+        Args:
+          batch_size: the global batch size.
+
+        Returns:
+          The row indices, an int64 array.
+
+        Examples:
+            >>> from mhe_jax.train import DataParallel
+            >>> DataParallel(jax.local_devices()[:1]).process_rows(4)
+            array([0, 1, 2, 3])
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        if batch_size % self.num_devices:
+            raise ValueError(f"batch size {batch_size} is not divisible by the "
+                             f"{self.num_devices} devices")
+        index_map = self.batch.addressable_devices_indices_map((batch_size,))
+        rows = set()
+        for index in index_map.values():
+            rows.update(range(batch_size)[index[0] if index else slice(None)])
+        return np.array(sorted(rows), dtype=np.int64)
+
+    def from_process_rows(self, local: jax.Array | np.ndarray, batch_size: int) -> jax.Array:
+        """The global batch (sharded along ``data``) whose :meth:`process_rows` are ``local``
+        in this process (``jax.make_array_from_process_local_data``): every process passes
+        its own rows, no process holds the whole batch.
+
+        Args:
+          local: this process's rows of the batch, in the order of :meth:`process_rows`.
+          batch_size: the global batch size.
+
+        Returns:
+          The global batch, a ``jax.Array`` of ``batch_size`` rows sharded along ``data``.
+
+        Examples:
+            >>> import numpy as np
+            >>> from mhe_jax.train import DataParallel
+            >>> put = DataParallel(jax.local_devices()[:1])  # one process: all rows are local
+            >>> put.from_process_rows(np.arange(6).reshape(3, 2), 3).shape
+            (3, 2)
+        """
+        return jax.make_array_from_process_local_data(
+            self.batch, np.asarray(local), (batch_size, *np.shape(local)[1:]))
 
     def __call__(self, array: jax.Array | np.ndarray) -> jax.Array:
         if array.shape[0] % self.num_devices:
