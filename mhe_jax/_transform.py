@@ -152,7 +152,7 @@ def penalty_transformation(
         leaves, _, layers = _tree.select_layers(params, warn=True, **select)
         check_layers = getattr(penalty, "check_layers", None)
         if check_layers is not None:  # shape-only checks, raised here rather than at update
-            check_layers([(layer, _matrix_shape(leaves[layer.index], layer)) for layer in layers])
+            check_layers([(layer, layer.matrix_shape(leaves[layer.index])) for layer in layers])
         count = jnp.zeros([], jnp.int32)
         return RegularizerState(count=count, strengths=report(count))
 
@@ -179,13 +179,6 @@ def penalty_transformation(
     return optax.GradientTransformationExtraArgs(
         init_fn, update_fn  # pyright: ignore[reportArgumentType]
     )
-
-
-def _matrix_shape(leaf, layer: _tree.Layer) -> tuple[int, int]:
-    """``(d, N)`` of a layer's neuron matrix from its leaf's shape (concrete or abstract)."""
-    shape = tuple(leaf.shape)
-    n = math.prod(shape[a] for a in layer.neuron_axes)
-    return math.prod(shape) // max(n, 1), n
 
 
 # --------------------------------------------------------------------------------------------

@@ -70,6 +70,12 @@ class Layer(NamedTuple):
         """The leaf ``w`` as its ``(d, N)`` neuron matrix (:func:`_layouts.neuron_matrix`)."""
         return _layouts.neuron_matrix(w, self.neuron_axes)
 
+    def matrix_shape(self, w) -> tuple[int, int]:
+        """``(d, N)`` of :meth:`matrix` from the leaf's shape alone (concrete or abstract)."""
+        shape = tuple(w.shape)
+        n = math.prod(shape[a] for a in self.neuron_axes)
+        return math.prod(shape) // max(n, 1), n
+
 
 def _mask_leaves(mask, params, n_leaves: int) -> list[bool]:
     if callable(mask):
@@ -288,10 +294,8 @@ def selected_layers(
     )
     out = {}
     for layer in layers:
-        shape = tuple(leaves[layer.index].shape)
-        neurons = math.prod(shape[a] for a in layer.neuron_axes)
-        out[layer.path] = SelectedLayer(layer.is_output, layer.neuron_axes, neurons,
-                                        math.prod(shape) // max(neurons, 1))
+        dim, neurons = layer.matrix_shape(leaves[layer.index])
+        out[layer.path] = SelectedLayer(layer.is_output, layer.neuron_axes, neurons, dim)
     return out
 
 
