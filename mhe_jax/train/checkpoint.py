@@ -167,15 +167,13 @@ class Checkpointer:
         process 0); the directory must be one that every process sees (a shared filesystem
         or a bucket).
         """
-        if jax.process_count() > 1:
-            state = self._state(model, optimizer)  # global arrays: orbax's multi-process save
-            host = _host_values(state)
-            meta = {**self._metadata, "step": int(step)}
-            if host is not None:
-                meta["checksum"] = _checksum(host)
-        else:
-            state = jax.device_get(self._state(model, optimizer))
-            meta = {**self._metadata, "step": int(step), "checksum": _checksum(state)}
+        state = self._state(model, optimizer)  # several processes: global arrays for orbax
+        if jax.process_count() == 1:
+            state = jax.device_get(state)
+        host = _host_values(state)  # None: sharded over processes, no checksum
+        meta = {**self._metadata, "step": int(step)}
+        if host is not None:
+            meta["checksum"] = _checksum(host)
         self._manager.save(
             int(step),
             args=ocp.args.Composite(state=ocp.args.StandardSave(state),
