@@ -3,9 +3,9 @@ r"""Hyperspherical energy of neurons sharded over a mesh axis (``jax.shard_map``
 Design: a ring over the ``P`` devices of ``axis_name`` that visits each pair of blocks once.
 Device ``p`` owns the normalised neurons ``Ŵ_p`` (``N/P`` columns). At step ``t = 0 … ⌊P/2⌋`` it
 holds the block of device ``p + t`` (received from its neighbour by ``ppermute``) and computes
-the ``N/P × N/P`` tile of cosines with its own block, ``b`` rows at a time (``b``: the tiled
-path's block for an ``N/P``-neuron tile, :func:`mhe_jax._tiled.plan`; the whole tile up to 1024
-neurons a device): ``h`` and ``h'`` (one ``jax.jvp`` of the
+the ``N/P × N/P`` tile of cosines with its own block, ``b`` rows at a time (``b``: about
+``block_size``, 256 by default, balanced by :func:`mhe_jax._tiled.plan`; the whole tile when
+``N/P`` is at most that): ``h`` and ``h'`` (one ``jax.jvp`` of the
 kernel's pair function, through :func:`mhe_jax._tiled.tile_terms`), the value, the force on its
 own neurons (rows), and — for ``1 ≤ t < P/2`` — the force on the visiting neurons (columns),
 accumulated in a buffer that travels with the visiting block and is sent home at the end. For
@@ -71,18 +71,17 @@ def sharded_hyperspherical_energy(
     contiguous blocks, one per device along that axis (replicated over the other mesh axes), and
     the pairs are computed by a ring of ``ppermute`` (see the module docstring): per-device
     memory ``O(N·d/P + b·N/P)`` for ``b`` rows of each step's ``N/P × N/P`` tile. Value and
-    gradient are those of
-    :func:`~mhe_jax.hyperspherical_energy` with the same options (up to the order of
-    summation); the result is a replicated scalar. ``N`` need not be divisible by ``P`` (zero
-    padding, masked). Works eagerly and under ``jax.jit``; ``w`` may be sharded already.
-    Other keyword options: ``min_distance`` (force bound), ``precision`` (of the tile products)
-    and ``spec=`` (a prebuilt :class:`mhe_jax.EnergySpec`, without projection/calibration);
-    ``block_size`` sets ``b`` as the tiled path does for ``N/P`` neurons (``None``: the
-    whole tile up to 1024 neurons a device, 256-row blocks above; it does not change the
-    result). With ``sample_size`` the sampled columns are gathered from the devices first
-    (``O(sample_size·d)`` per device). The gradient is tangent per neuron and the value
-    scale-invariant, as for :func:`~mhe_jax.hyperspherical_energy`. The mesh axis must be
-    ``Auto`` (``jax.make_mesh``'s default in jax 0.10 is ``Explicit``). Regularizers:
+    gradient are those of :func:`~mhe_jax.hyperspherical_energy` with the same options (up to
+    the order of summation); the result is a replicated scalar. ``N`` need not be divisible by
+    ``P`` (zero padding, masked). Works eagerly and under ``jax.jit``; ``w`` may be sharded
+    already. Other keyword options: ``min_distance`` (force bound), ``precision`` (of the tile
+    products) and ``spec=`` (a prebuilt :class:`mhe_jax.EnergySpec`, without
+    projection/calibration); ``block_size`` sets ``b``, about that many rows (``None``: 256;
+    the whole tile when ``N/P ≤ b``); it does not change the result. With ``sample_size``
+    the sampled columns are gathered from the devices first (``O(sample_size·d)`` per
+    device). The gradient is tangent per neuron and the value scale-invariant, as for
+    :func:`~mhe_jax.hyperspherical_energy`. The mesh axis must be ``Auto``
+    (``jax.make_mesh``'s default in jax 0.10 is ``Explicit``). Regularizers:
     ``mhe_regularizer(..., mesh_axis=)`` uses this ring for the layers it applies to.
 
     Examples:
@@ -127,8 +126,9 @@ def _ring_energy(W: Array, spec: EnergySpec, mesh, axis_name: str, key) -> Array
     kernel, params = kernel_from_spec(spec, W.dtype)
     n = n_total if spec.sample_size is None else spec.sample_size
     devices = mesh.shape[axis_name]
-    # m neurons a device, in row blocks of `rows` (the tiled path's plan of an m-neuron tile)
-    chunks, rows = _tiled.plan(-(-n // devices), spec.block_size)
+    # m neurons a device, in row blocks of `rows` (block_size, default _tiled.DEFAULT_BLOCK)
+    block = _tiled.DEFAULT_BLOCK if spec.block_size is None else spec.block_size
+    chunks, rows = _tiled.plan(-(-n // devices), block)
     npad = devices * chunks * rows
     if spec.sample_size is not None:
         # Padding is appended to the indices and masked, not to the gathered columns: XLA's SPMD

@@ -122,11 +122,12 @@ if PART != "dense":
     kinds = ()
 else:
     kinds = ("dp", "fsdp", "tp")
-ref_updates, ref_new_state = jax.jit(step)(grads, ref_state, params) if kinds else (None, None)
-ref_energies = jax.jit(energies)(params) if kinds else None
+ref_updates = ref_new_state = ref_energies = None
 if kinds:
-    report["dense_unsharded"] = {"memory": memory(jax.jit(step).lower(
-        grads, ref_state, params).compile())}
+    ref_compiled = jax.jit(step).lower(grads, ref_state, params).compile()
+    ref_updates, ref_new_state = ref_compiled(grads, ref_state, params)
+    ref_energies = jax.jit(energies)(params)
+    report["dense_unsharded"] = {"memory": memory(ref_compiled)}
 for kind in kinds:
     sh = shardings(params, kind)
     p = jax.device_put(params, sh)
@@ -201,8 +202,8 @@ def run_update(tx, g, p, ref) -> dict:
 
 
 if PART == "tiled":
-    ref_big = jax.jit(tiled_tx.update)(big_g, tiled_tx.init(big), big)[0]
     c_big = jax.jit(tiled_tx.update).lower(big_g, tiled_tx.init(big), big).compile()
+    ref_big = c_big(big_g, tiled_tx.init(big), big)[0]
     report["tiled_unsharded"] = {"memory": memory(c_big), "collectives": collectives(c_big),
                                  "layer_bytes": D * N * 8, "shape": [D, N], "block_size": BLOCK}
     # neurons over "x" (tensor parallel, and FSDP: the largest axis of (128, 2048) is the

@@ -205,3 +205,21 @@ def test_mesh_axis_with_one_device_is_the_plain_path():
     want = jax.jit(plain.update)(zero, plain.init(params), params)[0]["Dense_0"]["kernel"]
     got = jax.jit(ring.update)(zero, ring.init(params), params)[0]["Dense_0"]["kernel"]
     np.testing.assert_array_equal(got, want)
+
+
+def test_ring_tiles_in_row_blocks():
+    """Each ring step's ``N/P × N/P`` tile is computed ``block_size`` rows at a time (default
+    256), so its temporary memory is ``O(block·N/P)``: here one device holding 2048 neurons
+    (float64), against ``block_size=2048`` (the whole tile at once); same value and gradient."""
+    mesh = jax.make_mesh((1,), ("x",), axis_types=(jax.sharding.AxisType.Auto,),
+                         devices=jax.devices()[:1])
+    w = jnp.asarray(np.random.default_rng(1).standard_normal((16, 2048)))
+    out, temp = {}, {}
+    for block in (None, 2048):
+        f = jax.jit(jax.value_and_grad(lambda w, block=block: mhe_jax.sharded_hyperspherical_energy(
+            w, mesh, "x", s=1.0, block_size=block)))
+        compiled = f.lower(w).compile()
+        out[block], temp[block] = compiled(w), compiled.memory_analysis().temp_size_in_bytes
+    assert temp[None] * 3 < temp[2048], temp  # 256 of 2048 rows
+    np.testing.assert_allclose(out[None][0], out[2048][0], rtol=1e-13)
+    np.testing.assert_allclose(out[None][1], out[2048][1], rtol=1e-12, atol=1e-18)
