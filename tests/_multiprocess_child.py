@@ -154,14 +154,18 @@ def build():
     rng = np.random.default_rng(0)
 
     def value(path, leaf):
-        name = str(path[-1])
-        if name.endswith(("kernel']", "kernel")):
+        name = jax.tree_util.keystr(path)  # e.g. "['layers'][0]['conv']['kernel'].value"
+        if "'kernel'" in name:
             fan_in = int(np.prod(leaf.shape[:-1]))
             return jnp.asarray(rng.standard_normal(leaf.shape) / np.sqrt(fan_in), leaf.dtype)
-        ones = name.endswith(("scale']", "var']", "scale", "var"))
+        ones = "'scale'" in name or "'var'" in name
         return (jnp.ones if ones else jnp.zeros)(leaf.shape, leaf.dtype)
 
     state = jax.tree_util.tree_map_with_path(value, state)
+    kinds = [k for k in ("'kernel'", "'scale'", "'var'", "'bias'", "'mean'")
+             if not any(k in jax.tree_util.keystr(p) for p, _ in
+                        jax.tree_util.tree_flatten_with_path(state)[0])]
+    assert not kinds, f"no leaf named {kinds}: the initialisation above missed them"
     model = nnx.merge(graph, state)
     opt, lr = build_optimizer(cfg, model)
     put = DataParallel(jax.devices()) if MULTI else None

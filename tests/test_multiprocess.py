@@ -110,6 +110,7 @@ def test_data_parallel_cnn_step_two_processes_equals_one_device(run):
     (float32), the losses within 1e-6. Per-device batch statistics would differ at order 1."""
     r0, r1, single = (_report(run, n) for n in ("multi.0", "multi.1", "single.0"))
     assert r0["metrics"] == r1["metrics"]  # both processes see the same global metrics
+    assert single["metrics"][0]["loss"] != single["metrics"][1]["loss"]  # it learns
     for a, b in zip(single["metrics"], r0["metrics"], strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-6, abs=1e-6)
         assert b["accuracy"] == a["accuracy"] and b["lr"] == a["lr"]
