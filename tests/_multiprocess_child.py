@@ -77,7 +77,7 @@ OTHER = "single" if MULTI else "multi"
 report: dict = {"process_count": jax.process_count(), "devices": jax.device_count()}
 
 
-def wait_for(path: Path, timeout: float = 150.0) -> None:
+def wait_for(path: Path, timeout: float = 200.0) -> None:
     """Wait for a file another process writes (the parent's timeout bounds the whole run)."""
     deadline = time.monotonic() + timeout
     while not path.exists():

@@ -218,7 +218,7 @@ if PART == "tiled":
 
     # every layer kind of the dense part through the ring (block_size=8 puts them on the
     # tiled path): conv reshape, attention heads, sample_size, the full-space output layer,
-    # SGD momentum; tensor parallel and FSDP (some layers sharded along their input axis)
+    # SGD momentum; tensor parallel (input-axis sharding: the big layer above)
     small_spec = mhe_jax.EnergySpec(half_space=True, sample_size=24, block_size=8)
 
     def small_tx(**kw):
@@ -227,7 +227,7 @@ if PART == "tiled":
 
     ref_tx = small_tx()
     ref_u, ref_s = jax.jit(ref_tx.update)(grads, ref_tx.init(params), params)
-    for kind in ("tp", "fsdp"):
+    for kind in ("tp",):
         tx = small_tx(mesh_axis="x")
         sh = shardings(params, kind)
         p, g = jax.device_put(params, sh), jax.device_put(grads, sh)

@@ -151,13 +151,13 @@ def test_tiled_regularizer_without_mesh_axis_warns_and_gathers(tiled):
     assert "f64[128,2048]{0,1}" in tp["collectives"]["all-gather"], tp["collectives"]
 
 
-@pytest.mark.parametrize("kind", ["tp", "fsdp"])
-def test_ring_every_layer_kind(tiled, kind):
+def test_ring_every_layer_kind(tiled):
     """``mesh_axis="x"`` with ``block_size=8`` (every layer of the dense part on the tiled
-    path, so through the ring): conv, Dense, attention q/k/v (neurons = heads x head_dim),
-    ``sample_size=24`` and the full-space output layer; the updates and SGD momentum equal
-    the unsharded ones to float64 rounding and keep their parameters' shardings."""
-    r = tiled[f"ring_small_{kind}"]
+    path, so through the ring), tensor parallel: conv, Dense, attention q/k/v (neurons =
+    heads x head_dim), ``sample_size=24`` and the full-space output layer; the updates and
+    SGD momentum equal the unsharded ones to float64 rounding and keep their parameters'
+    shardings."""
+    r = tiled["ring_small_tp"]
     assert r["err_updates"] < 1e-12 and r["err_state"] < 1e-12, r
     assert r["lost_updates"] == [] and r["lost_trace"] == [], r
     assert _count(r, "collective-permute") > 0
