@@ -148,15 +148,18 @@ def sample_columns(W: Array, sample_size: int | None, key) -> Array:
     """``sample_size`` columns drawn without replacement (Sec. 3.6 mini-batch approximation)."""
     if sample_size is None:
         return W
-    n = W.shape[1]
+    return jnp.take(W, sample_indices(W.shape[1], sample_size, key), axis=1)
+
+
+def sample_indices(n: int, sample_size: int, key) -> Array:
+    """The ``sample_size`` indices of :func:`sample_columns` among ``n`` columns."""
     if not isinstance(sample_size, int) or isinstance(sample_size, bool):
         raise TypeError(f"sample_size must be an int or None, got {type(sample_size).__name__}")
     if not 2 <= sample_size <= n:
         raise ValueError(f"sample_size must be in [2, N={n}], got {sample_size}")
     if key is None:
         raise ValueError("sample_size requires a PRNG key: pass key=jax.random.key(...)")
-    idx = jax.random.choice(key, n, (sample_size,), replace=False)
-    return jnp.take(W, idx, axis=1)
+    return jax.random.choice(key, n, (sample_size,), replace=False)
 
 
 def gram(Wn: Array, precision=_HIGHEST) -> Array:

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import optax
 from jax.typing import ArrayLike
 
-from mhe_jax import _checks, _energy, _layouts, _tree
+from mhe_jax import _checks, _energy, _layouts, _sharded, _tree
 from mhe_jax._diagnostics import EnergyStats, energy_stats
 from mhe_jax._spec import EnergySpec, resolve_spec
 
@@ -220,6 +220,7 @@ class _MHEPenalty:
     hidden_strength: Any
     output_strength: Any
     spec: EnergySpec
+    mesh_axis: str | None = None
 
     def strengths(self, count) -> dict:
         lam_o = self.output_strength
@@ -266,10 +267,12 @@ class _MHEPenalty:
                 if labels is not None:
                     out.append(_energy.output_energy(W, labels, spec=self.output_spec()))
                 else:
-                    out.append(_energy.energy_from_spec(W, self.output_spec()))
+                    out.append(_sharded.layer_energy(W, self.output_spec(), self.mesh_axis,
+                                                     None, f"layer {layer.path!r}"))
             elif not _is_zero(lam_h):
-                hidden.append(_energy.energy_from_spec(
-                    W, self.hidden_spec(*W.shape), key=jax.random.fold_in(key, layer.index)))
+                hidden.append(_sharded.layer_energy(
+                    W, self.hidden_spec(*W.shape), self.mesh_axis,
+                    jax.random.fold_in(key, layer.index), f"layer {layer.path!r}"))
         total = jnp.zeros((), jnp.float32)
         if hidden:
             total = total + lam_h * sum(hidden)
@@ -287,7 +290,9 @@ def _energy_spec(spec, **given) -> EnergySpec:
     return resolve_spec(spec, _SPEC_DEFAULTS, given)
 
 
-def _mhe(hidden_strength, output_strength, output, spec: EnergySpec) -> _MHEPenalty:
+def _mhe(hidden_strength, output_strength, output, spec: EnergySpec,
+         mesh_axis: str | None = None) -> _MHEPenalty:
+    _sharded.check_mesh_axis(mesh_axis)
     check_strength(hidden_strength, "hidden_strength")
     check_strength(output_strength, "output_strength", optional=True)
     if output_strength is not None and output is None:
@@ -304,7 +309,50 @@ def _mhe(hidden_strength, output_strength, output, spec: EnergySpec) -> _MHEPena
             "output='head') to give it full-space MHE, as in the paper (Sec. 3.4)",
             UserWarning, stacklevel=3,
         )
-    return _MHEPenalty(hidden_strength, output_strength, spec)
+    return _MHEPenalty(hidden_strength, output_strength, spec, mesh_axis)
+
+
+def _replicated_over(leaf, axis: str) -> bool:
+    over = _sharded.sharded_over(leaf)
+    return over is not None and axis not in over
+
+
+def _check_mesh_axis_at_init(penalty: _MHEPenalty, params, select: dict) -> None:
+    """``init``'s checks of the layers' meshes and shardings against ``mesh_axis`` (see
+    :func:`mhe_regularizer`). With ``mesh_axis``: a layer on a mesh without that axis (or with
+    it ``Explicit``) raises, and so does a concrete tiled-path layer replicated over it (the
+    ring would return its update sharded along the neurons). Without it: a concrete tiled-path
+    layer sharded along its neurons warns (its energy would all-gather it)."""
+    leaves, _, layers = _tree.select_layers(params, **select)
+    axis = penalty.mesh_axis
+    for layer in layers:
+        leaf = leaves[layer.index]
+        where = f"layer {layer.path!r}"
+        mesh = _sharded.ring_mesh(leaf, axis, where) if axis is not None else None
+        if (penalty.output_strength is None if layer.is_output
+                else _is_zero(penalty.hidden_strength)):
+            continue  # not regularized
+        n = math.prod(leaf.shape[a] for a in layer.neuron_axes)
+        d = math.prod(leaf.shape) // max(n, 1)
+        spec = penalty.output_spec() if layer.is_output else penalty.hidden_spec(d, n)
+        if not _sharded.on_ring(spec, n):
+            continue
+        if axis is None:
+            along = _sharded.sharded_over(leaf, layer.neuron_axes)
+            if along:
+                warnings.warn(
+                    f"{where} ({n} neurons, tiled energy) is sharded along its neurons over the "
+                    f"mesh axis {along[0]!r}: without mesh_axis= its energy all-gathers it on "
+                    f"every device. Pass mesh_axis={along[0]!r} to compute it by a ring over "
+                    "that axis (per-device memory O(N·d/devices), same update)",
+                    UserWarning, stacklevel=3)
+        elif mesh is not None and _replicated_over(leaf, axis):
+            raise ValueError(
+                f"mesh_axis={axis!r}: {where} ({n} neurons, tiled energy) is replicated over "
+                f"that axis (sharding {leaf.sharding.spec}), so the ring would return its update "
+                f"sharded along its neurons over {axis!r}, not laid out like the parameter. "
+                f"Shard it over {axis!r} (along its neurons, or its input axis), leave it out "
+                "with mask=, or drop mesh_axis")
 
 
 def mhe_regularizer(
@@ -325,6 +373,7 @@ def mhe_regularizer(
     calibrate: bool = False,
     projection: dict | None = None,
     max_norm: ArrayLike | None = None,
+    mesh_axis: str | None = None,
     spec: EnergySpec | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Add the gradient of the MHE regularizer ``R`` to the updates.
@@ -375,6 +424,25 @@ def mhe_regularizer(
         projections every step (keys from ``seed`` and the step).
       max_norm: clip the regularizer's own gradient to this global norm before adding it (the
         ``optax.clip_by_global_norm`` recipe applied to the MHE term alone).
+      mesh_axis: the name of the (``Auto``) mesh axis the layers' neurons are sharded over
+        (tensor parallel, or FSDP along the neurons), for parameters laid out by a
+        ``NamedSharding``. Each layer on the tiled path (more than 1024 neurons after sampling,
+        or ``block_size`` set below its ``N``) whose parameter lies on a mesh with that axis
+        then gets its energy from the ring of :func:`mhe_jax.sharded_hyperspherical_energy`
+        over it: ``P`` devices on the axis hold ``N/P`` neurons each and pass blocks to their
+        neighbour, so the temporary memory per device is ``O(N·d/P + (N/P)²)`` instead of an
+        all-gather of the layer (``O(N·d)``) by the tiled path. The update is the same to
+        rounding, and keeps its parameter's sharding. A layer sharded otherwise is re-sharded
+        along its neurons first (replicated: a local slice; input axis: an all-to-all).
+        Layers of the dense path (up to 1024 neurons), CoMHE layers and output layers with
+        ``labels`` are computed as without it. The mesh is read from each parameter's type at
+        trace time (``jax.typeof(w).sharding.mesh``, which ``jax.jit`` gives traced
+        ``NamedSharding`` inputs; the partition spec of ``Auto`` axes is not in the type, hence
+        this option); a layer on no mesh (one device) is computed as without it. ``init``
+        raises when a layer lies on a mesh without that axis, or when a tiled-path layer is
+        replicated over it (the ring would return its update sharded along the neurons, not
+        replicated like the parameter; data-parallel layers need no ring); without
+        ``mesh_axis``, ``init`` warns for a tiled-path layer sharded along its neurons.
 
     ``update(updates, state, params, labels=None)`` requires ``params`` (same structure as
     ``updates``; None leaves of ``updates`` pass through); with ``labels`` (the batch's integer
@@ -407,11 +475,19 @@ def mhe_regularizer(
                         min_distance=min_distance, sample_size=_structural(
                             sample_size, "sample_size", "pass a Python int"),
                         projection=projection, calibrate=calibrate)
-    penalty = _mhe(hidden_strength, output_strength, output, spec)
-    return penalty_transformation(
+    penalty = _mhe(hidden_strength, output_strength, output, spec, mesh_axis)
+    tx = penalty_transformation(
         penalty, strengths=penalty.strengths, mask=mask, output=output, neuron_axis=neuron_axis,
         layout=layout, seed=seed, max_norm=max_norm,
     )
+
+    def init_fn(params):
+        state = tx.init(params)
+        _check_mesh_axis_at_init(penalty, params, dict(
+            mask=mask, output=output, neuron_axis=neuron_axis, layout=layout))
+        return state
+
+    return optax.GradientTransformationExtraArgs(init_fn, tx.update)
 
 
 def mhe_penalty(
@@ -434,6 +510,7 @@ def mhe_penalty(
     calibrate: bool = False,
     projection: dict | None = None,
     step: int | jax.Array | None = None,
+    mesh_axis: str | None = None,
     spec: EnergySpec | None = None,
 ) -> jax.Array:
     r"""The scalar ``R(params)`` of :func:`mhe_regularizer`, to add to a loss.
@@ -442,7 +519,8 @@ def mhe_penalty(
     params). The arguments are those of :func:`mhe_regularizer`; ``key`` is required with
     ``sample_size`` (the transformation derives it from ``seed`` and the step), ``labels``
     selects Eq. 8 for the output layers, and ``step`` is the step count at which schedule
-    strengths are evaluated (required when a strength is a schedule).
+    strengths are evaluated (required when a strength is a schedule). ``mesh_axis``: the ring
+    for the tiled-path layers sharded over that mesh axis, as in :func:`mhe_regularizer`.
     ``jax.grad(mhe_penalty)`` equals what :func:`mhe_regularizer` adds to the updates.
 
     Examples:
@@ -457,7 +535,7 @@ def mhe_penalty(
     spec = _energy_spec(spec, s=s, distance=distance, half_space=half_space, eps=eps,
                         min_distance=min_distance, sample_size=sample_size,
                         projection=projection, calibrate=calibrate)
-    penalty = _mhe(hidden_strength, output_strength, output, spec)
+    penalty = _mhe(hidden_strength, output_strength, output, spec, mesh_axis)
     if (spec.sample_size is not None or spec.projection is not None) and key is None:
         raise ValueError("sample_size and projection require key=")
     if step is None and (callable(hidden_strength) or callable(output_strength)):

@@ -11,7 +11,7 @@
 # checkpoints, and the report puts our test error next to the paper's.
 #
 # **On Colab:** *Runtime → Change runtime type →* a GPU or a TPU. `runner.run` shards every
-# batch over all local devices (data parallel), so a TPU's 8 cores are used without changes
+# batch over all devices (data parallel), so a TPU's 8 cores are used without changes
 # (the batch size must divide by the device count). One full run (42.5k steps) takes
 # hours; lower `optim.steps` in `OVERRIDES` for a quicker, rougher comparison. Point
 # `RUN_ROOT` at a mounted Google Drive folder so interrupted runs resume from their
@@ -88,20 +88,32 @@ for name, cfg in configs.items():
 # %% [markdown]
 # ## Devices
 #
-# `runner.run` shards every batch over all local devices when there is more than one
+# `runner.run` shards every batch over the devices when there is more than one
 # (`mhe_jax.train.DataParallel`: model and optimizer state replicated, the batch split along
 # its first axis, gathered on the devices from the training set held there): a Colab TPU's
-# 8 cores, or several GPUs. This is the path that `tests/test_notebooks.py` runs, on 8 CPU
-# devices (`XLA_FLAGS=--xla_force_host_platform_device_count=8`), and the one that
+# 8 cores, or several GPUs. This is the data-parallel path of `docs/scaling.md` — the batch
+# over **every** device, `DataParallel(jax.devices())` — that `tests/test_notebooks.py` runs on
+# 8 CPU devices (`XLA_FLAGS=--xla_force_host_platform_device_count=8`) and
 # `benchmarks/device.py` times. `tests/test_device_path.py` checks that on 8 devices its steps
 # equal the single-device steps to float32 rounding, BatchNorm included: the batch statistics
-# are over the global batch, not per device. The global batch must divide by the number of
-# devices.
+# are over the global batch, not per device; `tests/test_multiprocess.py` checks the same
+# over 2 processes. The global batch must divide by the number of devices.
+#
+# **A TPU pod slice** (several hosts): run this notebook's code as a script on every host with
+# the launch line of `docs/scaling.md`, which calls `jax.distributed.initialize()` before
+# anything else: `jupyter nbconvert --to script --output cifar_repro
+# 04_cifar_reproduction.ipynb`, copy `cifar_repro.py` to every host, then `gcloud compute
+# tpus tpu-vm ssh NAME --worker=all --command="python -c 'import jax;
+# jax.distributed.initialize(); import cifar_repro'"`. `jax.devices()` then lists the devices
+# of every host, and the cell below checks the batch against all of them. One host (Colab)
+# needs none of this.
 
 # %%
-n_devices = jax.local_device_count()
-print(f"{n_devices} local device(s), platform {jax.devices()[0].platform}:",
-      "data parallel" if n_devices > 1 else "single device")
+put = mhe_jax.train.DataParallel(jax.devices())  # the layout runner.run trains with
+n_devices = put.num_devices
+print(f"{n_devices} device(s) in {jax.process_count()} process(es), platform "
+      f"{jax.devices()[0].platform}:", "data parallel" if n_devices > 1 else "single device",
+      f"over the mesh axis 'data' ({dict(put.mesh.shape)})")
 for name, cfg in configs.items():
     if cfg.data.batch_size % n_devices:
         raise ValueError(f"{name}: data.batch_size={cfg.data.batch_size} does not divide by "

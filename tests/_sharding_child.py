@@ -1,8 +1,9 @@
 """Child of tests/test_sharding.py: run with 8 host devices (XLA_FLAGS set by the parent).
 
 Builds float64 parameters with FSDP / tensor-parallel / data-parallel shardings, runs
-``mhe_regularizer`` (chained with SGD momentum, so the optimizer state has a leaf per parameter)
-and ``layer_energies`` under ``jax.jit``, and writes a JSON report: errors against the unsharded
+``mhe_regularizer`` (chained with SGD momentum, so the optimizer state has a leaf per parameter;
+on the tiled path with and without ``mesh_axis=``) and ``layer_energies`` under ``jax.jit``,
+and writes a JSON report: errors against the unsharded
 computation, which leaves lost their parameter's sharding, the collectives of each compiled
 program (counted in the HLO text, with their operand shapes) and ``memory_analysis()`` figures.
 Usage: ``python tests/_sharding_child.py {dense,tiled} OUT.json``.
@@ -121,11 +122,12 @@ if PART != "dense":
     kinds = ()
 else:
     kinds = ("dp", "fsdp", "tp")
-ref_updates, ref_new_state = jax.jit(step)(grads, ref_state, params) if kinds else (None, None)
-ref_energies = jax.jit(energies)(params) if kinds else None
+ref_updates = ref_new_state = ref_energies = None
 if kinds:
-    report["dense_unsharded"] = {"memory": memory(jax.jit(step).lower(
-        grads, ref_state, params).compile())}
+    ref_compiled = jax.jit(step).lower(grads, ref_state, params).compile()
+    ref_updates, ref_new_state = ref_compiled(grads, ref_state, params)
+    ref_energies = jax.jit(energies)(params)
+    report["dense_unsharded"] = {"memory": memory(ref_compiled)}
 for kind in kinds:
     sh = shardings(params, kind)
     p = jax.device_put(params, sh)
@@ -163,47 +165,80 @@ for kind in kinds:
 D, N, BLOCK = 128, 2048, 256
 big = {"Dense_0": {"kernel": jnp.asarray(rng.standard_normal((D, N)))}}
 big_g = jax.tree.map(jnp.zeros_like, big)
-with warnings.catch_warnings():  # one hidden layer, no output layer: half-space on purpose
-    warnings.simplefilter("ignore", UserWarning)
-    tiled_tx = mhe_jax.mhe_regularizer(
-        1.0, spec=mhe_jax.EnergySpec(half_space=True, block_size=BLOCK))
+TILED = mhe_jax.EnergySpec(half_space=True, block_size=BLOCK)
 
 
-def tiled_step(grads, params):
-    return tiled_tx.update(grads, tiled_tx.init(params), params)[0]
+def quiet(make):
+    """One hidden layer and no output layer: half-space on purpose (no warning)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "half_space=True with output=None")
+        return make()
 
 
-def ring_penalty(matrices, layers, count, key, **unused):
-    """The recipe of docs/scaling.md: the ring of sharded_hyperspherical_energy per layer."""
-    return sum(mhe_jax.sharded_hyperspherical_energy(W, mesh, "x", half_space=True)
-               for W in matrices)
+tiled_tx = quiet(lambda: mhe_jax.mhe_regularizer(1.0, spec=TILED))
+# the fix of issue 27: the tiled-path layers sharded over "x" go through the ring
+ring_tx = quiet(lambda: mhe_jax.mhe_regularizer(1.0, spec=TILED, mesh_axis="x"))
 
 
-ring_tx = mhe_jax.penalty_transformation(ring_penalty)
+def init(tx, p) -> tuple:
+    """Eager ``init``: (state, the warning or the error it gave, as text)."""
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        try:
+            state = tx.init(p)
+        except ValueError as e:
+            return None, f"ValueError: {e}"
+    return state, "; ".join(str(w.message) for w in seen) or None
 
 
-def ring_step(grads, params):
-    return ring_tx.update(grads, ring_tx.init(params), params)[0]
+def run_update(tx, g, p, ref) -> dict:
+    state, said = init(tx, p)
+    if state is None:
+        return {"init": said}
+    compiled = jax.jit(tx.update).lower(g, state, p).compile()
+    out = compiled(g, state, p)[0]
+    return {"init": said, "err_updates": rel_err(out, ref), "lost_updates": lost(out, p),
+            "collectives": collectives(compiled), "memory": memory(compiled)}
 
 
 if PART == "tiled":
-    ref_big = jax.jit(tiled_step)(big_g, big)
-    c_big = jax.jit(tiled_step).lower(big_g, big).compile()
-    report["tiled_unsharded"] = {"memory": memory(c_big), "layer_bytes": D * N * 8,
-                                 "shape": [D, N], "block_size": BLOCK}
-# tp (= fsdp: the largest axis of (128, 2048) is the neuron axis) and the input axis sharded
-for kind, spec in (("tp", P(None, "x")), ("d_sharded", P("x", None))) if PART == "tiled" else ():
-    sh = {"Dense_0": {"kernel": NamedSharding(mesh, spec)}}
-    p = jax.device_put(big, sh)
-    g = jax.device_put(big_g, sh)
-    for name, fn in (("tiled", tiled_step), ("ring", ring_step)):
-        compiled = jax.jit(fn).lower(g, p).compile()
-        out = compiled(g, p)
-        report[f"{name}_{kind}"] = {
-            "err_updates": rel_err(out, ref_big),
-            "lost_updates": lost(out, p),
+    c_big = jax.jit(tiled_tx.update).lower(big_g, tiled_tx.init(big), big).compile()
+    ref_big = c_big(big_g, tiled_tx.init(big), big)[0]
+    report["tiled_unsharded"] = {"memory": memory(c_big), "collectives": collectives(c_big),
+                                 "layer_bytes": D * N * 8, "shape": [D, N], "block_size": BLOCK}
+    # neurons over "x" (tensor parallel, and FSDP: the largest axis of (128, 2048) is the
+    # neuron axis), the input axis over "x" (FSDP of a layer with more inputs than neurons),
+    # and replicated (data parallel)
+    for kind, spec in (("tp", P(None, "x")), ("d_sharded", P("x", None)), ("dp", P())):
+        sh = {"Dense_0": {"kernel": NamedSharding(mesh, spec)}}
+        p = jax.device_put(big, sh)
+        g = jax.device_put(big_g, sh)
+        report[f"tiled_{kind}"] = run_update(tiled_tx, g, p, ref_big)
+        report[f"ring_{kind}"] = run_update(ring_tx, g, p, ref_big)
+
+    # every layer kind of the dense part through the ring (block_size=8 puts them on the
+    # tiled path): conv reshape, attention heads, sample_size, the full-space output layer,
+    # SGD momentum; tensor parallel (input-axis sharding: the big layer above)
+    small_spec = mhe_jax.EnergySpec(half_space=True, sample_size=24, block_size=8)
+
+    def small_tx(**kw):
+        return optax.chain(mhe_jax.mhe_regularizer(1.0, 2.0, output="head", spec=small_spec,
+                                                   seed=3, **kw), optax.sgd(0.1, momentum=0.9))
+
+    ref_tx = small_tx()
+    ref_u, ref_s = jax.jit(ref_tx.update)(grads, ref_tx.init(params), params)
+    for kind in ("tp",):
+        tx = small_tx(mesh_axis="x")
+        sh = shardings(params, kind)
+        p, g = jax.device_put(params, sh), jax.device_put(grads, sh)
+        state = tx.init(p)
+        compiled = jax.jit(tx.update).lower(g, state, p).compile()
+        u, new_state = compiled(g, state, p)
+        report[f"ring_small_{kind}"] = {
+            "err_updates": rel_err(u, ref_u),
+            "err_state": rel_err(new_state[1][0].trace, ref_s[1][0].trace),
+            "lost_updates": lost(u, p), "lost_trace": lost(new_state[1][0].trace, p),
             "collectives": collectives(compiled),
-            "memory": memory(compiled),
         }
 
 json.dump(report, open(sys.argv[2], "w"), indent=1)

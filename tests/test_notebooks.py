@@ -45,7 +45,7 @@ EXPECTED = {
                                  ["with output MHE (seed 0): test accuracy", "rare-class acc.",
                                   "notebook finished"]),
     "04_cifar_reproduction.ipynb": (["curves.png"],
-                                    ["8 local device(s), platform cpu: data parallel",
+                                    ["8 device(s) in 1 process(es), platform cpu: data parallel",
                                      "table1/cifar10/mhe/s2: test error",
                                      "table2/half_mhe/w16_32_64: test error",
                                      "paper: test error (%)",

@@ -271,6 +271,12 @@ for s, distance, half in grid:
 for p in ((2, 3, 4, 5, 8) if FULL else (3,)):
     check(jnp.asarray(rng.standard_normal((4, 13))), Mesh(devices[:p], ("x",)), "x",
           s=2.0, half_space=True)
+# row blocks of each step's tile (block_size=4: 15 -> 16 neurons a device, 4 blocks of 4), and
+# the gradient with sample_size not divisible by the devices (11 of 24 on 8: padded indices;
+# a pad of the gathered columns aborted XLA's SPMD partitioner)
+check(jnp.asarray(rng.standard_normal((4, 45))), Mesh(devices[:3], ("x",)), "x", s=1.0,
+      half_space=True, block_size=4)
+check(w, mesh8, "x", s=1.0, sample_size=11, key=jax.random.key(2))
 mesh2d = Mesh(devices.reshape(2, 4), ("data", "model"))
 w4 = jnp.asarray(rng.standard_normal((3, 3, 2, 20)))
 check(w4, mesh2d, "model", s=2.0, distance="angular")

@@ -4,7 +4,8 @@ The work runs in a subprocess (``tests/_sharding_child.py``) with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` set before jax starts. Parameters get
 FSDP (largest axis), tensor-parallel (neuron axis; attention q/k/v along heads) and
 data-parallel (replicated) shardings; ``mhe_regularizer`` (hidden + output, half-space,
-``sample_size``) chained with SGD momentum, and ``layer_energies``, run under ``jax.jit``.
+``sample_size``) chained with SGD momentum, and ``layer_energies``, run under ``jax.jit``;
+on the tiled path with ``mesh_axis=`` (the ring) and without.
 The figures quoted in docs/scaling.md are the ones these tests print and bound.
 """
 
@@ -14,7 +15,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+import mhe_jax
 
 ROOT = Path(__file__).resolve().parents[1]
 CHILD = Path(__file__).with_name("_sharding_child.py")
@@ -89,38 +96,130 @@ def test_jit_init_without_out_shardings_loses_the_sharding(dense):
         assert lost and all("SingleDeviceSharding" in x for x in lost), lost
 
 
-def test_tiled_ring_recipe_memory_and_collectives(tiled):
-    """A (128, 2048) float64 layer with neurons sharded over 8 devices, through
-    ``penalty_transformation`` + ``sharded_hyperspherical_energy`` (the recipe of
-    docs/scaling.md): equal to the unsharded tiled regularizer (``block_size=256``), only
-    ``collective-permute`` (the ring), and temporary memory per device O(N·d/P + (N/P)²),
-    at most a quarter of the unsharded program's."""
-    ref = tiled["tiled_unsharded"]
+def _block_and_tile_bound(ref: dict) -> int:
+    """Bytes: 6 x (own block of N/8 neurons + one N/8 x N/8 tile), the ring's O(N·d/P + (N/P)²)."""
     d, n = ref["shape"]
-    bound = 6 * 8 * (n * d // 8 + (n // 8) ** 2)  # bytes: 6 x (own block + one tile)
-    for kind in ("tp", "d_sharded"):
-        r = tiled[f"ring_{kind}"]
-        assert r["err_updates"] < 1e-12 and r["lost_updates"] == [], r
-        assert r["memory"]["temp"] <= min(bound, ref["memory"]["temp"] // 4), (r, ref, bound)
-        assert _count(r, "collective-permute") == 5  # 3 scanned hops (block + force), 1 + home
-        assert _count(r, "all-gather") <= 1 and all(
-            t.startswith("f64[2048]") for t in r["collectives"]["all-gather"])  # norms only
-    # neurons sharded: nothing but the ring; input axis sharded: one all-to-all to re-shard
-    assert set(k for k, v in tiled["ring_tp"]["collectives"].items() if v) == {
-        "collective-permute"}
-    assert _count(tiled["ring_d_sharded"], "all-to-all") == 2
+    return 6 * 8 * (n * d // 8 + (n // 8) ** 2)
 
 
-def test_tiled_regularizer_equals_unsharded(tiled):
-    for kind in ("tp", "d_sharded"):
+def test_tiled_regularizer_memory_is_per_device(tiled):
+    """Issue 27: a (128, 2048) float64 layer with its neurons sharded over 8 devices (tensor
+    parallel; FSDP too, its largest axis is the neuron axis), ``mhe_regularizer(block_size=256,
+    mesh_axis="x")`` under ``jax.jit``: the update equals the unsharded one to float64 rounding
+    and keeps the layer's sharding, the compiled program's temporary memory per device is
+    O(N·d/P + (N/P)²) (at most a quarter of the unsharded program's), and its only
+    collectives are the ring's 5 collective-permutes of a (128, 256) block or force buffer
+    (3 scanned hops, the opposite block, the buffers sent home): no all-gather of the layer."""
+    ref, r = tiled["tiled_unsharded"], tiled["ring_tp"]
+    assert r["init"] is None, r["init"]  # neither a warning nor an error
+    assert r["err_updates"] < 1e-12 and r["lost_updates"] == [], r
+    assert r["memory"]["temp"] <= min(_block_and_tile_bound(ref), ref["memory"]["temp"] // 4), (
+        r["memory"], ref["memory"])
+    assert {k: v for k, v in r["collectives"].items() if v} == {
+        "collective-permute": ["f64[128,256]{1,0}"] * 5}, r["collectives"]
+
+
+def test_tiled_regularizer_ring_other_shardings(tiled):
+    """The same layer sharded along its input axis (FSDP of a layer with more inputs than
+    neurons): one all-to-all re-shards it to its neurons and one brings the force back, then the
+    ring; memory per device O(N·d/P + (N/P)²), update exact and sharded like the layer.
+    Replicated (data parallel): ``init`` refuses ``mesh_axis`` (the ring would hand back an
+    update sharded along the neurons), and without it the tiled path runs on every device
+    with no collective at all."""
+    ref, r = tiled["tiled_unsharded"], tiled["ring_d_sharded"]
+    assert r["init"] is None and r["err_updates"] < 1e-12 and r["lost_updates"] == [], r
+    assert r["memory"]["temp"] <= min(_block_and_tile_bound(ref), ref["memory"]["temp"] // 4)
+    assert _count(r, "collective-permute") == 5 and _count(r, "all-to-all") == 2, r
+    assert all(t.startswith("f64[2048]") for t in r["collectives"]["all-gather"])  # norms only
+    assert tiled["ring_dp"] == {"init": tiled["ring_dp"]["init"]}
+    assert "replicated over that axis" in tiled["ring_dp"]["init"], tiled["ring_dp"]
+    dp = tiled["tiled_dp"]
+    assert dp["err_updates"] < 1e-12 and dp["lost_updates"] == [], dp
+    assert all(v == [] for v in dp["collectives"].values()), dp["collectives"]
+
+
+def test_tiled_regularizer_without_mesh_axis_warns_and_gathers(tiled):
+    """Without ``mesh_axis`` the tiled path is exact under every sharding, but for a layer
+    sharded along its neurons it all-gathers the layer (``f64[128,2048]``) on every device:
+    ``init`` warns and names the option."""
+    for kind in ("tp", "d_sharded", "dp"):
         r = tiled[f"tiled_{kind}"]
         assert r["err_updates"] < 1e-12 and r["lost_updates"] == [], r
+    tp = tiled["tiled_tp"]
+    assert "mesh_axis='x'" in tp["init"], tp["init"]
+    assert tiled["tiled_d_sharded"]["init"] is None and tiled["tiled_dp"]["init"] is None
+    assert "f64[128,2048]{0,1}" in tp["collectives"]["all-gather"], tp["collectives"]
 
 
-@pytest.mark.xfail(strict=True, reason="known defect (issue 27): under jit, mhe_regularizer's "
-                   "tiled path all-gathers a neuron-sharded layer (f64[128,2048]) and its "
-                   "cyclic extension; per-device temp stays ~0.84x the unsharded program's")
-def test_tiled_regularizer_memory_is_per_device(tiled):
-    ref, r = tiled["tiled_unsharded"], tiled["tiled_tp"]
-    assert _count(r, "all-gather") == 0, r["collectives"]["all-gather"]
-    assert r["memory"]["temp"] <= ref["memory"]["temp"] // 4
+def test_ring_every_layer_kind(tiled):
+    """``mesh_axis="x"`` with ``block_size=8`` (every layer of the dense part on the tiled
+    path, so through the ring), tensor parallel: conv, Dense, attention q/k/v (neurons =
+    heads x head_dim), ``sample_size=24`` and the full-space output layer; the updates and
+    SGD momentum equal the unsharded ones to float64 rounding and keep their parameters'
+    shardings."""
+    r = tiled["ring_small_tp"]
+    assert r["err_updates"] < 1e-12 and r["err_state"] < 1e-12, r
+    assert r["lost_updates"] == [] and r["lost_trace"] == [], r
+    assert _count(r, "collective-permute") > 0
+
+
+# ------------------------------------------------------------------ mesh_axis= in this process
+
+
+def _one_device_params(axis: str = "x", axis_type=None):
+    kind = jax.sharding.AxisType.Auto if axis_type is None else axis_type
+    mesh = jax.make_mesh((1,), (axis,), axis_types=(kind,), devices=jax.devices()[:1])
+    w = jnp.asarray(np.random.default_rng(0).standard_normal((6, 40)))
+    return {"Dense_0": {"kernel": jax.device_put(w, NamedSharding(mesh, P(None, axis)))}}
+
+
+def _tx(**kw):
+    return mhe_jax.mhe_regularizer(1.0, spec=mhe_jax.EnergySpec(block_size=8), **kw)
+
+
+def test_mesh_axis_errors_name_the_argument():
+    """A mesh_axis that is not a str raises at construction; a layer on a mesh without that
+    axis, or with it Explicit, raises at ``init`` (and in ``mhe_penalty``), naming
+    ``mesh_axis`` and the layer."""
+    with pytest.raises(TypeError, match="mesh_axis must be the name of a mesh axis"):
+        _tx(mesh_axis=("x",))
+    with pytest.raises(TypeError, match="mesh_axis"):
+        mhe_jax.mhe_penalty({"Dense_0": {"kernel": jnp.eye(3)}}, 1.0, mesh_axis=0)
+    params = _one_device_params("y")
+    with pytest.raises(ValueError, match=r"mesh_axis='x' is not an axis of the mesh of layer "
+                       r"'Dense_0/kernel' \(\{'y': 1\}\)"):
+        _tx(mesh_axis="x").init(params)
+    with pytest.raises(ValueError, match="mesh_axis='x' is not an axis"):
+        mhe_jax.mhe_penalty(params, 1.0, spec=mhe_jax.EnergySpec(block_size=8), mesh_axis="x")
+    explicit = _one_device_params("x", jax.sharding.AxisType.Explicit)
+    with pytest.raises(ValueError, match="mesh_axis='x' is an Explicit axis"):
+        _tx(mesh_axis="x").init(explicit)
+
+
+def test_mesh_axis_with_one_device_is_the_plain_path():
+    """An axis of one device needs no ring: the update is bit-identical to the one without
+    ``mesh_axis``."""
+    params = _one_device_params()
+    zero = jax.tree.map(jnp.zeros_like, params)
+    ring, plain = _tx(mesh_axis="x"), _tx()
+    want = jax.jit(plain.update)(zero, plain.init(params), params)[0]["Dense_0"]["kernel"]
+    got = jax.jit(ring.update)(zero, ring.init(params), params)[0]["Dense_0"]["kernel"]
+    np.testing.assert_array_equal(got, want)
+
+
+def test_ring_tiles_in_row_blocks():
+    """Each ring step's ``N/P × N/P`` tile is computed ``block_size`` rows at a time (default
+    256), so its temporary memory is ``O(block·N/P)``: here one device holding 2048 neurons
+    (float64), against ``block_size=2048`` (the whole tile at once); same value and gradient."""
+    mesh = jax.make_mesh((1,), ("x",), axis_types=(jax.sharding.AxisType.Auto,),
+                         devices=jax.devices()[:1])
+    w = jnp.asarray(np.random.default_rng(1).standard_normal((16, 2048)))
+    out, temp = {}, {}
+    for block in (None, 2048):
+        f = jax.jit(jax.value_and_grad(lambda w, block=block: mhe_jax.sharded_hyperspherical_energy(
+            w, mesh, "x", s=1.0, block_size=block)))
+        compiled = f.lower(w).compile()
+        out[block], temp[block] = compiled(w), compiled.memory_analysis().temp_size_in_bytes
+    assert temp[None] * 3 < temp[2048], temp  # 256 of 2048 rows
+    np.testing.assert_allclose(out[None][0], out[2048][0], rtol=1e-13)
+    np.testing.assert_allclose(out[None][1], out[2048][1], rtol=1e-12, atol=1e-18)
