@@ -129,8 +129,9 @@ def calibrate(spec: EnergySpec, energy: Array, n: int, d: int, half_space=None) 
 def _energy_of_matrix(W: Array, spec: EnergySpec, key) -> Array:
     """Energy of the neuron matrix ``W`` (d, N) (no projection, no calibration)."""
     n_total = W.shape[1]
-    W = scale_free(W)
     kernel, params = kernel_from_spec(spec, W.dtype)
+    # Sampling commutes with the per-column scale freedom, which normalized_mean_energy
+    # applies (its norm_eps = 0 derivative is scale_free's).
     W = sample_columns(W, spec.sample_size, key)
     if spec.kernel == "gaussian":
         if W.shape[1] < 2 and not spec.half_space:
