@@ -18,9 +18,9 @@ float32 Gram product), so its absolute error is ~1e-7 to a few 1e-7 (more for la
 comparable to the default float32 ``eps = 1e-6`` in ``r² = 2 − 2c + eps``: the pair energy of
 neurons closer than about 1e-3 rad is off by up to 20–30 % (s = 2; measured up to 0.32 at
 1e-4 rad and 0.25 at 1e-3 rad in 512-d, 0.4 % at 1e-2 rad), and so is their pair force. Use
-float64 where such pairs matter. A compensated distance for the nearest pairs fixes it but was measured
-at +12 % of the small-layer value and gradient, so it is not applied (benchmarks/RESULTS.md,
-"Close pairs in float32").
+float64 where such pairs matter. A compensated distance for the nearest pairs fixes it but was
+measured at +12 % of the small-layer value and gradient, so it is not applied
+(benchmarks/RESULTS.md, "Close pairs in float32").
 
 Other modules import the pieces from the modules named above (or the public ``mhe_jax``
 names), never through this one.

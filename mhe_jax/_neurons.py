@@ -157,20 +157,29 @@ def _projection_rows(Ws: Array, sq: Array) -> tuple[Array, Array]:
     return inv_sq, 1.0 / jnp.where(jnp.abs(first) >= 1.0, first, jnp.inf)
 
 
-def project_gradient(g: Array, Ws: Array, sq: Array) -> Array:
+def project_gradient(g: Array, Ws: Array, sq: Array, sums_by_matmul: bool = True) -> Array:
     """The gradient ``g`` (d, N) with its component along each column ``w`` of ``Ws`` removed.
 
     ``Ws`` has scaled columns (:func:`column_scales`) and ``sq`` (1, N) their squared norms
     (e.g. the Gram diagonal). ``c₀ = a g₁``, ``r = g − c₀ w``, ``δ = ⟨r, w⟩/sq``, ``r − δ w``:
     the one-reduction projection of the module docstring (exact zero for a ``g`` parallel to
     a ``±2^k`` column). Zero columns (``sq = 0``) keep ``g``.
+
+    ``sums_by_matmul``: the column sums ``⟨r, w⟩`` as a product with a row of ones (as
+    :func:`tangent_projection` transposes to) or as a reduction. Only the speed differs, and
+    with XLA CPU it depends on the program: the dense energy gets its ``⟨r, w⟩`` 2 % faster as a
+    product (a separate matrix–vector product), the tiled one 2 % faster as a reduction (XLA
+    fuses ``r∘w`` into the product there and computes it as a strided loop); measured in
+    benchmarks/RESULTS.md.
     """
     inv_sq, inv_first = _projection_rows(Ws, sq)
     c0 = inv_first * g[:1]
-    # ⟨g − c₀w, w⟩ as a product with a row of ones: XLA CPU runs it faster than a reduction
-    # with the subtraction fused into it
-    ones = jnp.ones((1, g.shape[0]), g.dtype)
-    delta = jnp.matmul(ones, (g - c0 * Ws) * Ws, precision=lax.Precision.HIGHEST) * inv_sq
+    rw = (g - c0 * Ws) * Ws
+    if sums_by_matmul:
+        ones = jnp.ones((1, g.shape[0]), g.dtype)
+        delta = jnp.matmul(ones, rw, precision=lax.Precision.HIGHEST) * inv_sq
+    else:
+        delta = jnp.sum(rw, axis=0, keepdims=True) * inv_sq
     # g − c₀w again, bit for bit, as g + (−c₀)w: a second expression XLA does not merge with
     # the reduction's, so neither is stored (one pass fewer over d × N).
     return (g + (-c0) * Ws) - delta * Ws

@@ -152,7 +152,7 @@ def _normalized_pairwise_sum_jvp(k: Kernel, norm_eps, block_size, primals, tange
     if dense:
         # the squared norms come off the Gram diagonal
         value, grad, sq = _tiled.dense_normalized(h, Ws, 0.0, precision)
-        factor = scale
+        factor, by_matmul = scale, True
     else:
         # ŵ = w_s/‖w_s‖: dE = Σ_i ⟨2 f_i, (I − ŵ_iŵ_iᵀ) dw_s,i⟩ / ‖w_s,i‖ for the force f, so the
         # projected force (times 2/‖w_s,i‖) is the gradient: the projection replaces the
@@ -161,10 +161,10 @@ def _normalized_pairwise_sum_jvp(k: Kernel, norm_eps, block_size, primals, tange
         inv = inverse_norms(Ws)
         value, grad = _tiled.pair_sum(h, Ws * inv, block_size, True, precision)
         assert grad is not None  # with_force
-        factor = 2.0 * scale * inv
+        factor, by_matmul = 2.0 * scale * inv, False
     if W.shape[0] == 1:  # S⁰: the energy is locally constant
         return value, jnp.zeros_like(value)
-    return value, jnp.sum(project_gradient(grad, Ws, sq) * (dW * factor))
+    return value, jnp.sum(project_gradient(grad, Ws, sq, by_matmul) * (dW * factor))
 
 
 def mean_from_sum(k: Kernel, params, total: Array, n: int, n_total: int) -> Array:

@@ -51,7 +51,9 @@ def test_parallel_gradient_on_power_of_two_columns_is_exactly_zero():
     plain_left_some = False
     for _ in range(20):
         g = jnp.asarray(r.standard_normal((1, 6)) * 10.0 ** r.uniform(-20, 20), jnp.float32) * Ws
-        assert float(jnp.max(jnp.abs(project_gradient(g, Ws, sq)[:, 1]))) == 0.0
+        for by_matmul in (True, False):
+            projected = project_gradient(g, Ws, sq, by_matmul)
+            assert float(jnp.max(jnp.abs(projected[:, 1]))) == 0.0
         plain = g - jnp.sum(g * Ws, axis=0, keepdims=True) / sq * Ws
         plain_left_some |= float(jnp.max(jnp.abs(plain[:, 1]))) > 0.0
     assert plain_left_some
@@ -65,10 +67,10 @@ def test_radial_residual_is_rounding_and_the_tangent_part_is_kept():
     Ws, sq = _columns(d, n, 4)
     w64 = np.asarray(Ws, np.float64)
     r = np.random.default_rng(5)
-    for radial_weight in (0.0, 1.0, 1e4):
+    for radial_weight, by_matmul in [(0.0, True), (1.0, True), (1e4, True), (1e4, False)]:
         g64 = r.standard_normal((d, n)) + radial_weight * w64 * r.standard_normal(n)
         g = jnp.asarray(g64, jnp.float32)
-        got = np.asarray(project_gradient(g, Ws, sq), np.float64)
+        got = np.asarray(project_gradient(g, Ws, sq, by_matmul), np.float64)
         g64 = np.asarray(g, np.float64)
         sq64 = np.sum(w64 * w64, axis=0)
         coef = np.divide(np.sum(g64 * w64, axis=0), sq64, out=np.zeros(n), where=sq64 > 0)
