@@ -9,7 +9,11 @@ the same shape and against a naive port of the official TensorFlow formula (norm
 ``sqrt(Σw² + 1e-4)``, Gram, elementwise, band-part mask, plain autodiff; half-space by
 concatenating ``[W, −W]``). The three functions run interleaved in one process (rounds of
 ``mm, ours, naive``); each time is the median of ``--reps`` runs after a warm-up, with
-``block_until_ready``. Ratios are to the matmul time.
+``block_until_ready``. Ratios are to the matmul time. Side by side with other source trees
+(``--trees /tmp/bdec18e``, a ``git worktree`` of an older commit): each tree's ``mhe_jax`` is
+imported in turn and its value+grad joins the same rounds (``mm, ours, tree…``); the process CPU
+time of each call is recorded too (``*_cpu_s``, less sensitive to other processes than the
+wall clock on a shared machine).
 
 Memory: peak RSS (``ru_maxrss``) of a fresh Python process that computes value and gradient
 once (the process baseline — interpreter, JAX, the input — is reported too).
@@ -65,47 +69,96 @@ def naive_official(w, s, distance, half_space):
 
 
 def _interleaved(fns, args, reps):
+    """(wall, process CPU) medians of each function, in rounds over the functions."""
     import jax
     import numpy as np
 
     for f in fns:  # compile + warm-up
         jax.block_until_ready(f(*args))
         jax.block_until_ready(f(*args))
-    times = [[] for _ in fns]
+    wall = [[] for _ in fns]
+    cpu = [[] for _ in fns]
     for _ in range(reps):
         for i, f in enumerate(fns):
+            c0 = time.process_time()
             t0 = time.perf_counter()
             jax.block_until_ready(f(*args))
-            times[i].append(time.perf_counter() - t0)
-    return [float(np.median(t)) for t in times]
+            wall[i].append(time.perf_counter() - t0)
+            cpu[i].append(time.process_time() - c0)
+    return [float(np.median(t)) for t in wall], [float(np.median(t)) for t in cpu]
 
 
-def bench_speed(shapes, configs, reps, naive=True, log=print):
+def import_trees(trees):
+    """``{label: mhe_jax}`` for each source tree, imported in turn (``sys.modules`` cleared).
+
+    The functions are traced later, so a tree's modules are put back in ``sys.modules`` while
+    its functions are first called (:func:`_as_tree`): an import inside a function body then
+    finds its own tree.
+    """
+    import importlib
+
+    mods = {}
+    for path in trees:
+        for k in [k for k in sys.modules if k == "mhe_jax" or k.startswith("mhe_jax.")]:
+            del sys.modules[k]
+        sys.path.insert(0, path)
+        try:
+            mod = importlib.import_module("mhe_jax")
+        finally:
+            sys.path.pop(0)
+        label = os.path.basename(os.path.abspath(path))
+        mods[label] = (mod, {k: v for k, v in sys.modules.items()
+                             if k == "mhe_jax" or k.startswith("mhe_jax.")})
+    return mods
+
+
+def _as_tree(tree_modules, f):
+    def call(*args):
+        sys.modules.update(tree_modules)
+        return f(*args)
+    return call
+
+
+def bench_speed(shapes, configs, reps, naive=True, log=print, trees=None):
     import jax
     import jax.numpy as jnp
 
     import mhe_jax
 
+    others = import_trees(trees) if trees else {}
     rows = []
     for d, n in shapes:
         w = jax.random.normal(jax.random.key(0), (d, n), jnp.float32)
         mm = jax.jit(lambda w: w.T @ w)
         for s, distance, half in configs:
-            ours = jax.jit(jax.value_and_grad(
-                lambda w, s=s, distance=distance, half=half: mhe_jax.hyperspherical_energy(
-                    w, s=s, distance=distance, half_space=half)))
-            fns = [mm, ours]
+            def vg(mod, s=s, distance=distance, half=half):
+                return jax.jit(jax.value_and_grad(lambda x: mod.hyperspherical_energy(
+                    x, s=s, distance=distance, half_space=half)))
+
+            fns = [mm, vg(mhe_jax) if not others else None]
+            labels = []
+            for label, (mod, modules) in others.items():
+                labels.append(label)
+                fns.append(_as_tree(modules, vg(mod)))
+            fns = [f for f in fns if f is not None]
             if naive:
                 fns.append(jax.jit(jax.value_and_grad(
                     lambda w, s=s, distance=distance, half=half: naive_official(
                         w, s, distance, half))))
-            ts = _interleaved(fns, (w,), reps)
+            ts, cs = _interleaved(fns, (w,), reps)
+            ours = len(labels) or 1  # side by side: the last tree is "ours"
             row = {
                 "d": d, "N": n, "s": s, "distance": distance, "half_space": half,
-                "matmul_s": ts[0], "ours_s": ts[1], "ratio": ts[1] / ts[0],
+                "matmul_s": ts[0], "matmul_cpu_s": cs[0], "ours_s": ts[ours],
+                "ours_cpu_s": cs[ours], "ratio": ts[ours] / ts[0],
             }
+            if labels:
+                row["trees"] = {label: {"s": ts[1 + i], "cpu_s": cs[1 + i],
+                                        "ratio": ts[1 + i] / ts[0]}
+                                for i, label in enumerate(labels)}
             if naive:
-                row.update(naive_s=ts[2], naive_ratio=ts[2] / ts[0], speedup=ts[2] / ts[1])
+                row.update(naive_s=ts[-1], naive_ratio=ts[-1] / ts[0],
+                           speedup=ts[-1] / ts[ours])
             rows.append(row)
             log(_fmt_speed(row))
     return rows
@@ -115,6 +168,9 @@ def _fmt_speed(r):
     txt = (f"d={r['d']:5d} N={r['N']:6d} s={r['s']:.0f} {r['distance']:9s} "
            f"half={int(r['half_space'])}  w.T@w {r['matmul_s'] * 1e3:8.1f} ms  "
            f"ours {r['ours_s'] * 1e3:8.1f} ms ({r['ratio']:.2f}x)")
+    for label, t in r.get("trees", {}).items():
+        txt += (f"  {label} {t['s'] * 1e3:8.1f} ms ({t['ratio']:.2f}x,"
+                f" cpu {t['cpu_s'] * 1e3:.1f} ms)")
     if "naive_s" in r:
         txt += (f"  naive {r['naive_s'] * 1e3:8.1f} ms ({r['naive_ratio']:.2f}x)"
                 f"  speedup {r['speedup']:.2f}")
@@ -255,7 +311,19 @@ def _jaxlib_version():
 
 
 def speed_markdown(rows) -> str:
-    """The speed results as the markdown table of RESULTS.md."""
+    """The speed results as the markdown table of RESULTS.md (side by side: one column per
+    tree, wall-clock ratio to the Gram product and process-CPU milliseconds)."""
+    if rows and "trees" in rows[0]:
+        labels = list(rows[0]["trees"])
+        head = " | ".join(f"{t} ratio | {t} CPU ms" for t in labels)
+        lines = ["| d | N | s | distance | half | " + head + " |",
+                 "|---:|---:|---:|---|---|" + "---:|---:|" * len(labels)]
+        for r in rows:
+            cells = " | ".join(f"{r['trees'][t]['ratio']:.2f} | {r['trees'][t]['cpu_s'] * 1e3:.2f}"
+                               for t in labels)
+            lines.append(f"| {r['d']} | {r['N']} | {r['s']:.0f} | {r['distance']} "
+                         f"| {r['half_space']} | {cells} |")
+        return "\n".join(lines)
     lines = ["| d | N | s | distance | half | ratio to Gram | naive ratio | speed-up vs naive |",
              "|---:|---:|---:|---|---|---:|---:|---:|"]
     for r in rows:
@@ -274,6 +342,9 @@ def main(argv=None):
     p.add_argument("--no-naive", action="store_true", help="skip the official-formula port")
     p.add_argument("--shape", action="append", help="d,N (repeatable); default: the issue's four")
     p.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "energy.json"))
+    p.add_argument("--trees", help="speed side by side: comma-separated source trees (e.g. "
+                   "/tmp/bdec18e,.), each tree's mhe_jax timed in the same rounds; the last "
+                   "one is reported as 'ours'")
     p.add_argument("--table", action="store_true",
                    help="print the speed table of --out as markdown")
     args = p.parse_args(argv)
@@ -297,7 +368,9 @@ def main(argv=None):
                   else QUICK_SHAPES if args.quick else SHAPES)
         configs = CONFIGS[::5] if args.quick else CONFIGS
         print("\n## speed: value_and_grad vs one w.T @ w (ratio) and the naive official port")
-        result["speed"] = bench_speed(shapes, configs, args.reps, naive=not args.no_naive)
+        trees = args.trees.split(",") if args.trees else None
+        result["speed"] = bench_speed(shapes, configs, args.reps, naive=not args.no_naive,
+                                      trees=trees)
     if "memory" in only:
         print("\n## memory: peak RSS of value_and_grad in a fresh process")
         result["memory"] = bench_memory(QUICK_MEMORY_CASES if args.quick else MEMORY_CASES)

@@ -13,10 +13,14 @@ energies are exactly invariant to per-neuron scales by powers of two and invaria
 for other positive scales, for column norms anywhere in the float range; gradients are tangent
 (``⟨∂E/∂w_i, w_i⟩ = 0`` to rounding; exactly 0 for ``d = 1``).
 
-Accuracy limit for close pairs (float32). ``2 − 2c`` is formed from a rounded cosine, so pairs
-closer than about 1e-3 rad lose relative accuracy in their distance (absolute error ~1e-7 in
-``2 − 2c``). This only matters when ``eps`` is below ``θ²``; with the default float32
-``eps = 1e-6`` the guard dominates below ~1e-3 rad anyway. See benchmarks/RESULTS.md.
+Accuracy limit for close pairs (float32). ``2 − 2c`` is formed from a rounded cosine (the
+float32 Gram product), so its absolute error is ~1e-7 to a few 1e-7 (more for large ``d``),
+comparable to the default float32 ``eps = 1e-6`` in ``r² = 2 − 2c + eps``: the pair energy of
+neurons closer than about 1e-3 rad is off by up to 20–30 % (s = 2; measured up to 0.32 at
+1e-4 rad and 0.25 at 1e-3 rad in 512-d, 0.4 % at 1e-2 rad), and so is their pair force. Use
+float64 where such pairs matter. A compensated distance for the nearest pairs fixes it but was
+measured at +12 % of the small-layer value and gradient, so it is not applied
+(benchmarks/RESULTS.md, "Close pairs in float32").
 
 Other modules import the pieces from the modules named above (or the public ``mhe_jax``
 names), never through this one.
@@ -129,8 +133,9 @@ def calibrate(spec: EnergySpec, energy: Array, n: int, d: int, half_space=None) 
 def _energy_of_matrix(W: Array, spec: EnergySpec, key) -> Array:
     """Energy of the neuron matrix ``W`` (d, N) (no projection, no calibration)."""
     n_total = W.shape[1]
-    W = scale_free(W)
     kernel, params = kernel_from_spec(spec, W.dtype)
+    # Sampling commutes with the per-column scale freedom, which normalized_mean_energy
+    # applies (its norm_eps = 0 derivative is scale_free's).
     W = sample_columns(W, spec.sample_size, key)
     if spec.kernel == "gaussian":
         if W.shape[1] < 2 and not spec.half_space:

@@ -13,6 +13,24 @@ makes that exact in floating point, both ways:
   ``g_i ← g_i − (⟨g_i, w_i⟩ / ‖w_i‖²) w_i``, so ``⟨∂E/∂w_i, w_i⟩ = 0`` to rounding however
   large the pair forces are (exact duplicates, s = 50). For ``d = 1`` (the sphere ``S⁰ = {±1}``,
   where every energy is locally constant) the gradient is exactly zero.
+
+The projection in floating point (:func:`project_gradient`; :func:`tangent_projection` is its
+forward-mode transpose). With ``w`` a column of the scaled ``W`` (largest entry in ``[1, 2)``)
+and ``g`` its gradient:
+
+    c₀ = g₁ / w₁  if |w₁| ≥ 1, else 0        (a row of g: no pass over d × N)
+    r  = g − c₀ w
+    δ  = ⟨r, w⟩ / ‖w‖²                        (one reduction; r is not stored)
+    g ← r − δ w                               (one elementwise pass, r recomputed in it)
+
+In exact arithmetic this is the orthogonal projection (``c₀ + δ = ⟨g, w⟩/‖w‖²``). In floating
+point it is "project twice" (the second coefficient comes from ``r``, so its rounding is
+relative to ``r``, not ``g``) with a first step that costs no pass: when ``g`` is exactly
+parallel to a column whose entries are ``±`` one power of two (identical neurons of an all-ones
+kernel, ``2^k·ones``: the scaled column is ``±1`` and ``g`` is constant) ``c₀ w = g`` exactly, so
+``r = 0`` and the gradient is exactly 0, which one plain projection (``⟨g, w⟩`` summed in
+rounding) does not give. ``|w₁| ≥ 1`` (within a factor 2 of the column's largest entry) keeps
+``|c₀ w| ≤ 2 |g₁|``, so the first step adds no more rounding than ``g`` carries.
 """
 
 from __future__ import annotations
@@ -83,11 +101,26 @@ def _upcast_jvp(primals, tangents):
 
 def column_scales(W: Array) -> Array:
     """(1, N) powers of two ``2^{−e_i}`` with ``max_k |W_ki| · 2^{−e_i} ∈ [1, 2)``; 1 for zero
-    (or non-finite) columns."""
-    big = jnp.max(jnp.abs(W), axis=0, keepdims=True)
+    (or non-finite) columns.
+
+    ``2^{e_i}`` is the largest entry with its mantissa bits cleared (exact); the scale is its
+    reciprocal, the last operation, so XLA computes the row once instead of in every
+    elementwise pass that multiplies by it.
+    """
+    # max|W| as max(max W, −min W): two plain reductions, which XLA CPU runs faster than one
+    # of a fused |W|
+    big = jnp.maximum(jnp.max(W, axis=0, keepdims=True), -jnp.min(W, axis=0, keepdims=True))
     ok = jnp.isfinite(big) & (big > 0)
-    _, e = jnp.frexp(jnp.where(ok, big, 1.0))  # big = m · 2^e, m ∈ [0.5, 1)
-    return jnp.where(ok, jnp.ldexp(jnp.ones_like(big), 1 - e), 1.0)
+    return 1.0 / jnp.where(ok, _leading_power_of_two(big), 1.0)
+
+
+def _leading_power_of_two(x: Array) -> Array:
+    """``2^⌊log₂ x⌋`` for positive normal ``x`` (its exponent bits, mantissa cleared)."""
+    info = jnp.finfo(x.dtype)
+    uint = jnp.uint64 if info.bits == 64 else jnp.uint32
+    exponent_bits = ((1 << info.nexp) - 1) << info.nmant
+    bits = lax.bitcast_convert_type(x, uint) & jnp.asarray(exponent_bits, uint)
+    return lax.bitcast_convert_type(bits, x.dtype)
 
 
 @jax.custom_jvp
@@ -109,19 +142,67 @@ def _scale_free_jvp(primals, tangents):
     Ws = W * scale
     if W.shape[0] == 1:  # S⁰: the energy is locally constant
         return Ws, jnp.zeros_like(dW)
-    dWs = dW * scale
     sq = jnp.sum(Ws * Ws, axis=0, keepdims=True)
-    ok = sq > 0
-    safe_sq = jnp.where(ok, sq, 1.0)
+    return Ws, tangent_projection(dW * scale, Ws, sq)
 
-    def project(t):
-        coef = jnp.where(ok, jnp.sum(t * Ws, axis=0, keepdims=True) / safe_sq, 0.0)
-        return t - coef * Ws
 
-    # Twice ("twice is enough"): the second pass removes the rounding of the first, so a
-    # tangent exactly parallel to a column (identical neurons whose entries equal one power of
-    # two, e.g. an all-ones kernel) projects to exactly 0.
-    return Ws, project(project(dWs))
+def _projection_rows(Ws: Array, sq: Array) -> tuple[Array, Array]:
+    """``(1/‖w‖², a)`` (1, N) of the projection: ``a = 1/w₁`` where ``|w₁| ≥ 1``, else 0.
+
+    Reciprocals are the last operation (XLA computes the rows once); ``1/inf = 0`` where a
+    step is skipped (zero columns, small first entries).
+    """
+    inv_sq = 1.0 / jnp.where(sq > 0, sq, jnp.inf)
+    first = Ws[:1]
+    return inv_sq, 1.0 / jnp.where(jnp.abs(first) >= 1.0, first, jnp.inf)
+
+
+def project_gradient(g: Array, Ws: Array, sq: Array, sums_by_matmul: bool = True) -> Array:
+    """The gradient ``g`` (d, N) with its component along each column ``w`` of ``Ws`` removed.
+
+    ``Ws`` has scaled columns (:func:`column_scales`) and ``sq`` (1, N) their squared norms
+    (e.g. the Gram diagonal). ``c₀ = a g₁``, ``r = g − c₀ w``, ``δ = ⟨r, w⟩/sq``, ``r − δ w``:
+    the one-reduction projection of the module docstring (exact zero for a ``g`` parallel to
+    a ``±2^k`` column). Zero columns (``sq = 0``) keep ``g``.
+
+    ``sums_by_matmul``: the column sums ``⟨r, w⟩`` as a product with a row of ones (as
+    :func:`tangent_projection` transposes to) or as a reduction. Only the speed differs, and
+    with XLA CPU it depends on the program: the dense energy gets its ``⟨r, w⟩`` 2 % faster as a
+    product (a separate matrix–vector product), the tiled one 2 % faster as a reduction (XLA
+    fuses ``r∘w`` into the product there and computes it as a strided loop); measured in
+    benchmarks/RESULTS.md.
+    """
+    inv_sq, inv_first = _projection_rows(Ws, sq)
+    c0 = inv_first * g[:1]
+    rw = (g - c0 * Ws) * Ws
+    if sums_by_matmul:
+        ones = jnp.ones((1, g.shape[0]), g.dtype)
+        delta = jnp.matmul(ones, rw, precision=lax.Precision.HIGHEST) * inv_sq
+    else:
+        delta = jnp.sum(rw, axis=0, keepdims=True) * inv_sq
+    # g − c₀w again, bit for bit, as g + (−c₀)w: a second expression XLA does not merge with
+    # the reduction's, so neither is stored (one pass fewer over d × N).
+    return (g + (-c0) * Ws) - delta * Ws
+
+
+def tangent_projection(t: Array, Ws: Array, sq: Array) -> Array:
+    """Forward-mode projection of a tangent ``t`` (d, N): the transpose of
+    :func:`project_gradient`, which reverse mode then runs on a gradient.
+
+    :func:`project_gradient` is the linear map ``g ↦ g − (c₀(g) + δ(g)) w``; this is its
+    transpose ``t ↦ t − ℓ ⟨w, t⟩`` (``ℓ = w/sq + a (1 − ‖w‖²/sq) e₁``), written operation by
+    operation as the transpose of :func:`project_gradient`'s (``⟨w, t⟩`` twice, for the two
+    subtractions; the row of ones as an outer product), so that JAX's transpose of it rounds
+    exactly as :func:`project_gradient` does (tests/test_projection.py checks they agree bit
+    for bit). Both are the orthogonal projection in exact arithmetic.
+    """
+    inv_sq, inv_first = _projection_rows(Ws, sq)
+    ones = jnp.ones((t.shape[0], 1), t.dtype)
+    s_delta = jnp.sum(Ws * t, axis=0, keepdims=True)  # transposes to − δ w
+    s_c0 = jnp.sum(Ws * t, axis=0, keepdims=True)  # transposes to − c₀ w (subtracted first)
+    t_p = jnp.matmul(ones, -(s_delta * inv_sq), precision=lax.Precision.HIGHEST) * Ws
+    t_c0 = -s_c0 - jnp.sum(t_p * Ws, axis=0, keepdims=True)  # transposes to g − c₀ w
+    return (t + t_p).at[:1].add(inv_first * t_c0)  # transposes to c₀ = a g₁
 
 
 def inverse_norms(W: Array, norm_eps: float = 0.0) -> Array:

@@ -24,7 +24,12 @@ from jax.custom_derivatives import SymbolicZero
 
 from mhe_jax import _tiled
 from mhe_jax._kernels import Kernel, pair_function, pair_value
-from mhe_jax._neurons import normalize_columns
+from mhe_jax._neurons import (
+    column_scales,
+    inverse_norms,
+    normalize_columns,
+    project_gradient,
+)
 from mhe_jax._spec import PRECISIONS
 
 Array = jax.Array
@@ -105,12 +110,16 @@ def normalized_pairwise_sum(
 ) -> Array:
     """``pairwise_sum(k, normalize_columns(W, norm_eps), params, block_size)``.
 
+    ``norm_eps = 0`` (the scale-invariant energies): ``W`` may have any column norms; the
+    derivative is that of ``scale_free(W)`` (:mod:`mhe_jax._neurons`): columns rescaled by
+    powers of two, gradient projected orthogonal to each column. ``norm_eps > 0`` (the
+    official formula, not scale-invariant): the plain derivative of the raw columns.
+
     Its derivative is computed without differentiating through a normalised copy: for the dense
     path (``N ≤ _tiled.DENSE_MAX`` or one tile) the normalisation is folded into the ``N × N``
     work (:func:`mhe_jax._tiled.dense_normalized`): energy and gradient cost the Gram product
-    and one more matmul; the tiled path uses the force of :func:`pairwise_sum`'s rule.
-    ``W`` should have safe column scales (:func:`mhe_jax._neurons.scale_free`) when
-    ``norm_eps = 0``: the fused path squares the raw columns.
+    and one more matmul, and the projection reads the squared norms off the Gram diagonal;
+    the tiled path uses the force of :func:`pairwise_sum`'s rule.
     """
     return pairwise_sum(k, normalize_columns(W, norm_eps), params, block_size)
 
@@ -122,15 +131,40 @@ def _normalized_pairwise_sum_jvp(k: Kernel, norm_eps, block_size, primals, tange
     _no_param_tangents(dparams)
     h = pair_function(k, params)
     precision = PRECISIONS[k.precision]
+    scale_free_w = isinstance(norm_eps, (int, float)) and norm_eps == 0
     if isinstance(dW, SymbolicZero):
         value = _tiled.pair_sum(h, normalize_columns(W, norm_eps), block_size, False, precision)[0]
         return value, jnp.zeros_like(value)
-    if _tiled.is_dense(W.shape[1], block_size):
-        value, grad = _tiled.dense_normalized(h, W, norm_eps, precision)
-        return value, jnp.sum(grad * dW)
-    Wn, dWn = jax.jvp(lambda W: normalize_columns(W, norm_eps), (W,), (dW,))
-    value, force = _tiled.pair_sum(h, Wn, block_size, True, precision)
-    return value, 2.0 * jnp.sum(force * dWn)
+    dense = _tiled.is_dense(W.shape[1], block_size)
+    if not scale_free_w:  # norm_eps > 0: the plain derivative of the raw columns
+        if dense:
+            value, grad, _ = _tiled.dense_normalized(h, W, norm_eps, precision)
+            return value, jnp.sum(grad * dW)
+        Wn, dWn = jax.jvp(lambda W: normalize_columns(W, norm_eps), (W,), (dW,))
+        value, force = _tiled.pair_sum(h, Wn, block_size, True, precision)
+        return value, 2.0 * jnp.sum(force * dWn)
+    # Scale-free: W_s = W·scale (powers of two); the gradient w.r.t. W_s is projected orthogonal
+    # to each column here (project_gradient), not through scale_free's tangent map, so that in
+    # reverse mode the cotangent (1/(N(N−1)) of the mean), the scale and the projection share one
+    # elementwise pass over d × N.
+    scale = column_scales(W)
+    Ws = W * scale
+    if dense:
+        # the squared norms come off the Gram diagonal
+        value, grad, sq = _tiled.dense_normalized(h, Ws, 0.0, precision)
+        factor, by_matmul = scale, True
+    else:
+        # ŵ = w_s/‖w_s‖: dE = Σ_i ⟨2 f_i, (I − ŵ_iŵ_iᵀ) dw_s,i⟩ / ‖w_s,i‖ for the force f, so the
+        # projected force (times 2/‖w_s,i‖) is the gradient: the projection replaces the
+        # normalisation's backward pass.
+        sq = jnp.sum(Ws * Ws, axis=0, keepdims=True)
+        inv = inverse_norms(Ws)
+        value, grad = _tiled.pair_sum(h, Ws * inv, block_size, True, precision)
+        assert grad is not None  # with_force
+        factor, by_matmul = 2.0 * scale * inv, False
+    if W.shape[0] == 1:  # S⁰: the energy is locally constant
+        return value, jnp.zeros_like(value)
+    return value, jnp.sum(project_gradient(grad, Ws, sq, by_matmul) * (dW * factor))
 
 
 def mean_from_sum(k: Kernel, params, total: Array, n: int, n_total: int) -> Array:

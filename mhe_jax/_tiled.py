@@ -107,7 +107,7 @@ def pair_sum(
 
 def dense_normalized(h: Callable[[Array], Array], W: Array, norm_eps: float = 0.0,
                      precision=_HIGHEST):
-    """Value and gradient w.r.t. the *raw* columns ``W`` (d, N) of ``Σ_{i≠j} h(c_ij)``.
+    """``(Σ_{i≠j} h(c_ij), ∇_W, ‖w_i‖²)`` for the *raw* columns ``W`` (d, N).
 
     With ``G = WᵀW`` the inverse norms ``r_i = 1 / sqrt(G_ii + norm_eps)`` (``ŵ_i = r_i w_i``,
     ``r_i = 0`` for a zero column) come from the Gram product's diagonal, and the
@@ -119,12 +119,14 @@ def dense_normalized(h: Callable[[Array], Array], W: Array, norm_eps: float = 0.
     so value and gradient are the Gram product and one more ``d × N × N`` product — no pass over
     ``W`` (its squared norms) or the ``d × N`` normalised copy and its backward (what makes
     ``d ≫ N`` layers cheap). The factor 2 is applied to ``Q`` (``N × N``), not to ``∇_W``.
+    The squared norms ``G_ii`` (1, N) are returned for the caller's tangent projection.
     """
     n = W.shape[1]
     g = _dot(W, W, (0, 0), precision)
-    sq = jnp.diagonal(g) + norm_eps
-    ok = sq > jnp.finfo(W.dtype).tiny
-    r = jnp.where(ok, lax.rsqrt(jnp.where(ok, sq, 1.0)), 0.0)
+    sq = jnp.diagonal(g)
+    sq_eps = sq + norm_eps
+    ok = sq_eps > jnp.finfo(W.dtype).tiny
+    r = jnp.where(ok, lax.rsqrt(jnp.where(ok, sq_eps, 1.0)), 0.0)
     rr = r[:, None] * r[None, :]
     c = g * rr
     off = lax.broadcasted_iota(jnp.int32, (n, n), 0) != lax.broadcasted_iota(jnp.int32, (n, n), 1)
@@ -134,7 +136,7 @@ def dense_normalized(h: Callable[[Array], Array], W: Array, norm_eps: float = 0.
     value = jnp.sum(jnp.where(off, hv, zero))
     radial = r * r * jnp.sum(dh * c, axis=1)
     q = jnp.where(off, (2.0 * dh) * rr, (-2.0) * radial[:, None])
-    return value, _dot(W, q, (1, 0), precision)
+    return value, _dot(W, q, (1, 0), precision), sq[None, :]
 
 
 def _dense(h, Wn, with_force, precision=_HIGHEST):

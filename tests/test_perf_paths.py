@@ -187,10 +187,13 @@ def _dot_shapes(jaxpr):
 
 
 def test_reverse_mode_is_two_matmuls():
+    """Two Gram-sized products (the Gram matrix and ``Ŵ·H``); the dense path adds the tangent
+    projection's column sums ``⟨g − c₀w, w⟩`` as a (1, d) × (d, N) product
+    (``mhe_jax._neurons.project_gradient``)."""
     d, n = 16, 40
     w = jnp.zeros((d, n), jnp.float32)
     jaxpr = jax.make_jaxpr(jax.value_and_grad(lambda w: energy(w, s=1.0, half_space=True)))(w)
-    assert sorted(_dot_shapes(jaxpr.jaxpr)) == sorted([(n, n), (d, n)])
+    assert sorted(_dot_shapes(jaxpr.jaxpr)) == sorted([(n, n), (d, n), (1, n)])
     # tiled: per tile one Gram tile, the row force and the column force; nothing N×N.
     jaxpr = jax.make_jaxpr(jax.value_and_grad(lambda w: energy(w, s=1.0, block_size=8)))(w)
     shapes = _dot_shapes(jaxpr.jaxpr)
@@ -331,12 +334,39 @@ def test_sharded_one_device_in_process():
 
 # ------------------------------------------------------------------ compiled passes (issue 29)
 
-#: Ceilings of the compiled (XLA CPU) value+grad of a (2304, 256) layer, s = 2: fusions,
-#: reduces, selects, and the instructions that touch a d × N or an N × N array. Measured when
-#: this test was written: 22 / 6 / 34, 10 d×N (column scales, the scaled copy, the 2 matmuls, the
-#: 1/(N(N−1)) factor, the two tangent-projection passes) and 9 N×N; bdec18e had 11 / 3 / 8, 4 d×N
-#: and 8 N×N (benchmarks/RESULTS.md). A new pass over either array fails here.
-PASS_CEILINGS = {"fusions": 22, "reduces": 6, "selects": 34, "dN": 10, "NN": 9}
+#: Counts in the compiled (XLA CPU) value+grad, used as ceilings: fusions, reduces, selects (in
+#: the whole module), and the instructions of the entry computation that read or write a d × N
+#: or an N × N array. A new pass over either array fails here instead of in a benchmark.
+#:
+#: Dense, (2304, 256), s = 2 (bdec18e, before the guarantees of issue 29: 11 / 3 / 8, 4 d×N,
+#: 8 N×N; the first fixes: 22 / 6 / 34, 10 d×N, 9 N×N). The 9 d×N instructions:
+#:   the column scales (exact powers of two, for norms anywhere in the float range): max and min
+#:   of W (2), the scaled copy W_s (1); the first row of W_s (the projection's ``c₀ = g₁/w₁``,
+#:   a row, not a pass); the Gram product and the gradient product ``W_s Q`` (2 matmuls); the
+#:   tangent projection (``⟨∂E/∂w_i, w_i⟩ = 0`` to rounding, exact 0 for ``2^k·ones``):
+#:   ``(g − c₀w)∘w``, its column sums as a product with ones, and the final pass, which also
+#:   applies the mean's ``1/(N(N−1))`` and the column scales (3).
+#: The 9 N×N instructions: the Gram product, its diagonal (the squared norms: bdec18e summed
+#: them over d × N instead; the one extra N × N instruction), the cosines, the values and the
+#: derivatives of the kernel (2), their two sums, ``Q``, and the gradient product.
+#: The 4 reduces: max and min of W, the sum of the values and the row sums of ``h'·c``.
+#: The 11 selects: 5 on N × N arrays (the diagonal's masks in the values, the derivatives and
+#: ``Q``) and 6 on N-vectors (zero or non-finite columns in the scales and the inverse norms,
+#: the projection's skipped steps), none on d × N.
+#:
+#: Angular, half-space, s = 0: the same d × N passes; the N × N kernel is larger (atan2 on CPU,
+#: which propagates NaN, and both halves). Tiled (64, 2048), s = 2: bdec18e's passes (squared
+#: norms, normalised copy, the two row layouts, the force assembly) plus the column scales
+#: (max, min, scaled copy) and the first row; the projection (a reduction of ``(g − c₀w)∘w``,
+#: final pass) replaces the normalisation's backward pass (also a reduction and a pass).
+PASS_CEILINGS = {
+    "dense": ((2304, 256), dict(s=2.0),
+              {"fusions": 19, "reduces": 4, "selects": 11, "dN": 9, "NN": 9}),
+    "angular_half": ((2304, 256), dict(s=0.0, distance="angular", half_space=True),
+                     {"fusions": 25, "reduces": 4, "selects": 51, "dN": 9, "NN": 15}),
+    "tiled": ((64, 2048), dict(s=2.0),
+              {"fusions": 39, "reduces": 6, "selects": 18, "dN": 12, "NN": 0}),
+}
 
 
 def compiled_passes(d, n, **kw):
@@ -365,8 +395,11 @@ def compiled_passes(d, n, **kw):
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="counts of the XLA CPU program")
-def test_compiled_value_and_grad_passes_do_not_grow():
-    counts = compiled_passes(2304, 256, s=2.0)
-    over = {k: (counts[k], v) for k, v in PASS_CEILINGS.items() if counts[k] > v}
+@pytest.mark.parametrize("case", sorted(PASS_CEILINGS))
+def test_compiled_value_and_grad_passes_do_not_grow(case):
+    shape, kw, ceilings = PASS_CEILINGS[case]
+    counts = compiled_passes(*shape, **kw)
+    over = {k: (counts[k], v) for k, v in ceilings.items() if counts[k] > v}
     assert not over, f"compiled value+grad grew (count, ceiling): {over}; all: {counts}"
-    assert counts["dN"] >= 4 and counts["NN"] >= 4  # the parser still sees the program
+    assert counts["dN"] >= 4  # the parser still sees the program
+    assert counts["NN"] >= 4 or case == "tiled"
