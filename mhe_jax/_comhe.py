@@ -12,6 +12,10 @@ angles are preserved exactly and E_CoMHE equals plain MHE). Fresh projections co
 (the regularizer derives it from its seed and step). The average over ``P`` projections is an
 unbiased estimate of ``E_A[E(AŴ)]`` whose variance falls as ``1/P``; note that this expectation is
 the compressed energy, not the original one (CoMHE's objective).
+
+A variant below the one dispatch on the spec (:func:`mhe_jax._energy.energy_from_spec`): each
+projected copy's energy is :func:`mhe_jax._pairenergy.matrix_energy` with the same kernel
+(built-in or user potential) and grouping.
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike, DTypeLike
 
-from mhe_jax._energy import energy_from_spec
 from mhe_jax._neurons import as_neuron_matrix, normalize_columns, scale_free
+from mhe_jax._pairenergy import check_groups, matrix_energy
 from mhe_jax._spec import EnergySpec, ProjectionSpec, resolve_spec
 
 __all__ = ["compressive_energy", "random_projections"]
@@ -118,8 +122,9 @@ def compressive_energy(
     return compressive_from_spec(as_neuron_matrix(w, neuron_axis), key, spec)
 
 
-def compressive_from_spec(W, key, spec: EnergySpec):
-    """CoMHE energy of the neuron matrix ``W`` (d, N) with ``spec.projection``."""
+def compressive_from_spec(W, key, spec: EnergySpec, groups=None):
+    """CoMHE energy of the neuron matrix ``W`` (d, N) with ``spec.projection``; ``groups``:
+    ``(N,)`` group ids (or None), as in :func:`mhe_jax._pairenergy.matrix_energy`."""
     proj = spec.projection
     if proj is None:
         raise ValueError("compressive_from_spec needs spec.projection (a ProjectionSpec)")
@@ -130,8 +135,10 @@ def compressive_from_spec(W, key, spec: EnergySpec):
     A = random_projections(key, W.shape[0], projections=proj.projections, dim=proj.dim,
                            kind=proj.kind, dtype=W.dtype)
     inner = spec.replace(projection=None, calibrate=False)
+    if groups is not None:
+        groups = check_groups(groups, W.shape[1])
 
     def one(a):
-        return energy_from_spec(jnp.matmul(a, Wn, precision=spec.lax_precision), inner)
+        return matrix_energy(jnp.matmul(a, Wn, precision=spec.lax_precision), inner, None, groups)
 
     return jnp.mean(jax.vmap(one)(A))

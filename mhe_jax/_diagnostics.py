@@ -14,6 +14,7 @@ equal after rounding (all within ~3e-4 rad in float32).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -23,7 +24,7 @@ from jax.typing import ArrayLike
 
 from mhe_jax._kernels import kernel_from_spec
 from mhe_jax._neurons import as_neuron_matrix, gram, normalize_columns, scale_free
-from mhe_jax._pairsum import mean_energy
+from mhe_jax._pairenergy import check_groups, check_pairs_given_groups, mean_and_variance
 from mhe_jax._spec import EnergySpec, resolve_spec
 
 Array = jax.Array
@@ -34,11 +35,18 @@ _NEIGHBOURS = 4
 
 
 class EnergyStats(NamedTuple):
-    """Energy and diagnostics of one layer from one Gram matrix."""
+    """Energy and diagnostics of one layer from one Gram matrix.
+
+    ``energy``: the mean of the pair potential over the pairs (that count); ``min_angle``: the
+    smallest angle between two distinct neurons, in radians (Tammes); ``mean_abs_cosine``: the
+    mean ``|ŵ_iᵀŵ_j|`` over ``i ≠ j`` (coherence); ``pair_variance``: the variance of the pair
+    potential over the same pairs as ``energy`` (its mean).
+    """
 
     energy: Array
     min_angle: Array  # radians, smallest angle between two distinct neurons (Tammes)
     mean_abs_cosine: Array  # mean |ŵ_iᵀŵ_j| over i ≠ j (coherence)
+    pair_variance: Array  # variance of the pair potential over the pairs of `energy`
 
 
 def _cosine_stats(Wn: Array):
@@ -66,9 +74,18 @@ def energy_stats(
     half_space: bool = False,
     neuron_axis: int = -1,
     eps: ArrayLike | None = None,
+    potential: Callable[[jax.Array], jax.Array] | None = None,
+    groups: ArrayLike | None = None,
+    pairs: str = "within",
     spec: EnergySpec | None = None,
 ) -> EnergyStats:
-    r""":func:`hyperspherical_energy`, :func:`min_angle` and :func:`mean_abs_cosine` together.
+    r""":func:`hyperspherical_energy`, :func:`min_angle`, :func:`mean_abs_cosine` and the
+    variance of the pair potential together.
+
+    The energy is the mean ``m`` of the pair potential ``f(dist(ŵ_i, ŵ_j))`` over the pairs
+    (half-space: the ordered pairs of the ``2N`` neurons ``±ŵ_i``; with ``groups``: the pairs
+    that count), and ``pair_variance`` is ``mean((f − m)²)`` over the same pairs, from a second
+    value-only pass over the Gram tiles (two passes: no cancellation, never negative).
 
     Args:
       w: array with ``N`` neurons along ``neuron_axis`` (other axes flattened).
@@ -77,12 +94,18 @@ def energy_stats(
       half_space: add the virtual neurons ``−ŵ_i``, as in :func:`mhe_jax.hyperspherical_energy`.
       neuron_axis: axis of ``w`` indexing neurons.
       eps: singularity guard, as in :func:`mhe_jax.hyperspherical_energy`.
+      potential: a user pair potential ``f(r)``, as in :func:`mhe_jax.hyperspherical_energy`.
+      groups: one integer group id per neuron (``(N,)``): the energy and the variance are over
+        the pairs that count, as in :func:`mhe_jax.hyperspherical_energy` (both 0 when none
+        counts); ``min_angle`` and ``mean_abs_cosine`` stay over all pairs.
+      pairs: with ``groups``, ``"within"`` or ``"across"``.
       spec: a prebuilt :class:`mhe_jax.EnergySpec` instead of the options (its ``s``,
-        ``distance``, ``half_space``, ``eps``, ``min_distance`` and ``precision`` are used).
+        ``distance``, ``half_space``, ``eps``, ``min_distance``, ``precision``, ``potential``,
+        ``pairs`` and ``block_size`` are used).
 
     Returns:
-      ``EnergyStats(energy, min_angle, mean_abs_cosine)`` of scalars; ``min_angle`` in radians
-        (π for one neuron). Only ``energy`` carries a gradient.
+      ``EnergyStats(energy, min_angle, mean_abs_cosine, pair_variance)`` of scalars;
+        ``min_angle`` in radians (π for one neuron). Only ``energy`` carries a gradient.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -90,18 +113,27 @@ def energy_stats(
       >>> stats = mhe_jax.energy_stats(jnp.eye(3), s=2.0)  # orthonormal: all pairs at 90°
       >>> round(float(stats.energy), 4), round(float(stats.min_angle), 4)
       (0.5, 1.5708)
-      >>> float(stats.mean_abs_cosine)
-      0.0
+      >>> float(stats.mean_abs_cosine), float(stats.pair_variance)  # every pair alike
+      (0.0, 0.0)
+      >>> w = jnp.array([[1.0, 1.0, 0.0], [0.0, 1.0, 1.0]])  # pairs at 45°, 45° and 90°
+      >>> st = mhe_jax.energy_stats(w, s=1.0)
+      >>> round(float(st.energy), 4), round(float(st.pair_variance), 4)
+      (1.1067, 0.0799)
     """
-    given = dict(s=s, distance=distance, half_space=half_space, eps=eps)
-    defaults = dict(s=2.0, distance="euclidean", half_space=False, eps=None)
+    given = dict(s=s, distance=distance, half_space=half_space, eps=eps, potential=potential,
+                 pairs=pairs)
+    defaults = dict(s=2.0, distance="euclidean", half_space=False, eps=None, potential=None,
+                    pairs="within")
     spec = resolve_spec(spec, defaults, given)
+    check_pairs_given_groups(spec.pairs, groups)
     W = scale_free(as_neuron_matrix(w, neuron_axis))
+    if groups is not None:
+        groups = check_groups(groups, W.shape[1])
     kernel, params = kernel_from_spec(spec, W.dtype)
     Wn = normalize_columns(W)
-    energy = mean_energy(kernel, params, Wn, W.shape[1])
+    energy, variance = mean_and_variance(kernel, params, Wn, groups, spec.pairs, spec.block_size)
     angle, coherence = _cosine_stats(lax.stop_gradient(Wn))
-    return EnergyStats(energy, angle, coherence)
+    return EnergyStats(energy, angle, coherence, variance)
 
 
 def min_angle(w: ArrayLike, *, neuron_axis: int = -1) -> Array:

@@ -28,22 +28,18 @@ names), never through this one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.core  # jax.core.Tracer (so type checkers know the submodule)
 import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from mhe_jax import _checks
+from mhe_jax import _checks, _comhe
 from mhe_jax._kernels import kernel_from_spec, pair_value
-from mhe_jax._neurons import (
-    as_neuron_matrix,
-    gram,
-    normalize_columns,
-    sample_columns,
-    scale_free,
-)
-from mhe_jax._pairsum import normalized_mean_energy
+from mhe_jax._neurons import as_neuron_matrix, gram, normalize_columns, scale_free
+from mhe_jax._pairenergy import check_groups, check_pairs_given_groups, matrix_energy
 from mhe_jax._spec import EnergySpec, resolve_spec
 
 Array = jax.Array
@@ -59,7 +55,7 @@ __all__ = [
 
 def _riesz_defaults():
     return dict(s=2.0, distance="euclidean", half_space=False, eps=None, sample_size=None,
-                min_distance=None, block_size=None)
+                min_distance=None, block_size=None, potential=None, pairs="within")
 
 
 # --------------------------------------------------------------------------------------------
@@ -67,15 +63,19 @@ def _riesz_defaults():
 # --------------------------------------------------------------------------------------------
 
 
-def energy_from_spec(w, spec: EnergySpec, *, neuron_axis: int = -1, key=None) -> Array:
+def energy_from_spec(w, spec: EnergySpec, *, neuron_axis: int = -1, key=None,
+                     groups=None) -> Array:
     r"""The energy of the neurons of ``w`` described by a prebuilt :class:`mhe_jax.EnergySpec`.
 
-    The one entry point the regularizer and the diagnostics build on:
+    The one place that dispatches on the spec; the regularizer and the energies build on it,
+    and the variants sit below it:
 
-    * ``spec.kernel == "riesz"``: :func:`hyperspherical_energy` (``"gaussian"``:
-      :func:`gaussian_energy`);
-    * ``spec.sample_size``: an unbiased estimate from that many neurons (needs ``key``);
-    * ``spec.projection``: the CoMHE energy :func:`mhe_jax.compressive_energy` (needs ``key``);
+    * ``spec.projection``: the CoMHE energy :func:`mhe_jax.compressive_energy` (needs ``key``;
+      :mod:`mhe_jax._comhe`), the mean of the energy below over projected copies;
+    * otherwise :func:`mhe_jax._pairenergy.matrix_energy`: the kernel (``spec.kernel``
+      ``"riesz"``: :func:`hyperspherical_energy`, ``"gaussian"``: :func:`gaussian_energy`, or
+      ``spec.potential``), ``spec.sample_size`` (an unbiased estimate from that many neurons,
+      needs ``key``) and the grouping (``groups`` ids with ``spec.pairs``);
     * ``spec.calibrate``: divided by :func:`mhe_jax.uniform_reference_energy` of the layer's
       shape (``N``, ``d``), so random neurons give ≈ 1 (needs a concrete ``s``); for the log
       energy (``s = 0``, whose reference may be ≤ 0) ``exp(E − E_ref)`` instead (positive and
@@ -86,6 +86,7 @@ def energy_from_spec(w, spec: EnergySpec, *, neuron_axis: int = -1, key=None) ->
       spec: the options.
       neuron_axis: axis of ``w`` indexing neurons.
       key: PRNG key for ``sample_size`` / ``projection``.
+      groups: ``(N,)`` integer group ids (only the pairs ``spec.pairs`` count), or None.
 
     Returns:
       A scalar in the compute dtype (float32 for bf16/f16 input).
@@ -94,16 +95,21 @@ def energy_from_spec(w, spec: EnergySpec, *, neuron_axis: int = -1, key=None) ->
         raise TypeError(f"spec must be an EnergySpec, got {type(spec).__name__}")
     W = as_neuron_matrix(w, neuron_axis)
     n_total = W.shape[1]
+    if groups is not None:
+        groups = check_groups(groups, n_total)
+    elif spec.groups is not None:
+        raise ValueError(
+            f"spec.groups={spec.groups!r} is resolved per layer by mhe_regularizer, mhe_penalty "
+            "and layer_energies (from the layer's layout); for one weight pass its ids, groups="
+        )
     if spec.projection is not None:
-        from mhe_jax import _comhe  # _comhe builds on this module
-
         if spec.sample_size is not None:
             raise ValueError("spec.sample_size and spec.projection cannot be combined")
         if key is None:
             raise ValueError("spec.projection (CoMHE) requires a PRNG key: pass key=")
-        energy = _comhe.compressive_from_spec(W, key, spec)
+        energy = _comhe.compressive_from_spec(W, key, spec, groups)
     else:
-        energy = _energy_of_matrix(W, spec, key)
+        energy = matrix_energy(W, spec, key, groups)
     if spec.calibrate:
         energy = calibrate(spec, energy, n_total, W.shape[0])
     return energy
@@ -130,20 +136,6 @@ def calibrate(spec: EnergySpec, energy: Array, n: int, d: int, half_space=None) 
     return calibrate_energy(energy, ref, float(spec.s))
 
 
-def _energy_of_matrix(W: Array, spec: EnergySpec, key) -> Array:
-    """Energy of the neuron matrix ``W`` (d, N) (no projection, no calibration)."""
-    n_total = W.shape[1]
-    kernel, params = kernel_from_spec(spec, W.dtype)
-    # Sampling commutes with the per-column scale freedom, which normalized_mean_energy
-    # applies (its norm_eps = 0 derivative is scale_free's).
-    W = sample_columns(W, spec.sample_size, key)
-    if spec.kernel == "gaussian":
-        if W.shape[1] < 2 and not spec.half_space:
-            return jnp.zeros((), W.dtype)
-        return jnp.log(normalized_mean_energy(kernel, params, W, n_total, spec.block_size))
-    return normalized_mean_energy(kernel, params, W, n_total, spec.block_size)
-
-
 def hyperspherical_energy(
     w: ArrayLike,
     *,
@@ -156,6 +148,9 @@ def hyperspherical_energy(
     key: jax.Array | None = None,
     min_distance: ArrayLike | None = None,
     block_size: int | None = None,
+    potential: Callable[[jax.Array], jax.Array] | None = None,
+    groups: ArrayLike | None = None,
+    pairs: str = "within",
     spec: EnergySpec | None = None,
 ) -> Array:
     r"""Hyperspherical energy of the neurons of ``w`` (Eq. 1, 2, 4, 5 of the paper).
@@ -192,9 +187,27 @@ def hyperspherical_energy(
         ``≥ N``: one dense tile). Tiles visit
         each pair of blocks once (symmetry) and keep the memory at ``O(N·d + block·N/2)``; the
         value and gradient are those of the dense formula (up to the order of summation).
+      potential: a user pair potential ``f(r)`` in place of ``f_s``: a JAX-traceable scalar
+        function of the pair distance ``r`` (chord, or radians for ``"angular"``; the kernel
+        evaluates it at ``r = sqrt(dist² + eps)``), e.g. ``lambda r: jnp.exp(-2.0 * r**2)``.
+        Half-space adds the ``−ŵ_j`` pairs and ``min_distance`` continues it linearly, as for
+        ``f_s``; its derivative comes from JAX (``jax.jvp`` of ``f``) inside the same pair sum,
+        so value and gradient still cost two Gram-sized products, tiled and sampled alike.
+        Checked when the spec is built (callable, a float scalar for a float scalar, finite
+        with a finite derivative on ``(0, 2]``, ``(0, π]`` for ``"angular"``); errors name
+        ``potential``. Leave ``s`` at its default (``s`` and ``potential`` together raise).
+        ``min_distance`` makes a potential that is only defined above a distance usable.
+      groups: one integer group id per neuron, shape ``(N,)`` (may be traced, e.g. a batch's
+        labels). Only the pairs named by ``pairs`` count, and the energy is the mean over
+        them. When no pair counts (every group a single neuron with ``"within"``, one group
+        with ``"across"``) the energy is 0 with a zero gradient (half-space ``"within"``:
+        ``f(−1)``, the pairs ``(ŵ_i, −ŵ_i)`` still count; the virtual ``−ŵ_i`` is in
+        ``ŵ_i``'s group). Masks are formed tile by tile: memory stays ``O(N·d)`` when tiled.
+      pairs: with ``groups``: ``"within"`` (pairs in the same group; equal groups give the
+        mean of the per-group energies) or ``"across"`` (pairs from different groups).
       spec: a prebuilt :class:`mhe_jax.EnergySpec` instead of the options above (leave them at
         their defaults); all its fields apply, ``projection``, ``calibrate`` and
-        ``precision`` included.
+        ``precision`` included. ``groups`` (data, not an option) may be given with it.
 
     Returns:
       A scalar (float32, or float64 for float64 input). ``N = 1`` gives 0 (full space).
@@ -214,11 +227,23 @@ def hyperspherical_energy(
       >>> spec = mhe_jax.EnergySpec(s=1.0, distance="angular")
       >>> round(float(mhe_jax.hyperspherical_energy(w, spec=spec)), 4)  # mean of 1/θ_ij
       0.5305
+
+      A user potential (here the Riesz s = 1 kernel again) and grouped pairs:
+
+      >>> round(float(mhe_jax.hyperspherical_energy(w, potential=lambda r: 1 / r)), 4)
+      0.6381
+      >>> ids = jnp.array([0, 0, 1])  # neurons 0 and 1 form a group
+      >>> round(float(mhe_jax.hyperspherical_energy(w, s=1.0, groups=ids)), 4)  # 1/√2
+      0.7071
+      >>> round(float(mhe_jax.hyperspherical_energy(w, s=1.0, groups=ids, pairs="across")), 4)
+      0.6036
     """
     given = dict(s=s, distance=distance, half_space=half_space, eps=eps, sample_size=sample_size,
-                 min_distance=min_distance, block_size=block_size)
+                 min_distance=min_distance, block_size=block_size, potential=potential,
+                 pairs=pairs)
     spec = resolve_spec(spec, _riesz_defaults(), given, kernel="riesz")
-    return energy_from_spec(w, spec, neuron_axis=neuron_axis, key=key)
+    check_pairs_given_groups(spec.pairs, groups)
+    return energy_from_spec(w, spec, neuron_axis=neuron_axis, key=key, groups=groups)
 
 
 def gaussian_energy(
@@ -232,6 +257,8 @@ def gaussian_energy(
     sample_size: int | None = None,
     key: jax.Array | None = None,
     block_size: int | None = None,
+    groups: ArrayLike | None = None,
+    pairs: str = "within",
     spec: EnergySpec | None = None,
 ) -> Array:
     r"""Gaussian-kernel energy ``log mean_{i≠j} exp(−t · dist(ŵ_i, ŵ_j)²)``.
@@ -240,7 +267,9 @@ def gaussian_energy(
     normalised neurons (their ``t = 2``). Same conventions as :func:`hyperspherical_energy`;
     the log is taken of the (half-space) mean. In float32 keep ``t·dist² ≲ 80`` (no rescaling
     against underflow is done). ``block_size``: tiling, as in :func:`hyperspherical_energy`.
-    ``spec``: a prebuilt :class:`mhe_jax.EnergySpec` with ``kernel="gaussian"`` (its ``t``).
+    ``groups`` / ``pairs``: the mean over the pairs that count, as in
+    :func:`hyperspherical_energy` (0 when none counts). ``spec``: a prebuilt
+    :class:`mhe_jax.EnergySpec` with ``kernel="gaussian"`` (its ``t``).
 
     Args:
       w: array with ``N`` neurons along ``neuron_axis`` (other axes flattened).
@@ -255,13 +284,19 @@ def gaussian_energy(
       >>> w = jnp.eye(2)  # two orthogonal neurons: dist² = 2
       >>> round(float(mhe_jax.gaussian_energy(w, t=2.0)), 4)  # log exp(−4)
       -4.0
+      >>> x = jnp.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])  # 3 features (rows), labels:
+      >>> labels = jnp.array([0, 1, 1])  # the inter-class pairs only (chord² 2, 2 − √2)
+      >>> e = mhe_jax.gaussian_energy(x, neuron_axis=0, groups=labels, pairs="across")
+      >>> round(float(e), 4)  # log mean(exp(−4), exp(−2(2 − √2)))
+      -1.8073
     """
     given = dict(t=t, distance=distance, half_space=half_space, eps=eps, sample_size=sample_size,
-                 block_size=block_size)
+                 block_size=block_size, pairs=pairs)
     defaults = dict(t=2.0, distance="euclidean", half_space=False, eps=None, sample_size=None,
-                    block_size=None)
+                    block_size=None, pairs="within")
     spec = resolve_spec(spec, defaults, given, kernel="gaussian")
-    return energy_from_spec(w, spec, neuron_axis=neuron_axis, key=key)
+    check_pairs_given_groups(spec.pairs, groups)
+    return energy_from_spec(w, spec, neuron_axis=neuron_axis, key=key, groups=groups)
 
 
 def _check_labels(labels, n: int):

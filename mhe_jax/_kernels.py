@@ -7,6 +7,7 @@ For two unit neurons with cosine ``c = ŵ_iᵀŵ_j`` the pair distance ``r`` and
   (``a = 1, b = 0``: radians; the official code uses ``a = 1/π``, ``b = 1e−4``)
 * Riesz      ``f_s(r) = r^{−s}`` (s > 0), ``f_0(r) = log(1/r) = −log r``  (Eq. 1, 2)
 * Gaussian   ``exp(−t r²)``
+* potential  ``f(r)``, a user function of the distance (``EnergySpec.potential``), ``r = √r²``
 
 and for half-space MHE the pair function is ``h(c) = f(c) + f(−c)`` (virtual neurons ``−ŵ``).
 
@@ -27,11 +28,17 @@ exceeds ``|f'(r0)| = s·r0^{−s−1}``. ``r0`` is the larger of
   default eps (e.g. s = 50: pairs closer than 0.33 in chord, about 19°); in float64 ``s ≳ 49``.
   When ``s`` and ``eps`` are concrete and ``f_s`` cannot reach ``e^L`` (``s·log(1/√eps) ≤ L``),
   the continuation is left out of the program.
+
+A user potential gets the same tangent continuation below ``min_distance`` (if given):
+``f(r0) + f'(r0)(r − r0)``, with ``f(r0)`` and ``f'(r0)`` from one ``jax.jvp`` of ``f``; it is
+not saturated (``f`` is the user's to keep finite). Its derivative in the pair sums comes from
+JAX differentiating ``f`` inside the same ``jax.jvp`` as the built-in kernels.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -66,7 +73,10 @@ class Kernel(NamedTuple):
     and the value is read from the traced ``params["p"]``. ``angle_scale``/``angle_offset``
     map θ → scale·θ + offset (1/π and 1e-4 in the official code). ``capped``: a tangent
     continuation below ``params["log_r0"]`` (module docstring). ``precision``: the Gram
-    products' precision name (see :class:`mhe_jax.EnergySpec`).
+    products' precision name (see :class:`mhe_jax.EnergySpec`). ``potential``: the user's
+    ``f(r)`` for ``kind == "potential"``. ``pairs``: ``"all"``, or with group ids in
+    ``params["groups"]`` the pairs ``"within"`` / ``"across"`` groups (the pair sums mask the
+    others, tile by tile).
     """
 
     kind: str
@@ -77,6 +87,8 @@ class Kernel(NamedTuple):
     angle_offset: float = 0.0
     capped: bool = False
     precision: str = "highest"
+    potential: Callable | None = None
+    pairs: str = "all"
 
 
 def default_eps(dtype) -> float:
@@ -104,8 +116,14 @@ def _may_saturate(power, eps, dtype) -> bool:
 
 
 def make_kernel(kind: str, distance: str, half_space: bool, p, eps, dtype, min_distance=None,
-                precision: str = "highest", **angle):
-    """Split (kernel, params) so traced hyperparameters stay in ``params``."""
+                precision: str = "highest", potential=None, **angle):
+    """Split (kernel, params) so traced hyperparameters stay in ``params``.
+
+    ``kind="potential"`` (with ``potential=f``): the user's kernel ``f(r)``; ``p`` is unused.
+    """
+    if kind == "potential":
+        return _potential_kernel(distance, half_space, eps, dtype, min_distance, precision,
+                                 potential, **angle)
     _checks.check_distance(distance)
     _checks.check_nonnegative(p, "s" if kind == "riesz" else "t")
     if eps is None:
@@ -135,8 +153,30 @@ def make_kernel(kind: str, distance: str, half_space: bool, p, eps, dtype, min_d
     return kernel, params
 
 
+def _potential_kernel(distance, half_space, eps, dtype, min_distance, precision, potential,
+                      **angle):
+    """(kernel, params) of a user potential: ``params["r0"]`` is the continuation distance."""
+    _checks.check_distance(distance)
+    if not callable(potential):
+        raise TypeError(f"potential must be a callable, got {type(potential).__name__}")
+    if eps is None:
+        eps = default_eps(dtype)
+    _checks.check_nonnegative(eps, "eps")
+    capped = min_distance is not None
+    kernel = Kernel("potential", distance, bool(half_space), None, capped=capped,
+                    precision=precision, potential=potential, **angle)
+    params = {"p": jnp.zeros((), dtype), "eps": jnp.asarray(eps, dtype)}
+    if capped:
+        _checks.check_nonnegative(min_distance, "min_distance")
+        params["r0"] = jnp.asarray(min_distance, dtype)
+    return kernel, params
+
+
 def kernel_from_spec(spec, dtype, **angle):
     """(kernel, params) of an :class:`mhe_jax.EnergySpec` for arrays of ``dtype``."""
+    if spec.potential is not None:
+        return make_kernel("potential", spec.distance, spec.half_space, 0.0, spec.eps, dtype,
+                           spec.min_distance, spec.precision, spec.potential, **angle)
     return make_kernel(spec.kernel, spec.distance, spec.half_space, spec.power, spec.eps, dtype,
                        spec.min_distance, spec.precision, **angle)
 
@@ -182,12 +222,31 @@ def riesz(r, s):
     return float(out) if numpy_in and np.ndim(out) == 0 else out
 
 
+def _potential_value(k: Kernel, params, r2: Array) -> Array:
+    """``f(r)`` of a user potential (applied elementwise), continued linearly below ``r0``."""
+    potential = k.potential
+    assert potential is not None  # kind == "potential"
+    f = jnp.vectorize(potential)  # a scalar function: vmapped over the tile
+    r = jnp.sqrt(r2)
+    if not k.capped:
+        return f(r).astype(r2.dtype)
+    r0 = params["r0"]
+    on = r0 > 0  # min_distance = 0: never continued
+    r0 = jnp.where(on, r0, jnp.ones_like(r0))
+    f0, slope = jax.jvp(potential, (r0,), (jnp.ones_like(r0),))  # f(r0), f'(r0): two scalars
+    below = on & (r < r0)
+    value = f(jnp.where(below, r0, r)).astype(r2.dtype)  # f is never evaluated below r0
+    return jnp.where(below, (f0 + slope * (r - r0)).astype(r2.dtype), value)
+
+
 def pair_value(k: Kernel, params, c: Array) -> Array:
     """``f(dist(c))`` elementwise, with the tangent continuation of the module docstring."""
     log_r, r2 = _log_r_and_sq(k, params, c)
     p = params["p"]
     if k.kind == "gaussian":
         return jnp.exp(-p * r2)
+    if k.kind == "potential":
+        return _potential_value(k, params, r2)
     value = riesz_from_log(log_r, r2, p, k.power)
     if not k.capped:
         return value

@@ -30,6 +30,12 @@ Embedding tables (``eqx.nn.Embedding.weight``, ``torch.nn.Embedding.weight``) lo
 leaves under a key containing ``embed`` are not layers in the equinox and torch layouts (Flax and
 Haiku name them ``embedding`` / ``embeddings``, never selected). ``mask=`` changes any of this.
 
+Heads. An attention query/key/value kernel ``(in, heads, head_dim)`` has its neurons on two axes;
+its ``(d, N)`` matrix (:func:`neuron_matrix`) orders them head by head (``N`` index
+``h·head_dim + j``), so the neurons of head ``h`` are one contiguous block. :func:`head_groups`
+gives that grouping (``groups="heads"`` of the regularizers): a layer whose neurons lie on
+several axes is grouped by its first neuron axis; a layer with one neuron axis has no heads.
+
 A per-leaf :class:`NeuronAxes` (modelled on :class:`optax.contrib.MuonDimensionNumbers`) names the
 neuron axes explicitly, for any number of them. This module knows pytrees, paths and layout names,
 never model classes.
@@ -46,7 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["LAYOUTS", "NeuronAxes", "check_layout", "is_layer", "default_neuron_axes",
-           "normalize_axes", "output_matcher", "neuron_matrix", "components"]
+           "normalize_axes", "output_matcher", "neuron_matrix", "components", "head_groups"]
 
 LAYOUTS = ("flax", "equinox", "haiku", "torch")
 _LEAF_NAME = {"flax": "kernel", "equinox": "weight", "haiku": "w", "torch": "weight"}
@@ -223,6 +229,18 @@ def neuron_matrix(w, axes: tuple[int, ...]):
     n = math.prod(w.shape[a] for a in axes)
     rest = [a for a in range(w.ndim) if a not in axes]
     return jnp.transpose(w, rest + list(axes)).reshape(-1, n)
+
+
+def head_groups(shape: Sequence[int], axes: tuple[int, ...]) -> np.ndarray | None:
+    """The head of each of the ``N`` neurons of a leaf of ``shape`` with neuron ``axes``, in the
+    order of :func:`neuron_matrix` (an ``(N,)`` int array), or None when the neurons lie on one
+    axis (no heads). The first neuron axis is the head's: ``(in, heads, head_dim)`` with
+    ``axes = (1, 2)`` gives ``[0]*head_dim + [1]*head_dim + ...``."""
+    if len(axes) < 2:
+        return None
+    heads = int(shape[axes[0]])
+    per_head = math.prod(int(shape[a]) for a in axes[1:])
+    return np.repeat(np.arange(heads, dtype=np.int32), per_head)
 
 
 def leaf_spec(neuron_axis, path: str, leaf) -> Any:

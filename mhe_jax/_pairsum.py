@@ -12,6 +12,10 @@ MHE adds the virtual neurons ``−ŵ_i``: with ``h(c) = f(c) + f(−c)`` the mea
     E_half = ((N − 1) · mean_{i≠j} h(c_ij) + f(−1)) / (2N − 1),
 
 computed from the same ``N × N`` cosines (the pairs ``(ŵ_i, −ŵ_i)`` have ``c = −1``).
+
+Grouped pairs: a kernel with ``pairs`` ``"within"`` / ``"across"`` sums only the pairs that count
+for the group ids ``params["groups"]`` (masked tile by tile, :mod:`mhe_jax._tiled`); the means
+over the pairs that count are :mod:`mhe_jax._pairenergy`'s.
 """
 
 from __future__ import annotations
@@ -45,6 +49,11 @@ def _no_param_tangents(dparams):
         )
 
 
+def _groups(k: Kernel, params):
+    """``(ids, pairs)`` of a grouped kernel for :func:`mhe_jax._tiled.pair_sum`, else None."""
+    return None if k.pairs == "all" else (params["groups"], k.pairs)
+
+
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 3))
 def pairwise_sum(k: Kernel, Wn: Array, params, block_size: int | None = None) -> Array:
     """``Σ_{i≠j} h(ŵ_iᵀŵ_j)`` over the columns of ``Wn`` (d, n).
@@ -54,7 +63,7 @@ def pairwise_sum(k: Kernel, Wn: Array, params, block_size: int | None = None) ->
     ``_tiled.DEFAULT_BLOCK``) over the upper triangle of blocks; ``block_size`` forces tiling.
     """
     return _tiled.pair_sum(pair_function(k, params), Wn, block_size, False,
-                           PRECISIONS[k.precision])[0]
+                           PRECISIONS[k.precision], _groups(k, params))[0]
 
 
 @functools.partial(pairwise_sum.defjvp, symbolic_zeros=True)
@@ -64,12 +73,13 @@ def _pairwise_sum_jvp(k: Kernel, block_size, primals, tangents):
     _no_param_tangents(dparams)
     h = pair_function(k, params)
     precision = PRECISIONS[k.precision]
+    groups = _groups(k, params)
     if isinstance(dWn, SymbolicZero):
-        value = _tiled.pair_sum(h, Wn, block_size, False, precision)[0]
+        value = _tiled.pair_sum(h, Wn, block_size, False, precision, groups)[0]
         return value, jnp.zeros_like(value)
     # dE = Σ_ij h'(c_ij)(ŵ_i·dŵ_j + dŵ_i·ŵ_j) = 2 ⟨Ŵ h'(C), dŴ⟩ since h'(C) is symmetric; the
     # force Ŵ h'(C) comes with the value from one pass over the tiles (h, h' from one jax.jvp).
-    value, force = _tiled.pair_sum(h, Wn, block_size, True, precision)
+    value, force = _tiled.pair_sum(h, Wn, block_size, True, precision, groups)
     return value, 2.0 * jnp.sum(force * dWn)
 
 
@@ -132,16 +142,18 @@ def _normalized_pairwise_sum_jvp(k: Kernel, norm_eps, block_size, primals, tange
     h = pair_function(k, params)
     precision = PRECISIONS[k.precision]
     scale_free_w = isinstance(norm_eps, (int, float)) and norm_eps == 0
+    groups = _groups(k, params)
     if isinstance(dW, SymbolicZero):
-        value = _tiled.pair_sum(h, normalize_columns(W, norm_eps), block_size, False, precision)[0]
+        value = _tiled.pair_sum(h, normalize_columns(W, norm_eps), block_size, False, precision,
+                                groups)[0]
         return value, jnp.zeros_like(value)
     dense = _tiled.is_dense(W.shape[1], block_size)
     if not scale_free_w:  # norm_eps > 0: the plain derivative of the raw columns
         if dense:
-            value, grad, _ = _tiled.dense_normalized(h, W, norm_eps, precision)
+            value, grad, _ = _tiled.dense_normalized(h, W, norm_eps, precision, groups)
             return value, jnp.sum(grad * dW)
         Wn, dWn = jax.jvp(lambda W: normalize_columns(W, norm_eps), (W,), (dW,))
-        value, force = _tiled.pair_sum(h, Wn, block_size, True, precision)
+        value, force = _tiled.pair_sum(h, Wn, block_size, True, precision, groups)
         return value, 2.0 * jnp.sum(force * dWn)
     # Scale-free: W_s = W·scale (powers of two); the gradient w.r.t. W_s is projected orthogonal
     # to each column here (project_gradient), not through scale_free's tangent map, so that in
@@ -151,7 +163,7 @@ def _normalized_pairwise_sum_jvp(k: Kernel, norm_eps, block_size, primals, tange
     Ws = W * scale
     if dense:
         # the squared norms come off the Gram diagonal
-        value, grad, sq = _tiled.dense_normalized(h, Ws, 0.0, precision)
+        value, grad, sq = _tiled.dense_normalized(h, Ws, 0.0, precision, groups)
         factor, by_matmul = scale, True
     else:
         # ŵ = w_s/‖w_s‖: dE = Σ_i ⟨2 f_i, (I − ŵ_iŵ_iᵀ) dw_s,i⟩ / ‖w_s,i‖ for the force f, so the
@@ -159,7 +171,8 @@ def _normalized_pairwise_sum_jvp(k: Kernel, norm_eps, block_size, primals, tange
         # normalisation's backward pass.
         sq = jnp.sum(Ws * Ws, axis=0, keepdims=True)
         inv = inverse_norms(Ws)
-        value, grad = _tiled.pair_sum(h, Ws * inv, block_size, True, precision)
+        value, grad = _tiled.pair_sum(h, Ws * inv, block_size, True, precision,
+                                       groups)
         assert grad is not None  # with_force
         factor, by_matmul = 2.0 * scale * inv, False
     if W.shape[0] == 1:  # S⁰: the energy is locally constant

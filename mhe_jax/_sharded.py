@@ -25,6 +25,10 @@ that are masked out.
 
 The regularizers route a layer here with ``mesh_axis=`` (:func:`layer_energy`): the mesh is
 read from the parameter's type at trace time, ``jax.typeof(w).sharding.mesh``.
+
+Grouped pairs: the group ids are sharded like the neurons and travel with the visiting block, so
+each row block's mask is compared from the ids of its rows and columns (:func:`mhe_jax._tiled.
+pair_keep`); the mean over the pairs that count is :mod:`mhe_jax._pairenergy`'s.
 """
 
 from __future__ import annotations
@@ -41,8 +45,20 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from jax.typing import ArrayLike
 
 from mhe_jax import _energy, _tiled
-from mhe_jax._kernels import kernel_from_spec, pair_function
-from mhe_jax._neurons import as_neuron_matrix, normalize_columns, sample_indices, scale_free
+from mhe_jax._kernels import kernel_from_spec, pair_function, pair_value
+from mhe_jax._neurons import (
+    as_neuron_matrix,
+    normalize_columns,
+    sample_columns,
+    sample_indices,
+    scale_free,
+)
+from mhe_jax._pairenergy import (
+    check_groups,
+    check_pairs_given_groups,
+    counted_pairs,
+    mean_over_pairs,
+)
 from mhe_jax._pairsum import mean_from_sum
 from mhe_jax._spec import PRECISIONS, EnergySpec, resolve_spec
 
@@ -80,7 +96,9 @@ def sharded_hyperspherical_energy(
     the whole tile when ``N/P ≤ b``); it does not change the result. With ``sample_size``
     the sampled columns are gathered from the devices first (``O(sample_size·d)`` per
     device). The gradient is tangent per neuron and the value scale-invariant, as for
-    :func:`~mhe_jax.hyperspherical_energy`. The mesh axis must be ``Auto``
+    :func:`~mhe_jax.hyperspherical_energy`. ``potential`` (a user pair potential) and
+    ``groups`` / ``pairs`` (group ids, sharded like the neurons, and which pairs count) are as
+    in :func:`~mhe_jax.hyperspherical_energy`. The mesh axis must be ``Auto``
     (``jax.make_mesh``'s default in jax 0.10 is ``Explicit``). Regularizers:
     ``mhe_regularizer(..., mesh_axis=)`` uses this ring for the layers it applies to.
 
@@ -98,33 +116,45 @@ def sharded_hyperspherical_energy(
         raise ValueError(f"axis_name {axis_name!r} is not an axis of the mesh {dict(mesh.shape)}")
     spec = kernel_options.pop("spec", None)
     block_size = kernel_options.pop("block_size", None)
-    unknown = set(kernel_options) - {"min_distance", "precision"}
+    groups = kernel_options.pop("groups", None)
+    unknown = set(kernel_options) - {"min_distance", "precision", "potential", "pairs"}
     if unknown:
         raise TypeError(f"sharded_hyperspherical_energy got unexpected options {sorted(unknown)}")
     given: dict[str, Any] = dict(
         s=s, distance=distance, half_space=half_space, eps=eps, sample_size=sample_size,
         min_distance=kernel_options.get("min_distance"), block_size=block_size,
+        potential=kernel_options.get("potential"), pairs=kernel_options.get("pairs", "within"),
     )
     if spec is None:
         spec = EnergySpec(**given, precision=kernel_options.get("precision", "highest"))
     else:
         defaults = dict(s=2.0, distance="euclidean", half_space=False, eps=None, sample_size=None,
-                        min_distance=None, block_size=None)
+                        min_distance=None, block_size=None, potential=None, pairs="within")
         spec = resolve_spec(spec, defaults, given, kernel="riesz")
     if spec.projection is not None or spec.calibrate:
         raise ValueError("sharded_hyperspherical_energy: spec.projection / spec.calibrate are "
                          "not supported (use hyperspherical_energy)")
-    return _ring_energy(as_neuron_matrix(w, neuron_axis), spec, mesh, axis_name, key)
+    check_pairs_given_groups(spec.pairs, groups)
+    W = as_neuron_matrix(w, neuron_axis)
+    if groups is not None:
+        groups = check_groups(groups, W.shape[1])
+    return _ring_energy(W, spec, mesh, axis_name, key, groups)
 
 
-def _ring_energy(W: Array, spec: EnergySpec, mesh, axis_name: str, key) -> Array:
+def _ring_energy(W: Array, spec: EnergySpec, mesh, axis_name: str, key,
+                 groups: Array | None = None) -> Array:
     """The mean energy of the neuron matrix ``W`` (d, N) by the ring over ``mesh[axis_name]``
     (``mesh`` a :class:`~jax.sharding.Mesh` or the abstract mesh of ``W``'s type); no
-    projection, no calibration."""
+    projection, no calibration. ``groups``: checked ``(N,)`` group ids, or None."""
     W = _free_gradient_sharding(scale_free(W), mesh)
     n_total = W.shape[1]
     kernel, params = kernel_from_spec(spec, W.dtype)
     n = n_total if spec.sample_size is None else spec.sample_size
+    if groups is not None:
+        counts = counted_pairs(groups, spec.pairs, W.dtype)
+        ids = groups
+        if spec.sample_size is not None:  # the same draw as the columns (same key)
+            ids = sample_columns(ids[None, :], spec.sample_size, key)[0]
     devices = mesh.shape[axis_name]
     # m neurons a device, in row blocks of `rows` (block_size, default _tiled.DEFAULT_BLOCK)
     block = _tiled.DEFAULT_BLOCK if spec.block_size is None else spec.block_size
@@ -144,11 +174,20 @@ def _ring_energy(W: Array, spec: EnergySpec, mesh, axis_name: str, key) -> Array
         W = jnp.pad(W, ((0, 0), (0, npad - n)))
     W = lax.with_sharding_constraint(W, NamedSharding(mesh, PartitionSpec(None, axis_name)))
     Wn = normalize_columns(W)  # zero padding stays zero
+    if groups is not None:
+        kernel = kernel._replace(pairs=spec.pairs)
+        ids = lax.with_sharding_constraint(jnp.pad(ids, (0, npad - n)),
+                                           NamedSharding(mesh, PartitionSpec(axis_name)))
+        params = {**params, "groups": ids}
     if n > 1:
         total = ring_pair_sum(kernel, mesh, axis_name, n, rows, Wn, params)
     else:
         total = jnp.zeros((), W.dtype)
-    return mean_from_sum(kernel, params, total, n, n_total)
+    if groups is None:
+        return mean_from_sum(kernel, params, total, n, n_total)
+    antipodal = (pair_value(kernel, params, jnp.asarray(-1.0, W.dtype)) if spec.half_space
+                 else 0.0)
+    return mean_over_pairs(total, antipodal, spec.half_space, n, n_total, counts)[0]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -211,7 +250,8 @@ def ring_mesh(w, mesh_axis: str, where: str):
     return mesh if mesh.shape[mesh_axis] > 1 else None
 
 
-def layer_energy(W: Array, spec: EnergySpec, mesh_axis: str | None, key, where: str) -> Array:
+def layer_energy(W: Array, spec: EnergySpec, mesh_axis: str | None, key, where: str,
+                 groups: Array | None = None) -> Array:
     r"""The regularizer's energy of one layer's neuron matrix ``W`` (d, N).
 
     With ``mesh_axis`` set, a layer on the tiled path (:func:`on_ring`) that lies on a mesh
@@ -220,12 +260,15 @@ def layer_energy(W: Array, spec: EnergySpec, mesh_axis: str | None, key, where: 
     ``⌊P/2⌋ + 1`` neighbour transfers of an ``N/P``-neuron block (and as many of its force
     buffer) instead of an all-gather of the layer. Every other layer, and every layer without
     ``mesh_axis``, is :func:`mhe_jax.energy_from_spec`. Same value and gradient either way, up
-    to the order of summation; ``spec.calibrate`` applies to both.
+    to the order of summation; ``spec.calibrate`` applies to both. ``groups``: the layer's
+    ``(N,)`` group ids for ``spec.pairs`` (:func:`mhe_jax._transform.layer_groups`), or None.
     """
     mesh = ring_mesh(W, mesh_axis, where) if mesh_axis is not None else None
     if mesh_axis is None or mesh is None or not on_ring(spec, W.shape[1]):
-        return _energy.energy_from_spec(W, spec, key=key)
-    energy = _ring_energy(W, spec, mesh, mesh_axis, key)
+        return _energy.energy_from_spec(W, spec, key=key, groups=groups)
+    if groups is not None:
+        groups = check_groups(groups, W.shape[1])
+    energy = _ring_energy(W, spec, mesh, mesh_axis, key, groups)
     if spec.calibrate:
         energy = _energy.calibrate(spec, energy, W.shape[1], W.shape[0])
     return energy
@@ -274,27 +317,33 @@ def _ring(k, mesh, axis_name, n, rows, Wn, params, with_force) -> tuple[Array, A
     devices = mesh.shape[axis_name]
     spec = PartitionSpec(None, axis_name)
     out_specs = (PartitionSpec(), spec) if with_force else PartitionSpec()
+    params = dict(params)
+    ids = params.pop("groups", None) if k.pairs != "all" else None  # sharded like the neurons
 
-    def body(Wl, params):
+    def body(Wl, params, ids):
         h = pair_function(k, params)
         value, force = _ring_local(h, Wl, axis_name, devices, n, with_force,
-                                   PRECISIONS[k.precision], rows)
+                                   PRECISIONS[k.precision], rows,
+                                   None if ids is None else (ids, k.pairs))
         value = lax.psum(value, axis_name)
         return (value, force) if with_force else value
 
+    id_spec = None if ids is None else PartitionSpec(axis_name)
     fn = jax.shard_map(
-        body, mesh=mesh, in_specs=(spec, PartitionSpec()), out_specs=out_specs, check_vma=False
+        body, mesh=mesh, in_specs=(spec, PartitionSpec(), id_spec), out_specs=out_specs,
+        check_vma=False
     )
-    out = fn(Wn, params)
+    out = fn(Wn, params, ids)
     return out if with_force else (out, None)
 
 
 def _ring_local(h, Wl, axis_name, devices, n, with_force, precision=lax.Precision.HIGHEST,
-                rows=None):
+                rows=None, groups=None):
     """Per-device part: value of the tiles of this device and the force on its neurons.
 
     Each step's ``m × m`` tile (own rows, visiting columns) is computed in ``m / rows`` row
     blocks (one when ``rows`` is None or ``m``), so the tile memory is ``rows × m``.
+    ``groups``: ``(local ids, pairs)``; the ids of the visiting block travel with it.
     """
     d, m = Wl.shape
     dtype = Wl.dtype
@@ -308,7 +357,7 @@ def _ring_local(h, Wl, axis_name, devices, n, with_force, precision=lax.Precisio
     b_idx = lax.broadcasted_iota(jnp.int32, (b, m), 1)
     padded = devices * m > n
 
-    def part(V, block, diagonal: bool, columns: bool):
+    def part(V, block, diagonal: bool, columns: bool, vids=None):
         """The tile (me, block) with the visiting neurons ``V`` (d, m): ``(Σ h, force on the
         own rows (d, m), force on the visiting columns (d, m) when ``columns``)``."""
         Rv = V.T  # (m, d)
@@ -322,6 +371,10 @@ def _ring_local(h, Wl, axis_name, devices, n, with_force, precision=lax.Precisio
                 keep = (r * b + a_idx) != b_idx
             if padded:
                 keep = keep & (me * m + r * b + a_idx < n) & (block * m + b_idx < n)
+            if groups is not None:
+                own_ids = groups[0] if chunks == 1 else lax.dynamic_slice_in_dim(
+                    groups[0], r * b, b, 0)
+                keep = keep & _tiled.pair_keep(own_ids, vids, groups[1])
             hv, dh = _tiled.tile_terms(h, own, Rv, keep, with_force, precision)
             if dh is None:
                 return jnp.sum(hv), None, None
@@ -346,7 +399,7 @@ def _ring_local(h, Wl, axis_name, devices, n, with_force, precision=lax.Precisio
         return value, row_force, colf
 
     # t = 0: the diagonal tile (rows only: h'(C) is symmetric).
-    value, force, _ = part(Wl, me, True, False)
+    value, force, _ = part(Wl, me, True, False, None if groups is None else groups[0])
     if half == 0:
         return value, force
 
@@ -356,26 +409,31 @@ def _ring_local(h, Wl, axis_name, devices, n, with_force, precision=lax.Precisio
 
     def visit(carry, t, columns):
         """Tile (me, me + t); ``columns``: the pair is met from this side only (weight 2)."""
-        value, force, V, G = carry
+        value, force, V, G, *visiting = carry  # [the visiting block's group ids] when grouped
         V = lax.ppermute(V, axis_name, left)
         if with_force:
             G = lax.ppermute(G, axis_name, left)
-        p, row_force, col_force = part(V, (me + t) % devices, False, columns)
+        if groups is not None:
+            visiting = [lax.ppermute(visiting[0], axis_name, left)]
+        p, row_force, col_force = part(V, (me + t) % devices, False, columns,
+                                       visiting[0] if groups is not None else None)
         value = value + (p + p if columns else p)
         if with_force:
             force = force + row_force
             if columns:
                 G = G + col_force
-        return (value, force, V, G)
+        return (value, force, V, G, *visiting)
 
     carry = (value, force if with_force else zeros, Wl, zeros)
+    if groups is not None:
+        carry = (*carry, groups[0])
     if once:
         carry, _ = lax.scan(
             lambda c, t: (visit(c, t, True), None), carry, jnp.arange(1, once + 1)
         )
     if half > once:  # even P: the opposite block, met from both sides
         carry = visit(carry, half, False)
-    value, force, _, G = carry
+    value, force, _, G = carry[:4]
     if not with_force:
         return value, None
     # the buffer of each block now sits at (owner − half): send it home.

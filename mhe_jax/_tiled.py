@@ -23,6 +23,11 @@ Memory is ``O(N·d + B·W) = O(N·d + B·N/2)``: the ``N × N`` matrices are nev
 
 Masks are built from ``iota`` comparisons that XLA fuses into the elementwise pass; the diagonal
 (``h(1)``, up to ``1/eps``) and the padding are removed with ``select``, never by subtraction.
+
+Grouped pairs (``groups=(ids, pairs)``): only the pairs inside a group (``"within"``) or between
+groups (``"across"``) count. The mask of a tile is compared from the group ids of its rows and
+columns (slices of the ``(N,)`` ids, carried like the neurons), so no ``N × N`` mask is ever
+formed on the tiled path; it is symmetric, so the force rule above is unchanged.
 """
 
 from __future__ import annotations
@@ -85,6 +90,12 @@ def tile_terms(h: Callable[[Array], Array], rows: Array, cols: Array, keep, with
     return jnp.where(keep, hv, zero), jnp.where(keep, dh, zero)
 
 
+def pair_keep(row_ids: Array, col_ids: Array, pairs: str) -> Array:
+    """The ``(len(row_ids), len(col_ids))`` mask of the pairs that count for ``pairs``."""
+    same = row_ids[:, None] == col_ids[None, :]
+    return same if pairs == "within" else ~same
+
+
 def is_dense(n: int, block_size: int | None) -> bool:
     """Whether :func:`pair_sum` computes ``n`` neurons as one ``n × n`` tile."""
     return plan(n, block_size)[0] == 1
@@ -92,21 +103,22 @@ def is_dense(n: int, block_size: int | None) -> bool:
 
 def pair_sum(
     h: Callable[[Array], Array], Wn: Array, block_size: int | None = None, with_force: bool = True,
-    precision=_HIGHEST,
+    precision=_HIGHEST, groups: tuple[Array, str] | None = None,
 ):
     """``(Σ_{i≠j} h(c_ij), force (d, N) or None)``; see the module docstring.
 
-    ``precision``: of the Gram tiles (the force products use it too).
+    ``precision``: of the Gram tiles (the force products use it too). ``groups``: ``(ids,
+    pairs)`` to sum only the pairs that count (module docstring), None for all pairs.
     """
     d, n = Wn.shape
     k, b = plan(n, block_size)
     if k == 1:
-        return _dense(h, Wn, with_force, precision)
-    return _tiled(h, Wn, k, b, with_force, precision)
+        return _dense(h, Wn, with_force, precision, groups)
+    return _tiled(h, Wn, k, b, with_force, precision, groups)
 
 
 def dense_normalized(h: Callable[[Array], Array], W: Array, norm_eps: float = 0.0,
-                     precision=_HIGHEST):
+                     precision=_HIGHEST, groups: tuple[Array, str] | None = None):
     """``(Σ_{i≠j} h(c_ij), ∇_W, ‖w_i‖²)`` for the *raw* columns ``W`` (d, N).
 
     With ``G = WᵀW`` the inverse norms ``r_i = 1 / sqrt(G_ii + norm_eps)`` (``ŵ_i = r_i w_i``,
@@ -120,6 +132,7 @@ def dense_normalized(h: Callable[[Array], Array], W: Array, norm_eps: float = 0.
     ``W`` (its squared norms) or the ``d × N`` normalised copy and its backward (what makes
     ``d ≫ N`` layers cheap). The factor 2 is applied to ``Q`` (``N × N``), not to ``∇_W``.
     The squared norms ``G_ii`` (1, N) are returned for the caller's tangent projection.
+    ``groups``: as in :func:`pair_sum` (``A`` keeps the pairs that count).
     """
     n = W.shape[1]
     g = _dot(W, W, (0, 0), precision)
@@ -132,17 +145,20 @@ def dense_normalized(h: Callable[[Array], Array], W: Array, norm_eps: float = 0.
     off = lax.broadcasted_iota(jnp.int32, (n, n), 0) != lax.broadcasted_iota(jnp.int32, (n, n), 1)
     zero = jnp.zeros((), c.dtype)
     hv, dh = jax.jvp(h, (c,), (jnp.ones_like(c),))
-    dh = jnp.where(off, dh, zero)
-    value = jnp.sum(jnp.where(off, hv, zero))
+    keep = off if groups is None else off & pair_keep(groups[0], groups[0], groups[1])
+    dh = jnp.where(keep, dh, zero)
+    value = jnp.sum(jnp.where(keep, hv, zero))
     radial = r * r * jnp.sum(dh * c, axis=1)
     q = jnp.where(off, (2.0 * dh) * rr, (-2.0) * radial[:, None])
     return value, _dot(W, q, (1, 0), precision), sq[None, :]
 
 
-def _dense(h, Wn, with_force, precision=_HIGHEST):
+def _dense(h, Wn, with_force, precision=_HIGHEST, groups=None):
     n = Wn.shape[1]
     R = Wn.T  # (N, d): row layout, the Gram and force products contract the minor dimension
     off = lax.broadcasted_iota(jnp.int32, (n, n), 0) != lax.broadcasted_iota(jnp.int32, (n, n), 1)
+    if groups is not None:
+        off = off & pair_keep(groups[0], groups[0], groups[1])
     hv, dh = tile_terms(h, R, R, off, with_force, precision)
     value = jnp.sum(hv)
     if dh is None:  # not with_force
@@ -150,7 +166,7 @@ def _dense(h, Wn, with_force, precision=_HIGHEST):
     return value, _dot(Wn, dh, (1, 0), precision)  # (d, N) = Ŵ h'(C), h'(C) symmetric
 
 
-def _tiled(h, Wn, k, b, with_force, precision=_HIGHEST):
+def _tiled(h, Wn, k, b, with_force, precision=_HIGHEST, groups=None):
     d, n = Wn.shape
     dtype = Wn.dtype
     npad = k * b
@@ -166,6 +182,9 @@ def _tiled(h, Wn, k, b, with_force, precision=_HIGHEST):
     a_idx = lax.broadcasted_iota(jnp.int32, (b, w), 0)
     j_idx = lax.broadcasted_iota(jnp.int32, (b, w), 1)
     twice = (j_idx >= b) & (j_idx < (1 + once) * b)
+    if groups is not None:  # the ids travel like the neurons: padded, cyclically extended
+        ids = jnp.pad(groups[0], (0, npad - n))
+        ids2 = jnp.concatenate([ids, ids[: half * b]])
 
     def tile(i, with_force):
         start = i * b
@@ -176,6 +195,9 @@ def _tiled(h, Wn, k, b, with_force, precision=_HIGHEST):
             col = start + j_idx
             col = jnp.where(col >= npad, col - npad, col)
             keep = keep & (start + a_idx < n) & (col < n)
+        if groups is not None:
+            keep = keep & pair_keep(lax.dynamic_slice_in_dim(ids, start, b),
+                                    lax.dynamic_slice_in_dim(ids2, start, w), groups[1])
         hv, dh = tile_terms(h, rows, window, keep, with_force, precision)
         return start, window, jnp.sum(jnp.where(twice, hv + hv, hv)), dh
 

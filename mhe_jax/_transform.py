@@ -29,6 +29,7 @@ from jax.typing import ArrayLike
 
 from mhe_jax import _checks, _energy, _layouts, _sharded, _tree
 from mhe_jax._diagnostics import EnergyStats, energy_stats
+from mhe_jax._pairenergy import check_pairs_given_groups
 from mhe_jax._spec import EnergySpec, resolve_spec
 
 __all__ = [
@@ -206,7 +207,17 @@ def _is_zero(x) -> bool:
 
 
 _SPEC_DEFAULTS = dict(s=2.0, distance="euclidean", half_space=False, eps=None, min_distance=None,
-                      sample_size=None, projection=None, calibrate=False)
+                      sample_size=None, projection=None, calibrate=False, potential=None,
+                      groups=None, pairs="within")
+
+
+def layer_groups(spec: EnergySpec, layer) -> Any:
+    """The group ids of a layer's neurons for ``spec.groups`` (None: ungrouped). ``"heads"``:
+    the heads of a layer whose neurons lie on several axes (attention q/k/v); a layer with one
+    neuron axis, and every output layer, is not grouped (:func:`mhe_jax._layouts.head_groups`)."""
+    if spec.groups is None or layer.is_output:
+        return None
+    return _layouts.head_groups(layer.shape, layer.neuron_axes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,16 +239,17 @@ class _MHEPenalty:
                 "output_strength": None if lam_o is None else _value(lam_o, count)}
 
     def output_spec(self) -> EnergySpec:
-        return self.spec.replace(half_space=False, sample_size=None, projection=None)
+        return self.spec.replace(half_space=False, sample_size=None, projection=None, groups=None)
 
     def hidden_spec(self, d: int, n: int) -> EnergySpec:
         """The hidden-layer spec for a ``(d, N)`` layer: CoMHE only above ``projection.dim``
-        inputs (then no sampling), sampling only for ``sample_size < N``."""
+        inputs (then no sampling), sampling only for ``sample_size < N``; the grouping preset
+        is resolved per layer (:func:`layer_groups`), so the spec carries none."""
         spec = self.spec
         if spec.projection is not None and d > spec.projection.dim:
-            return spec.replace(sample_size=None)
+            return spec.replace(sample_size=None, groups=None)
         k = spec.sample_size if spec.sample_size is not None and spec.sample_size < n else None
-        return spec.replace(projection=None, sample_size=k)
+        return spec.replace(projection=None, sample_size=k, groups=None)
 
     def check_layers(self, shapes: list[tuple[_tree.Layer, tuple[int, int]]]) -> None:
         """At ``init``: each layer's calibration reference exists (``s < d − 1``), so an
@@ -272,7 +284,8 @@ class _MHEPenalty:
             elif not _is_zero(lam_h):
                 hidden.append(_sharded.layer_energy(
                     W, self.hidden_spec(*W.shape), self.mesh_axis,
-                    jax.random.fold_in(key, layer.index), f"layer {layer.path!r}"))
+                    jax.random.fold_in(key, layer.index), f"layer {layer.path!r}",
+                    groups=layer_groups(self.spec, layer)))
         total = jnp.zeros((), jnp.float32)
         if hidden:
             total = total + lam_h * sum(hidden)
@@ -302,6 +315,7 @@ def _mhe(hidden_strength, output_strength, output, spec: EnergySpec,
         )
     if spec.kernel != "riesz":
         raise ValueError("the MHE regularizer uses the Riesz/log kernel: spec.kernel='riesz'")
+    check_pairs_given_groups(spec.pairs, spec.groups)
     if spec.half_space and output is None and not _is_zero(hidden_strength):
         warnings.warn(
             "half_space=True with output=None: every selected layer is a hidden layer, so the "
@@ -374,6 +388,9 @@ def mhe_regularizer(
     projection: dict | None = None,
     max_norm: ArrayLike | None = None,
     mesh_axis: str | None = None,
+    potential: Callable[[jax.Array], jax.Array] | None = None,
+    groups: str | None = None,
+    pairs: str = "within",
     spec: EnergySpec | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Add the gradient of the MHE regularizer ``R`` to the updates.
@@ -443,6 +460,16 @@ def mhe_regularizer(
         replicated over it (the ring would return its update sharded along the neurons, not
         replicated like the parameter; data-parallel layers need no ring); without
         ``mesh_axis``, ``init`` warns for a tiled-path layer sharded along its neurons.
+      potential: a user pair potential ``f(r)`` in place of ``f_s`` for every layer (hidden and
+        output, Eq. 8 included), as in :func:`mhe_jax.hyperspherical_energy`; leave ``s`` at
+        its default. Under ``optax.inject_hyperparams`` list it in ``static_args`` (a callable).
+      groups: ``"heads"``: one energy per attention head, averaged (``pairs="within"``), or
+        the pairs between heads only (``"across"``), for the hidden layers whose neurons lie on
+        several axes (Flax attention query/key/value kernels ``(in, heads, head_dim)``,
+        grouped by their first neuron axis); the other layers, and the output layers, keep the
+        plain energy. ``None``: no grouping.
+      pairs: with ``groups``, ``"within"`` or ``"across"`` (see
+        :func:`mhe_jax.hyperspherical_energy`).
 
     ``update(updates, state, params, labels=None)`` requires ``params`` (same structure as
     ``updates``; None leaves of ``updates`` pass through); with ``labels`` (the batch's integer
@@ -470,11 +497,20 @@ def mhe_regularizer(
       0.0
       >>> float(state[0].output_strength)
       10.0
+
+      A user potential and one energy per attention head (the other layers are not grouped):
+
+      >>> tx = mhe_jax.mhe_regularizer(1.0, potential=lambda r: jnp.exp(-2.0 * r**2),
+      ...                              groups="heads")
+      >>> updates, _ = tx.update(grads, tx.init(params), params)
+      >>> updates["Dense_0"]["kernel"].shape
+      (3, 3)
     """
     spec = _energy_spec(spec, s=s, distance=distance, half_space=half_space, eps=eps,
                         min_distance=min_distance, sample_size=_structural(
                             sample_size, "sample_size", "pass a Python int"),
-                        projection=projection, calibrate=calibrate)
+                        projection=projection, calibrate=calibrate, potential=potential,
+                        groups=groups, pairs=pairs)
     penalty = _mhe(hidden_strength, output_strength, output, spec, mesh_axis)
     tx = penalty_transformation(
         penalty, strengths=penalty.strengths, mask=mask, output=output, neuron_axis=neuron_axis,
@@ -511,6 +547,9 @@ def mhe_penalty(
     projection: dict | None = None,
     step: int | jax.Array | None = None,
     mesh_axis: str | None = None,
+    potential: Callable[[jax.Array], jax.Array] | None = None,
+    groups: str | None = None,
+    pairs: str = "within",
     spec: EnergySpec | None = None,
 ) -> jax.Array:
     r"""The scalar ``R(params)`` of :func:`mhe_regularizer`, to add to a loss.
@@ -521,6 +560,7 @@ def mhe_penalty(
     selects Eq. 8 for the output layers, and ``step`` is the step count at which schedule
     strengths are evaluated (required when a strength is a schedule). ``mesh_axis``: the ring
     for the tiled-path layers sharded over that mesh axis, as in :func:`mhe_regularizer`.
+    ``potential``, ``groups`` (``"heads"``) and ``pairs`` are those of :func:`mhe_regularizer`.
     ``jax.grad(mhe_penalty)`` equals what :func:`mhe_regularizer` adds to the updates.
 
     Examples:
@@ -531,10 +571,22 @@ def mhe_penalty(
       >>> eqx_params = {"linear": {"weight": 2.0 * jnp.eye(3)}}  # Equinox (out, in)
       >>> round(float(mhe_jax.mhe_penalty(eqx_params, 0.1, layout="equinox")), 6)
       0.05
+      >>> gauss = lambda r: jnp.exp(-2.0 * r**2)  # a user potential: exp(-2 · 2) per pair
+      >>> round(float(mhe_jax.mhe_penalty(params, 1.0, potential=gauss)), 6)
+      0.018316
+
+      Attention: one energy per head, averaged (a query kernel ``(in, heads, head_dim)`` with
+      2 heads of 2 neurons in R², at 90° in head 0 and 45° in head 1):
+
+      >>> q = jnp.array([[[1.0, 0.0], [1.0, 1.0]], [[0.0, 1.0], [0.0, 1.0]]])
+      >>> attn = {"attn": {"query": {"kernel": q}}}
+      >>> round(float(mhe_jax.mhe_penalty(attn, 1.0, groups="heads")), 4)  # (1/2 + 1/(2-√2))/2
+      1.1036
     """
     spec = _energy_spec(spec, s=s, distance=distance, half_space=half_space, eps=eps,
                         min_distance=min_distance, sample_size=sample_size,
-                        projection=projection, calibrate=calibrate)
+                        projection=projection, calibrate=calibrate, potential=potential,
+                        groups=groups, pairs=pairs)
     penalty = _mhe(hidden_strength, output_strength, output, spec, mesh_axis)
     if (spec.sample_size is not None or spec.projection is not None) and key is None:
         raise ValueError("sample_size and projection require key=")
@@ -555,6 +607,7 @@ class EnergyStatsDegrees(NamedTuple):
     energy: jax.Array
     min_angle_deg: jax.Array  # degrees
     mean_abs_cosine: jax.Array
+    pair_variance: jax.Array
 
 
 def layer_energies(
@@ -571,23 +624,30 @@ def layer_energies(
     calibrate: bool = False,
     as_floats: bool = False,
     degrees: bool = False,
+    potential: Callable[[jax.Array], jax.Array] | None = None,
+    groups: str | None = None,
+    pairs: str = "within",
     spec: EnergySpec | None = None,
 ) -> dict[str, Any]:
-    r"""Energy, smallest angle and coherence of every selected layer.
+    r"""Energy, smallest angle, coherence and pair-potential variance of every selected layer.
 
     For each layer's ``(d, N)`` neuron matrix: ``energy`` is
     :func:`mhe_jax.hyperspherical_energy` (half-space for hidden layers when asked, full space
     for output layers; divided by the uniform-random reference with ``calibrate``),
-    ``min_angle`` the smallest ``arccos(ŵ_iᵀŵ_j)`` over ``i ≠ j`` and ``mean_abs_cosine`` the
-    mean ``|ŵ_iᵀŵ_j|``. Layer selection (``output``, ``mask``, ``neuron_axis``, ``layout``) is
-    that of :func:`mhe_regularizer`. One Gram matrix per layer (jit it for repeated logging).
+    ``min_angle`` the smallest ``arccos(ŵ_iᵀŵ_j)`` over ``i ≠ j``, ``mean_abs_cosine`` the
+    mean ``|ŵ_iᵀŵ_j|`` and ``pair_variance`` the variance of the pair potential over the
+    energy's pairs (not calibrated; :func:`mhe_jax.energy_stats`). Layer selection
+    (``output``, ``mask``, ``neuron_axis``, ``layout``), ``potential``, ``groups``
+    (``"heads"``) and ``pairs`` are those of :func:`mhe_regularizer`. One Gram matrix per
+    layer, and a second value-only pass for the variance (jit it for repeated logging).
 
-    Returns ``{path: EnergyStats(energy, min_angle, mean_abs_cosine)}`` (scalar arrays;
-    ``min_angle`` in radians), or with ``degrees=True`` ``{path: EnergyStatsDegrees(energy,
-    min_angle_deg, mean_abs_cosine)}`` (the unit in the field's name); with ``as_floats=True`` plain
-    floats for a JSONL / TensorBoard logger, ``{path: {"energy": float, "min_angle_deg": float,
-    "mean_abs_cosine": float}}`` (``"min_angle"`` in radians when ``degrees=False``), as
-    :func:`energies_as_floats` gives from the arrays (use that one after a jitted call).
+    Returns ``{path: EnergyStats(energy, min_angle, mean_abs_cosine, pair_variance)}`` (scalar
+    arrays; ``min_angle`` in radians), or with ``degrees=True`` ``{path:
+    EnergyStatsDegrees(energy, min_angle_deg, mean_abs_cosine, pair_variance)}`` (the unit in
+    the field's name); with ``as_floats=True`` plain floats for a JSONL / TensorBoard logger,
+    ``{path: {"energy": float, "min_angle_deg": float, "mean_abs_cosine": float}}``
+    (``"min_angle"`` in radians when ``degrees=False``), as :func:`energies_as_floats` gives
+    from the arrays (use that one after a jitted call).
 
     Examples:
       >>> import jax.numpy as jnp, mhe_jax
@@ -597,10 +657,15 @@ def layer_energies(
       {'Dense_0/kernel': 90.0, 'head/kernel': 90.0}
       >>> round(log["Dense_0/kernel"]["energy"], 6)
       0.5
+      >>> q = jnp.array([[[1.0, 0.0], [1.0, 1.0]], [[0.0, 1.0], [0.0, 1.0]]])  # 2 heads of 2
+      >>> st = mhe_jax.layer_energies({"attn": {"query": {"kernel": q}}}, groups="heads")
+      >>> round(float(st["attn/query/kernel"].energy), 4)  # the mean of the 2 heads' energies
+      1.1036
     """
     spec = _energy_spec(spec, s=s, distance=distance, half_space=half_space, eps=eps,
                         min_distance=None, sample_size=None, projection=None,
-                        calibrate=calibrate)
+                        calibrate=calibrate, potential=potential, groups=groups, pairs=pairs)
+    check_pairs_given_groups(spec.pairs, spec.groups)
     leaves, _, layers = _tree.select_layers(
         params, mask=mask, output=output, neuron_axis=neuron_axis, layout=layout
     )
@@ -608,12 +673,15 @@ def layer_energies(
     for layer in layers:
         W = layer.matrix(leaves[layer.index])
         layer_half = spec.half_space and not layer.is_output
-        st = energy_stats(W, spec=spec.replace(half_space=layer_half, calibrate=False))
+        st = energy_stats(W, spec=spec.replace(half_space=layer_half, calibrate=False,
+                                               groups=None),
+                          groups=layer_groups(spec, layer))
         if spec.calibrate:
             d, n = W.shape
             st = st._replace(energy=_energy.calibrate(spec, st.energy, n, d, layer_half))
         if degrees and not as_floats:
-            st = EnergyStatsDegrees(st.energy, jnp.degrees(st.min_angle), st.mean_abs_cosine)
+            st = EnergyStatsDegrees(st.energy, jnp.degrees(st.min_angle), st.mean_abs_cosine,
+                                    st.pair_variance)
         out[layer.path] = st
     return energies_as_floats(out, degrees=degrees) if as_floats else out
 

@@ -59,12 +59,14 @@ def path_str(keypath: tree_util.KeyPath) -> str:
 
 
 class Layer(NamedTuple):
-    """A selected leaf: its position among the flattened leaves, path, role and neuron axes."""
+    """A selected leaf: its position among the flattened leaves, path, role, neuron axes and
+    shape (which says how its heads are laid out, :func:`mhe_jax._layouts.head_groups`)."""
 
     index: int
     path: str
     is_output: bool
     neuron_axes: tuple[int, ...]
+    shape: tuple[int, ...] = ()
 
     def matrix(self, w) -> jax.Array:
         """The leaf ``w`` as its ``(d, N)`` neuron matrix (:func:`_layouts.neuron_matrix`)."""
@@ -227,7 +229,7 @@ def select_layers(
                 continue
         else:
             axes = _layouts.normalize_axes(specs[i], ndim, f"neuron_axis for {path!r}")
-        layers.append(Layer(i, path, outputs[i], axes))
+        layers.append(Layer(i, path, outputs[i], axes, tuple(leaf.shape)))
     if ambiguous:
         raise _layouts.ambiguity_error(ambiguous)
     if not layers:

@@ -104,3 +104,13 @@ SPHERE_BAD_ARGUMENTS = [
     (dict(n=4, s=float("nan")), ValueError, "s must be"),
     (dict(n=4, distance="cosine"), ValueError, "distance must be one of"),
 ]
+
+
+def child_xla_flags(*extra: str) -> str:
+    """XLA_FLAGS for a subprocess that sets its own flags (e.g. a host device count): ``extra``
+    plus the suite's optimisation level (conftest: LLVM -O0), and nothing else of the parent's."""
+    import os
+
+    level = [f for f in os.environ.get("XLA_FLAGS", "").split()
+             if f.startswith("--xla_backend_optimization_level")]
+    return " ".join([*level, *extra])

@@ -40,5 +40,6 @@ def to64(tree):
 
 
 def max_abs_diff(a, b) -> float:
+    """On the host (NumPy): op by op in jax, every leaf shape compiled three small programs."""
     pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
-    return max(float(jnp.max(jnp.abs(jnp.asarray(x) - jnp.asarray(y)))) for x, y in pairs)
+    return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in pairs)

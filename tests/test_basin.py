@@ -6,6 +6,7 @@ at the end).
 """
 
 import math
+import os
 from pathlib import Path
 
 import jax
@@ -304,8 +305,10 @@ def test_every_s_and_distance(s, distance, want):
     res = basin_hopping(6, s=s, distance=distance, key=1, hops=3, chains=2)
     # The angular distance comes from cosines: at the antipodal pairs of the octahedron the
     # derivative of θ(c) is ~1/sin θ and its rounding noise stalls the solver early; the energy
-    # is resolved to ~1e-7 (measured 9e-8) and the angles, on that flat minimum, to ~0.05°.
-    rtol, atol_deg = (1e-6, 0.1) if distance == "angular" else (1e-10, 1e-5)
+    # is resolved to ~1e-7 (measured 9e-8) and the angles, on that flat minimum, to ~0.05°
+    # (0.14° with LLVM at -O0, the test suite's default (conftest): other rounding, another stop).
+    flat = 0.2 if "--xla_backend_optimization_level=0" in os.environ.get("XLA_FLAGS", "") else 0.1
+    rtol, atol_deg = (1e-6, flat) if distance == "angular" else (1e-10, 1e-5)
     np.testing.assert_allclose(float(res.energy), want, rtol=rtol)
     np.testing.assert_allclose(helpers.np_point_energy(res.points, s, distance), want, rtol=rtol)
     assert abs(min_angle_deg(res.points) - 90.0) < atol_deg

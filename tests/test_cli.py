@@ -206,31 +206,46 @@ def test_resume_with_changed_config_is_one_line(capsys, tmp_path):
     assert all(c != "—" for c in cells[4:])  # angles and energies present
 
 
-def test_quickstart_runs_table_and_figure(tmp_path):
-    """The quickstart end to end in a subprocess (tiny): announced runs, table, figure."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "mhe_jax.experiments", "quickstart", "--out", str(tmp_path),
-         "--no-progress", *_sets([t for t in TINY if "image_size" not in t])],
-        capture_output=True, text=True, env=env, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def _check_quickstart_output(tmp_path, out: str, err: str) -> None:
     for name in ("quickstart/baseline", "quickstart/mhe", "quickstart/half_mhe"):
-        assert f"{name}: loading data" in proc.stderr  # no silent pause between runs
-    lines = proc.stdout.splitlines()
+        assert f"{name}: loading data" in err  # no silent pause between runs
+    lines = out.splitlines()
     header = next(line for line in lines if line.startswith("method"))
     assert "test acc. (%)" in header and "train time" in header and " s " not in header
     # the widths actually used (model.widths=4,4,8 above), not the default 16/32/64
     title = lines[lines.index(header) - 2]
-    assert "CNN-9 4/4/8," in title and "16/32/64" not in proc.stdout, title
+    assert "CNN-9 4/4/8," in title and "16/32/64" not in out, title
     # the machine the numbers come from: CPU, cores, jax version and backend
     machine = lines[lines.index(header) - 1]
     assert machine.startswith("machine: ") and " CPUs (" in machine, machine
     assert f"jax {jax.__version__}, backend cpu" in machine, machine
     rows = [line for line in lines if line.split()[:1] in (["baseline"], ["mhe"], ["half_mhe"])]
     assert len(rows) == 3 and all(row.endswith(" sec") for row in rows)
-    assert "exponent 2" in proc.stdout  # s is named, not abbreviated
+    assert "exponent 2" in out  # s is named, not abbreviated
     png = tmp_path / "quickstart" / "quickstart.png"
     assert png.stat().st_size > 30_000
+
+
+def test_quickstart_runs_table_and_figure(tmp_path, capsys):
+    """The quickstart end to end (tiny, 8x8 images): announced runs, table, figure. In this
+    process, so its programs are those of the other tiny runs here (the compilation cache);
+    ``python -m mhe_jax.experiments`` in a subprocess: the slow twin below, and
+    test_broken_pipe_exits_quietly."""
+    cli(["quickstart", "--out", str(tmp_path), "--no-progress", *_sets(TINY)])
+    out, err = capsys.readouterr()
+    _check_quickstart_output(tmp_path, out, err)
+
+
+@pytest.mark.slow  # ~40 CPU-s: three CNN-9 runs at 32x32 compiled in a fresh process
+def test_quickstart_runs_table_and_figure_in_a_subprocess(tmp_path):
+    """The quickstart end to end in a subprocess (tiny, the default 32x32 images)."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "mhe_jax.experiments", "quickstart", "--out", str(tmp_path),
+         "--no-progress", *_sets([t for t in TINY if "image_size" not in t])],
+        capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _check_quickstart_output(tmp_path, proc.stdout, proc.stderr)
 
 
 def test_progress_bar_is_labelled_with_the_run_name(tmp_path, capfd):

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import child_xla_flags
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(tmp_path, *args):
     out = tmp_path / "device.json"
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    env.pop("XLA_FLAGS", None)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": child_xla_flags()}
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "device.py"), "--smoke", "--out", str(out),
          "--runs-dir", str(tmp_path / "runs"), *args],

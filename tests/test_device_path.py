@@ -20,6 +20,7 @@ from jax._src import array as jax_array  # the host-value accessors that the fet
 from mhe_jax.experiments import apply_overrides, get_config
 from mhe_jax.experiments.runner import build_model, build_optimizer
 from mhe_jax.train import DataParallel, StepFns, epoch_batches, fit, make_steps
+from tests.helpers import child_xla_flags
 
 WIDTHS = ["model.widths=4,4,8"]
 
@@ -246,7 +247,7 @@ for name in ("single", "data_parallel", "data_parallel_scan"):  # runner.run's c
     model = build_model(cfg, 10, 1, 8)
     opt, lr = build_optimizer(cfg, model)
     fns = make_steps(augment=True, seed=0, learning_rate=lr)
-    put = DataParallel() if name == "data_parallel" else None
+    put = DataParallel() if name.startswith("data_parallel") else None
     if put is not None:
         put.replicate(model, opt)
     data = epoch_batches(x, y, batch_size=16, seed=0, put=put or jax.device_put)
@@ -291,8 +292,8 @@ def test_data_parallel_8_devices_equals_single_device(tmp_path):
     as well."""
     script = tmp_path / "dp8.py"
     script.write_text(DATA_PARALLEL_8)
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-           "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": child_xla_flags("--xla_force_host_platform_device_count=8")}
     proc = subprocess.run([sys.executable, str(script), str(tmp_path / "out.json")], env=env,
                           cwd=Path(__file__).resolve().parents[1], capture_output=True,
                           text=True, timeout=900)

@@ -21,8 +21,10 @@ def rand(seed, shape):
 
 
 def regularizer_update(tx, params):
+    """The regularizer's update alone (zero gradients), jitted: op by op, every layer shape
+    compiled dozens of small programs."""
     zero = jax.tree.map(jnp.zeros_like, params)
-    u, _ = tx.update(zero, tx.init(params), params)
+    u, _ = jax.jit(tx.update)(zero, tx.init(params), params)
     return u
 
 
@@ -200,11 +202,11 @@ def test_haiku_tree_update_equals_reference_gradient():
         hidden = [p["conv2_d"]["w"].reshape(-1, 5), p["mlp/~/linear_0"]["w"]]
         return ref.penalty(hidden, [p["mlp/~/linear_1"]["w"]], 0.5, 3.0, half_space=True)
 
-    want = jax.grad(r)(params)
+    want = jax.jit(jax.grad(r))(params)
     ERRORS["haiku"] = err = ref.max_abs_diff(u, want)
     assert err <= 1e-6
     for path in ("layer_norm", "embed"):
-        assert all(float(jnp.abs(v).sum()) == 0 for v in jax.tree.leaves(u[path]))
+        assert all(float(np.abs(np.asarray(v)).sum()) == 0 for v in jax.tree.leaves(u[path]))
 
 
 @pytest.mark.parametrize("nested", [False, True])
@@ -234,7 +236,7 @@ def test_torch_state_dict_update_equals_reference_gradient(nested):
         hidden = [get(p, "conv1").reshape(5, -1).T, get(p, "fc1").T]
         return ref.penalty(hidden, [get(p, "fc2").T], 0.5, 3.0, s=0.0)
 
-    want = jax.grad(r)(params)
+    want = jax.jit(jax.grad(r))(params)
     err = ref.max_abs_diff(u, want)
     ERRORS["torch (nested)" if nested else "torch"] = err
     assert err <= 1e-6
@@ -250,7 +252,7 @@ def test_baselines_follow_the_layout():
     for tx, fn in cases:
         u = regularizer_update(tx, params)
         for k in params:
-            want = 0.3 * jax.grad(lambda w: fn(w, neuron_axis=0))(params[k]["weight"])
+            want = 0.3 * jax.jit(jax.grad(lambda w: fn(w, neuron_axis=0)))(params[k]["weight"])
             np.testing.assert_allclose(u[k]["weight"], want, rtol=1e-9, atol=1e-12)
         assert float(tx.init(params).strength) == pytest.approx(0.3)
     for bad, exc in [(-1.0, ValueError), ([1.0], TypeError), ("1", TypeError), (True, TypeError)]:
@@ -270,7 +272,7 @@ def test_selected_layers_is_what_the_regularizer_acts_on():
         layers = mhe_jax.selected_layers(params, layout=layout, **options)
         u = regularizer_update(mhe_regularizer(1.0, 1.0, layout=layout, **options), params)
         moved = {mhe_jax.path_str(kp) for kp, v in jax.tree_util.tree_flatten_with_path(u)[0]
-                 if float(jnp.abs(v).sum()) > 0}
+                 if float(np.abs(np.asarray(v)).sum()) > 0}
         assert set(layers) == moved
         _, _, internal = select_layers(params, layout=layout, **options)
         assert {la.path: la.is_output for la in internal} == {

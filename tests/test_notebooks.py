@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import child_xla_flags
+
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
@@ -53,7 +55,7 @@ EXPECTED = {
 }
 # Extra environment of a notebook's kernel.
 KERNEL_ENV = {"04_cifar_reproduction.ipynb": {
-    "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}}
+    "XLA_FLAGS": child_xla_flags("--xla_force_host_platform_device_count=8")}}
 
 
 def _load_sync():

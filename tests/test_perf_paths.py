@@ -39,7 +39,7 @@ def value_and_grad(w, **kw):
 
 def run_child(code, env_extra=None, timeout=600, args=()):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env.pop("XLA_FLAGS", None)
+    env["XLA_FLAGS"] = helpers.child_xla_flags()
     env.update(env_extra or {})
     out = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], capture_output=True,
                          text=True, env=env, timeout=timeout)
@@ -299,7 +299,7 @@ except ValueError as e:
     bad_axis = "axis_name" in str(e)
 print(json.dumps({"worst": worst, "ref_err": ref_err, "bad_axis": bad_axis}))
 """
-_EIGHT = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+_EIGHT = {"XLA_FLAGS": helpers.child_xla_flags("--xla_force_host_platform_device_count=8")}
 
 
 def _check_sharded(r):

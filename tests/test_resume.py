@@ -346,8 +346,12 @@ KILL_SCRIPT = textwrap.dedent("""
 
 def _kill_during_saves(out: Path, kills: int, extra: list[str]) -> int:
     """Start the training subprocess ``kills`` times, each SIGKILLed as soon as a save is in
-    progress (orbax's temporary directory exists); then let it finish. Returns kills done."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    progress (orbax's temporary directory exists); then let it finish. Returns kills done.
+    The children share a compilation cache of their own (the next child reads what the killed
+    one compiled), not the session's (conftest): a kill while an entry is being written
+    would leave it truncated for every later test."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "JAX_COMPILATION_CACHE_DIR": str(out.parent / "xla_cache")}
     done = 0
     for _ in range(kills):
         proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(out), *extra], cwd=ROOT,

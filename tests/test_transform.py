@@ -352,7 +352,12 @@ def test_linen_mnist_cnn_output_by_module_name():
     model = CNN()
     x = jax.random.normal(jax.random.key(0), (2, 28, 28, 1), jnp.float64)
     y = jnp.array([3, 7])
-    params = ref.to64(model.init(jax.random.key(1), x))
+    # flax's initializers (truncated normal of every kernel shape) compile for ~10 CPU-s:
+    # the same LeCun-normal scale, drawn by NumPy
+    rng = np.random.default_rng(1)
+    params = jax.tree.map(
+        lambda a: (rng.normal(size=a.shape) / np.sqrt(np.prod(a.shape[:-1])) if a.ndim > 1
+                   else np.zeros(a.shape)), jax.eval_shape(model.init, jax.random.key(1), x))
 
     def loss(p):
         return optax.softmax_cross_entropy_with_integer_labels(model.apply(p, x), y).mean()
@@ -366,15 +371,19 @@ def test_linen_mnist_cnn_output_by_module_name():
                   q["Dense_0"]["kernel"]]
         return ref.penalty(hidden, [q["Dense_1"]["kernel"]], 1.0, 10.0, half_space=True)
 
+    # jitted: op by op, the two steps compiled ~600 small programs (~35 CPU-s)
+    grad, update, want = jax.jit(jax.grad(loss)), jax.jit(tx.update), jax.jit(jax.grad(hand))
+    apply = jax.jit(optax.apply_updates)
     worst = 0.0
     for _ in range(2):
-        g = jax.grad(loss)(params)
-        u, state = tx.update(g, state, params)
-        added = jax.tree.map(lambda a, b: -a / 0.1 - b, u, g)
-        worst = max(worst, ref.max_abs_diff(added, jax.grad(hand)(params)))
+        g = grad(params)
+        u, state = update(g, state, params)
+        added = jax.tree.map(lambda a, b: -np.asarray(a) / 0.1 - np.asarray(b), u, g)
+        worst = max(worst, ref.max_abs_diff(added, want(params)))
         for k in ("Conv_0", "Conv_1", "Dense_0", "Dense_1"):  # biases: the loss gradient only
-            np.testing.assert_array_equal(u["params"][k]["bias"], -0.1 * g["params"][k]["bias"])
-        params = optax.apply_updates(params, u)
+            np.testing.assert_array_equal(u["params"][k]["bias"],
+                                          -0.1 * np.asarray(g["params"][k]["bias"]))
+        params = apply(params, u)
     LAYOUT_ERRORS["flax linen MNIST CNN"] = worst
     assert worst <= 1e-6
     assert float(state[0].output_strength) == 10.0
@@ -401,7 +410,7 @@ class Mixed(nnx.Module):
 
 
 def test_nnx_attention_model_right_neurons_and_untouched_leaves():
-    model = Mixed(nnx.Rngs(0))
+    model = nnx.jit(lambda: Mixed(nnx.Rngs(0)))()  # one compile, not one per initializer
     tokens = jax.random.randint(jax.random.key(1), (4, 5), 0, 11)
     y = jnp.array([0, 1, 2, 0])
     lr = 0.1
@@ -420,26 +429,34 @@ def test_nnx_attention_model_right_neurons_and_untouched_leaves():
                   p["linear"]["kernel"]]
         return ref.penalty(hidden, [p["head"]["kernel"]], 0.5, 2.0, s=1.0)
 
+    @nnx.jit  # op by op, the two steps compiled ~700 small programs (~40 CPU-s)
+    def step(model, opt):
+        grads = nnx.grad(loss)(model)
+        opt.update(model, grads)
+        return grads
+
+    want_grad = jax.jit(jax.grad(hand))
+    wrong_grad = jax.jit(jax.grad(lambda p: hand(p, qkv_mixed=True)))
     worst = 0.0
     for _ in range(2):
         before = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-        grads = nnx.grad(loss)(model)
-        opt.update(model, grads)
+        grads = step(model, opt)
         after = nnx.to_pure_dict(nnx.state(model, nnx.Param))
         g = nnx.to_pure_dict(grads)
-        added = jax.tree.map(lambda b, a, gg: (b - a) / lr - gg, before, after, g)
-        want = jax.grad(hand)(before)
+        added = jax.tree.map(lambda b, a, gg: (np.asarray(b) - np.asarray(a)) / lr
+                             - np.asarray(gg), before, after, g)
+        want = want_grad(before)
         worst = max(worst, ref.max_abs_diff(added, want))
-        wrong = jax.grad(lambda p: hand(p, qkv_mixed=True))(before)
+        wrong = wrong_grad(before)
         assert ref.max_abs_diff(added["attn"]["query"], wrong["attn"]["query"]) > 1e-3
         untouched = [added["embed"], added["bn"], added["ln"]] + [
             added[k]["bias"] for k in ("conv", "linear", "head")] + [
             added["attn"][k]["bias"] for k in ("query", "key", "value", "out")]
-        assert all(float(jnp.max(jnp.abs(v))) <= 1e-12 for v in jax.tree.leaves(untouched))
+        assert all(float(np.max(np.abs(v))) <= 1e-12 for v in jax.tree.leaves(untouched))
     LAYOUT_ERRORS["flax nnx Conv/BN/Embed/MHA/LN/Linear"] = worst
     assert worst <= 1e-6
-    stats = mhe_jax.layer_energies(nnx.state(model, nnx.Param), output="head", as_floats=True,
-                                   degrees=True)
+    stats = jax.eval_shape(  # which layers it reports: traced, not compiled op by op
+        lambda p: mhe_jax.layer_energies(p, output="head"), nnx.state(model, nnx.Param))
     assert set(stats) == {"conv/kernel", "attn/query/kernel", "attn/key/kernel",
                           "attn/value/kernel", "attn/out/kernel", "linear/kernel", "head/kernel"}
 
