@@ -43,7 +43,7 @@ from jax import lax
 
 from mhe_jax import _tiled
 from mhe_jax._kernels import Kernel, kernel_from_spec, pair_value
-from mhe_jax._neurons import sample_columns, scale_free
+from mhe_jax._neurons import sample_columns
 from mhe_jax._pairsum import (
     mean_energy,
     normalized_mean_energy,

@@ -146,8 +146,15 @@ def _ring_energy(W: Array, spec: EnergySpec, mesh, axis_name: str, key,
     """The mean energy of the neuron matrix ``W`` (d, N) by the ring over ``mesh[axis_name]``
     (``mesh`` a :class:`~jax.sharding.Mesh` or the abstract mesh of ``W``'s type); no
     projection, no calibration. ``groups``: checked ``(N,)`` group ids, or None."""
-    W = _free_gradient_sharding(scale_free(W), mesh)
     n_total = W.shape[1]
+    devices = mesh.shape[axis_name]
+    W = _free_gradient_sharding(W, mesh)
+    if n_total % devices == 0:
+        # Whole columns on each device before the scale-free map: its column scales and
+        # tangent projection are then local, and a layer sharded along its input axis costs
+        # one all-to-all each way (the map's backward in that layout took a second one).
+        W = lax.with_sharding_constraint(W, NamedSharding(mesh, PartitionSpec(None, axis_name)))
+    W = scale_free(W)
     kernel, params = kernel_from_spec(spec, W.dtype)
     n = n_total if spec.sample_size is None else spec.sample_size
     if groups is not None:
@@ -155,7 +162,6 @@ def _ring_energy(W: Array, spec: EnergySpec, mesh, axis_name: str, key,
         ids = groups
         if spec.sample_size is not None:  # the same draw as the columns (same key)
             ids = sample_columns(ids[None, :], spec.sample_size, key)[0]
-    devices = mesh.shape[axis_name]
     # m neurons a device, in row blocks of `rows` (block_size, default _tiled.DEFAULT_BLOCK)
     block = _tiled.DEFAULT_BLOCK if spec.block_size is None else spec.block_size
     chunks, rows = _tiled.plan(-(-n // devices), block)
@@ -372,6 +378,7 @@ def _ring_local(h, Wl, axis_name, devices, n, with_force, precision=lax.Precisio
             if padded:
                 keep = keep & (me * m + r * b + a_idx < n) & (block * m + b_idx < n)
             if groups is not None:
+                assert vids is not None  # the visiting block's ids travel with it when grouped
                 own_ids = groups[0] if chunks == 1 else lax.dynamic_slice_in_dim(
                     groups[0], r * b, b, 0)
                 keep = keep & _tiled.pair_keep(own_ids, vids, groups[1])

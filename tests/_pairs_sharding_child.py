@@ -68,12 +68,38 @@ for mesh, kw in ((mesh8, dict(groups=ids)),
     s = kw.pop("s", 2.0)
     want = ref.np_mean_potential(np.asarray(w), lambda r, s=s: r ** -s, **kw)
     out["groups_ref"] = max(out["groups_ref"], abs(float(got[0]) - want) / want)
-# sampling: the ids are drawn with the columns (the same key as one device). 8 of 13 on 8
-# devices: a sample that needs padding (9 on 8 devices) crashes XLA's SPMD partitioner in the
-# gradient, with or without groups (an issue of the ring's sampling, not of the grouping).
-kw = dict(groups=ids, pairs="across", sample_size=8, key=key)
-out["groups_vs_single"] = max(out["groups_vs_single"],
-                              err(vg(ring(mesh8, **kw), w), vg(single(**kw), w)))
+# sampling: the ids are drawn with the columns (the same key as one device), also where the
+# sample needs padding (9 of 13 on 8 devices); row blocks of 1 (each visiting tile in rows,
+# with the ids of its rows sliced).
+for kw in (dict(groups=ids, pairs="across", sample_size=8, key=key),
+           dict(groups=ids, sample_size=9, key=key, half_space=True),
+           dict(groups=ids, pairs="across", block_size=1),
+           dict(groups=ids, block_size=1, half_space=True, distance="angular")):
+    out["groups_vs_single"] = max(out["groups_vs_single"],
+                                  err(vg(ring(mesh8 if "key" in kw else mesh3, **kw), w),
+                                      vg(single(**kw), w)))
+# the regularizer: groups="heads" on an attention kernel (in, heads, head_dim) sharded along
+# its heads, mesh_axis="x" (block_size below N, so on the ring's path), equals one device.
+from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
+
+q = jnp.asarray(rng.standard_normal((6, 8, 3)))
+params = {"attn": {"query": {"kernel": q}}, "head": {"kernel": jnp.asarray(
+    rng.standard_normal((24, 5)))}}
+placed = jax.device_put(params, {
+    "attn": {"query": {"kernel": NamedSharding(mesh8, PartitionSpec(None, "x", None))}},
+    "head": {"kernel": NamedSharding(mesh8, PartitionSpec("x", None))}})
+opts = dict(output="head", spec=mhe_jax.EnergySpec(groups="heads", half_space=True, block_size=4))
+reg_ring = mhe_jax.mhe_regularizer(1.0, 1.0, mesh_axis="x", **opts)
+reg_one = mhe_jax.mhe_regularizer(1.0, 1.0, **opts)
+zeros = jax.tree.map(jnp.zeros_like, params)
+u_ring = jax.jit(reg_ring.update)(jax.tree.map(jnp.zeros_like, placed), reg_ring.init(placed),
+                                  placed)[0]
+u_one = reg_one.update(zeros, reg_one.init(params), params)[0]
+out["heads_regularizer_vs_single"] = max(
+    float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+    for a, b in zip(jax.tree.leaves(u_ring), jax.tree.leaves(u_one), strict=True))
+out["heads_regularizer_moved"] = float(jnp.max(jnp.abs(u_one["attn"]["query"]["kernel"])))
+out["heads_regularizer_sharding"] = str(u_ring["attn"]["query"]["kernel"].sharding.spec)
 # no pair counts: 0 with a zero gradient (all singletons, within)
 v, g = vg(ring(mesh3, groups=jnp.arange(13)), w)
 out["groups_empty"] = [float(v), float(jnp.max(jnp.abs(g)))]

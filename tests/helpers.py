@@ -114,3 +114,17 @@ def child_xla_flags(*extra: str) -> str:
     level = [f for f in os.environ.get("XLA_FLAGS", "").split()
              if f.startswith("--xla_backend_optimization_level")]
     return " ".join([*level, *extra])
+
+
+def jaxpr_shapes(jaxpr, primitive: str | None = None) -> list[tuple[int, ...]]:
+    """Output shapes of the equations of ``jaxpr`` (of the ``primitive`` ones, e.g.
+    ``"dot_general"``, when given), inside scans and other sub-jaxprs too."""
+    import jax.extend
+
+    shapes: list[tuple[int, ...]] = []
+    for eqn in jaxpr.eqns:
+        if primitive is None or eqn.primitive.name == primitive:
+            shapes += [tuple(v.aval.shape) for v in eqn.outvars if hasattr(v.aval, "shape")]
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            shapes += jaxpr_shapes(sub, primitive)
+    return shapes

@@ -175,17 +175,6 @@ def test_fused_normalisation_matches_unfused():
 # ------------------------------------------------------------------ structure of the programs
 
 
-def _dot_shapes(jaxpr):
-    """Output shapes of every dot_general, inside scans too."""
-    shapes = []
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "dot_general":
-            shapes.append(tuple(eqn.outvars[0].aval.shape))
-        for sub in jax.core.jaxprs_in_params(eqn.params):
-            shapes += _dot_shapes(sub)
-    return shapes
-
-
 def test_reverse_mode_is_two_matmuls():
     """Two Gram-sized products (the Gram matrix and ``Ŵ·H``); the dense path adds the tangent
     projection's column sums ``⟨g − c₀w, w⟩`` as a (1, d) × (d, N) product
@@ -193,10 +182,11 @@ def test_reverse_mode_is_two_matmuls():
     d, n = 16, 40
     w = jnp.zeros((d, n), jnp.float32)
     jaxpr = jax.make_jaxpr(jax.value_and_grad(lambda w: energy(w, s=1.0, half_space=True)))(w)
-    assert sorted(_dot_shapes(jaxpr.jaxpr)) == sorted([(n, n), (d, n), (1, n)])
+    shapes = helpers.jaxpr_shapes(jaxpr.jaxpr, "dot_general")
+    assert sorted(shapes) == sorted([(n, n), (d, n), (1, n)])
     # tiled: per tile one Gram tile, the row force and the column force; nothing N×N.
     jaxpr = jax.make_jaxpr(jax.value_and_grad(lambda w: energy(w, s=1.0, block_size=8)))(w)
-    shapes = _dot_shapes(jaxpr.jaxpr)
+    shapes = helpers.jaxpr_shapes(jaxpr.jaxpr, "dot_general")
     assert len(shapes) == 3 and all(n not in s for s in shapes), shapes
 
 

@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import jax
-import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -24,7 +23,7 @@ import pytest
 
 import mhe_jax
 from mhe_jax import EnergySpec
-from tests import pair_reference as ref
+from tests import helpers, pair_reference as ref
 
 ROOT = Path(__file__).resolve().parents[1]
 CHILD = Path(__file__).with_name("_pairs_sharding_child.py")
@@ -100,26 +99,19 @@ def test_riesz2_potential_matches_builtin_dense_tiled_sampled(distance):
             w, lambda r: r ** -2, distance=distance, half_space=half_space), rtol=1e-9)
 
 
-def _dot_shapes(jaxpr):
-    shapes = []
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "dot_general":
-            shapes.append(tuple(eqn.outvars[0].aval.shape))
-        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-            shapes += _dot_shapes(sub)
-    return shapes
-
-
 def test_value_and_grad_stay_two_gram_sized_products():
     d, n = 16, 40
     w = jnp.zeros((d, n))
     for kw in (dict(), dict(half_space=True, min_distance=0.3)):
         jaxpr = jax.make_jaxpr(jax.value_and_grad(
             lambda w: mhe_jax.hyperspherical_energy(w, potential=gaussian, **kw)))(w)
-        assert sorted(_dot_shapes(jaxpr.jaxpr)) == sorted([(n, n), (d, n)])
+        # the Gram product, the force product and the tangent projection's (1, N) column sums
+        # (as the built-in kernel: test_perf_paths.test_reverse_mode_is_two_matmuls)
+        want = [(n, n), (d, n), (1, n)]
+        assert sorted(helpers.jaxpr_shapes(jaxpr.jaxpr, "dot_general")) == sorted(want)
     jaxpr = jax.make_jaxpr(jax.value_and_grad(
         lambda w: mhe_jax.hyperspherical_energy(w, potential=gaussian, block_size=8)))(w)
-    shapes = _dot_shapes(jaxpr.jaxpr)
+    shapes = helpers.jaxpr_shapes(jaxpr.jaxpr, "dot_general")
     assert len(shapes) == 3 and all(n not in s for s in shapes), shapes
 
 
@@ -272,7 +264,12 @@ def test_sharded_ring_potential(sharded):
 
 def test_sharded_ring_groups(sharded):
     """Grouped pairs on the ring (ids sharded with the neurons, odd ring with padding, half-space,
-    sampling) equal one device, and the brute force."""
+    sampling with and without padding, row blocks) equal one device, and the brute force; the
+    regularizer's ``groups="heads"`` with ``mesh_axis=`` (an attention kernel sharded along its
+    heads) equals one device and keeps the kernel's sharding."""
     assert sharded["groups_vs_single"] < 1e-12, sharded
+    assert sharded["heads_regularizer_vs_single"] < 1e-12, sharded
+    assert sharded["heads_regularizer_moved"] > 0, sharded
+    assert sharded["heads_regularizer_sharding"] == "P(None, 'x', None)", sharded
     assert sharded["groups_ref"] < 1e-9, sharded
     assert sharded["groups_empty"] == [0.0, 0.0], sharded
