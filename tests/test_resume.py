@@ -212,6 +212,45 @@ def test_damage_is_still_damage_when_checking_the_model(tmp_path):
         assert Checkpointer(tmp_path / "ck").restore(model, opt)[0] == 3
 
 
+def _target_refused(ck):
+    """Make every restore of the state into a target fail as orbax does for abstract arrays in a
+    multi-process run ("Topology mismatch"), though the files are sound (fault injection)."""
+    real = ck._manager.restore
+
+    def restore(step, args=None, **kw):
+        if args is not None and "state" in args.keys():
+            raise ValueError("Topology mismatch: the restore target's layout (injected)")
+        return real(step, args=args, **kw)
+
+    ck._manager.restore = restore
+
+
+def test_restore_refused_by_the_target_is_not_damage(tmp_path):
+    """Issue 29's class of defect: any failure of the restore set the checkpoint aside as damaged,
+    also when the files were sound and the target was at fault. Now the arrays are read back on
+    their own and checked against their checksum first: intact, so one error and nothing moved;
+    a really damaged newer checkpoint is still set aside on the way."""
+    _two_checkpoints(tmp_path / "ck")
+    files = _files(tmp_path / "ck")
+    model, opt = _model_and_opt(seed=5)
+    ck = Checkpointer(tmp_path / "ck")
+    _target_refused(ck)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "damaged" warning
+        with pytest.raises(CheckpointError) as info:
+            ck.restore(model, opt)
+    message = str(info.value)
+    assert "/ck/6 could not be restored" in message and "Topology mismatch" in message, message
+    assert "intact" in message and "match the checksum" in message, message
+    assert not (tmp_path / "ck.damaged").exists() and _files(tmp_path / "ck") == files
+    DAMAGES["bit flip in the largest array file"](tmp_path / "ck" / "6")
+    with pytest.warns(RuntimeWarning, match="ck/6 is damaged"):
+        with pytest.raises(CheckpointError, match="/ck/3 could not be restored"):
+            ck.restore(model, opt)
+    assert ck.steps() == [3]
+    ck.close()
+
+
 # ------------------------------------------------------------------ Checkpointer arguments
 
 

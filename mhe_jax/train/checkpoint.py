@@ -9,6 +9,8 @@ a checksum mismatch) is moved to ``<directory>.damaged/`` with a warning naming 
 older one is used; when none is intact it raises :class:`CheckpointError`. A checkpoint of
 another model (a leaf's shape or dtype differs, or a leaf is missing or extra) is not damage: it
 raises :class:`CheckpointMismatchError` naming the leaf, and every checkpoint stays where it is.
+Nor is a restore that fails for the target's sake (its arrays read back on their own, without
+it, and match their checksum): that raises :class:`CheckpointError` and moves nothing.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ __all__ = ["Checkpointer", "CheckpointError", "CheckpointMismatchError"]
 
 
 class CheckpointError(RuntimeError):
-    """No intact checkpoint could be restored (every candidate is named in the message)."""
+    """No intact checkpoint could be restored (every candidate is named in the message), or an
+    intact one could not be restored into the given model and optimizer."""
 
 
 class CheckpointMismatchError(ValueError):
@@ -50,10 +53,13 @@ def _leaf_specs(tree: Any) -> dict[str, tuple[tuple[int, ...] | None, str | None
     for path, leaf in flat:
         shape = getattr(leaf, "shape", None)
         dtype = getattr(leaf, "dtype", None)
-        key = jax.tree_util.keystr(path, simple=True, separator="/")
-        out[key] = (None if shape is None else tuple(int(d) for d in shape),
+        out[_simple_path(path)] = (None if shape is None else tuple(int(d) for d in shape),
                     None if dtype is None else np.dtype(dtype).name)
     return out
+
+
+def _simple_path(path: jax.tree_util.KeyPath) -> str:
+    return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
 def _describe(spec: tuple[tuple[int, ...] | None, str | None]) -> str:
@@ -94,11 +100,16 @@ def _check_directory(directory: Path) -> None:
             return
 
 
-def _checksum(state: Any) -> str:
-    """SHA-256 over every leaf's path, dtype, shape and bytes (a fixed, sorted order)."""
+def _checksum(state: Any, paths: dict[str, str] | None = None) -> str:
+    """SHA-256 over every leaf's path, dtype, shape and bytes (a fixed, sorted order).
+
+    ``paths``: ``{"a/0/b": "['a'][0]['b']"}``, the paths of the tree that was saved, for a
+    ``state`` read back without a target (orbax then gives its int keys as strings).
+    """
     h = hashlib.sha256()
     flat, _ = jax.tree_util.tree_flatten_with_path(state)
-    for path, leaf in sorted(((jax.tree_util.keystr(p), v) for p, v in flat), key=lambda t: t[0]):
+    keyed = [((paths or {}).get(_simple_path(p), jax.tree_util.keystr(p)), v) for p, v in flat]
+    for path, leaf in sorted(keyed, key=lambda t: t[0]):
         a = np.ascontiguousarray(np.asarray(leaf))
         h.update(f"{path}|{a.dtype.str}|{a.shape}|".encode())
         h.update(a.tobytes())
@@ -202,7 +213,10 @@ class Checkpointer:
         warning; :class:`CheckpointError` if none is intact. A checkpoint whose leaves (paths,
         shapes, dtypes, read from orbax's metadata before any array) differ from ``model`` /
         ``optimizer``'s raises :class:`CheckpointMismatchError` naming the first difference,
-        and moves nothing.
+        and moves nothing. A checkpoint that reads back on its own (and matches its checksum)
+        but cannot be restored into ``model`` / ``optimizer`` (e.g. abstract arrays orbax
+        refuses) raises :class:`CheckpointError` and is not moved either: only a checkpoint
+        whose own files fail is set aside.
         """
         damaged: list[str] = []
         target = self._state(model, optimizer)
@@ -231,8 +245,17 @@ class Checkpointer:
                 if ("checksum" in meta and state is not None
                         and _checksum(state) != meta["checksum"]):
                     raise ValueError("the arrays do not match the checksum saved with them")
-            except Exception as e:  # noqa: BLE001 - truncated / missing / corrupt state
-                damaged.append(self._quarantine(step, f"unreadable state ({_short(e)})"))
+            except Exception as e:  # noqa: BLE001 - judged below: damage, or the target's
+                why = self._damage(step, meta, target)
+                if why is None:  # the files are sound: the failure is the restore target's
+                    raise CheckpointError(
+                        f"checkpoint {path} could not be restored into the given model / "
+                        f"optimizer ({_short(e)}), though it is intact: its arrays read back "
+                        "on their own" + (" and match the checksum saved with them"
+                                          if "checksum" in meta else "")
+                        + ". It stays where it is; restore into concrete (not abstract) "
+                        "arrays laid out on this run's devices") from e
+                damaged.append(self._quarantine(step, f"unreadable state ({_short(e)}; {why})"))
                 continue
             for obj, pure in ((model, restored["state"]["model"]),
                               (optimizer, restored["state"]["optimizer"])):
@@ -257,6 +280,28 @@ class Checkpointer:
             return _leaf_specs(tree) if isinstance(tree, dict) and tree else None
         except Exception:  # noqa: BLE001 - damage is judged by the restore that follows
             return None
+
+    def _damage(self, step: int, meta: dict[str, Any], target: Any) -> str | None:
+        """Why checkpoint ``step``'s arrays are damaged, or None when they read back on their
+        own (whole, as NumPy arrays: no restore target, no device layout) and match the
+        checksum in ``meta`` (when it has one; ``target``, the tree restored into, gives the
+        saved paths). A restore into a given model can fail for reasons of that model (e.g.
+        orbax's layout checks); only this decides damage."""
+        path = self._directory / str(step) / "state"
+        try:
+            md = ocp.StandardCheckpointer().metadata(path)
+            tree = getattr(md, "item_metadata", md)
+            tree = getattr(tree, "tree", tree)
+            args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+            with ocp.PyTreeCheckpointer() as reader:
+                arrays = reader.restore(path, args=ocp.args.PyTreeRestore(restore_args=args))
+        except Exception as e:  # noqa: BLE001 - unreadable on its own: damaged
+            return f"its arrays do not read back on their own: {_short(e)}"
+        paths = {_simple_path(p): jax.tree_util.keystr(p)
+                 for p, _ in jax.tree_util.tree_flatten_with_path(target)[0]}
+        if "checksum" in meta and _checksum(arrays, paths) != meta["checksum"]:
+            return "its arrays do not match the checksum saved with them"
+        return None
 
     def _read_metadata(self, step: int) -> dict[str, Any]:
         restored = self._manager.restore(
