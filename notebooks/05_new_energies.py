@@ -148,9 +148,11 @@ W = jax.random.normal(jax.random.key(0), (64, 256))  # 256 neurons in R^64
 print("built-in s=2:", float(mhe_jax.hyperspherical_energy(W, s=2.0)),
       "  potential=lambda r: r**-2:",
       float(mhe_jax.hyperspherical_energy(W, potential=lambda r: r**-2)))
-# (the potential is evaluated at r = sqrt(dist² + eps), the guard of the built-in kernel, so
-# the two agree to the last bit here; a potential must be finite on (0, 2], checked when the
-# energy is built: one that is not, such as a log barrier, needs min_distance=)
+# The potential is evaluated at r = sqrt(dist² + eps), the guard of the built-in kernel, so the
+# two agree to the last bit here. It must be finite, with a finite derivative, on (0, 2]
+# (checked when the energy is built: an error names `potential`); a barrier such as
+# -log(r - 0.5) is NaN below 0.5 and raises, but with min_distance=0.6 it is continued
+# linearly below 0.6 and works.
 
 # %% [markdown]
 # The new regulariser, on the hidden layers (`hidden`, 256 neurons in R^64: a tight frame is
@@ -162,11 +164,8 @@ def frame(r):  # cos² θ of a pair, as a function of the chord r = ‖ŵ_i − 
     return (1.0 - r**2 / 2) ** 2
 
 
-def frame_regularizer():
-    return mhe_jax.mhe_regularizer(10.0, output="head", potential=frame)
-
-
-runs["frame potential"] = run_seeds("frame potential", regularizer=frame_regularizer())
+runs["frame potential"] = run_seeds(
+    "frame potential", regularizer=mhe_jax.mhe_regularizer(10.0, output="head", potential=frame))
 
 # %% [markdown]
 # What changed: `layer_energies(..., potential=frame)` gives each layer's frame energy (the
