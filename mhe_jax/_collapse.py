@@ -65,6 +65,15 @@ class CollapseStats(NamedTuple):
       equiangularity: standard deviation of the cosines between centred class means.
       nc3: squared Frobenius distance between the normalised classifier and the normalised
         centred class means; ``None`` without a classifier.
+
+    Examples:
+      >>> import numpy as np, mhe_jax
+      >>> features = np.array([[1.0, 0.0], [0.9, 0.1], [-1.0, 0.0], [-0.9, -0.1]])
+      >>> stats = mhe_jax.collapse_stats(features, np.array([0, 0, 1, 1]), 2)
+      >>> stats._fields
+      ('nc1', 'cdnv', 'nc2', 'equinorm', 'equiangularity', 'nc3')
+      >>> round(float(stats.nc2), 6), stats.nc3 is None  # 2 centred means: a simplex ETF
+      (0.0, True)
     """
 
     nc1: Array

@@ -41,6 +41,15 @@ class EnergyStats(NamedTuple):
     smallest angle between two distinct neurons, in radians (Tammes); ``mean_abs_cosine``: the
     mean ``|ŵ_iᵀŵ_j|`` over ``i ≠ j`` (coherence); ``pair_variance``: the variance of the pair
     potential over the same pairs as ``energy`` (its mean).
+
+    Examples:
+      >>> import jax.numpy as jnp, mhe_jax
+      >>> w = jnp.array([[1.0, 0.0, -1.0], [0.0, 1.0, 0.0]])  # pairs at 90°, 90° and 180°
+      >>> energy, angle, coherence, variance = mhe_jax.energy_stats(w, s=1.0)  # a NamedTuple
+      >>> round(float(energy), 4), round(float(angle), 4), round(float(coherence), 4)
+      (0.6381, 1.5708, 0.3333)
+      >>> round(float(variance), 4)  # of the pair terms 1/√2, 1/√2 and 1/2
+      0.0095
     """
 
     energy: Array
@@ -119,6 +128,17 @@ def energy_stats(
       >>> st = mhe_jax.energy_stats(w, s=1.0)
       >>> round(float(st.energy), 4), round(float(st.pair_variance), 4)
       (1.1067, 0.0799)
+
+      Only the pairs across groups (90° and 45°), and a user potential (the frame potential
+      ``cos²θ`` of the chord ``r``; the cosines are 1/√2, 1/√2 and 0):
+
+      >>> ids = jnp.array([0, 0, 1])
+      >>> st = mhe_jax.energy_stats(w, s=1.0, groups=ids, pairs="across")
+      >>> round(float(st.energy), 4), round(float(st.pair_variance), 4)
+      (1.0068, 0.0898)
+      >>> st = mhe_jax.energy_stats(w, potential=lambda r: (1 - r**2 / 2) ** 2)
+      >>> round(float(st.energy), 4), round(float(st.pair_variance), 4)  # cos²: 1/2, 1/2, 0
+      (0.3333, 0.0556)
     """
     given = dict(s=s, distance=distance, half_space=half_space, eps=eps, potential=potential,
                  pairs=pairs)

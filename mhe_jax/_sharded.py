@@ -109,6 +109,13 @@ def sharded_hyperspherical_energy(
       >>> w = jnp.array([[1.0, 0.0, -1.0], [0.0, 1.0, 0.0]])  # 3 neurons in R²
       >>> round(float(mhe_jax.sharded_hyperspherical_energy(w, mesh, "x", s=1.0)), 4)
       0.6381
+      >>> f = lambda r: 1 / r  # a user potential: the s = 1 kernel again
+      >>> round(float(mhe_jax.sharded_hyperspherical_energy(w, mesh, "x", potential=f)), 4)
+      0.6381
+      >>> ids = jnp.array([0, 0, 1])  # group ids, sharded like the neurons: one pair counts
+      >>> e = mhe_jax.sharded_hyperspherical_energy(w, mesh, "x", s=1.0, groups=ids)
+      >>> round(float(e), 4)  # the pair (0, 1) at 90°: 1/√2
+      0.7071
     """
     if not isinstance(mesh, Mesh):
         raise TypeError(f"mesh must be a jax.sharding.Mesh, got {type(mesh).__name__}")

@@ -274,6 +274,15 @@ class EnergySpec:
       Traceback (most recent call last):
       ...
       ValueError: potential must be finite, with a finite derivative, on (0, 2] ...
+
+      The ``"heads"`` preset of the layer-level functions: one energy per attention head of a
+      query kernel ``(in, heads, head_dim)`` (2 heads of 2 neurons, at 90° and 45°):
+
+      >>> heads = mhe_jax.EnergySpec(s=1.0, groups="heads")
+      >>> q = jnp.array([[[1.0, 0.0], [1.0, 1.0]], [[0.0, 1.0], [0.0, 1.0]]])
+      >>> params = {"attn": {"query": {"kernel": q}}}
+      >>> round(float(mhe_jax.mhe_penalty(params, 1.0, spec=heads)), 4)  # mean over heads
+      1.0068
     """
 
     s: Any = 2.0

@@ -602,7 +602,15 @@ def mhe_penalty(
 
 class EnergyStatsDegrees(NamedTuple):
     """:class:`mhe_jax.EnergyStats` with the smallest angle in degrees (the field's name carries
-    the unit, so :func:`energies_as_floats` never converts it twice)."""
+    the unit, so :func:`energies_as_floats` never converts it twice).
+
+    Examples:
+      >>> import jax.numpy as jnp, mhe_jax
+      >>> st = mhe_jax.layer_energies({"Dense_0": {"kernel": jnp.eye(2)}}, degrees=True)
+      >>> energy, angle_deg, coherence, variance = st["Dense_0/kernel"]
+      >>> round(float(angle_deg), 3), round(float(energy), 4), float(variance)
+      (90.0, 0.5, 0.0)
+    """
 
     energy: jax.Array
     min_angle_deg: jax.Array  # degrees
@@ -661,6 +669,8 @@ def layer_energies(
       >>> st = mhe_jax.layer_energies({"attn": {"query": {"kernel": q}}}, groups="heads")
       >>> round(float(st["attn/query/kernel"].energy), 4)  # the mean of the 2 heads' energies
       1.1036
+      >>> round(float(st["attn/query/kernel"].pair_variance), 4)  # of 1/2 and 1/(2 − √2)
+      0.3643
     """
     spec = _energy_spec(spec, s=s, distance=distance, half_space=half_space, eps=eps,
                         min_distance=None, sample_size=None, projection=None,

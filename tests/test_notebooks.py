@@ -52,6 +52,11 @@ EXPECTED = {
                                      "table2/half_mhe/w16_32_64: test error",
                                      "paper: test error (%)",
                                      "notebook finished"]),
+    "05_new_energies.ipynb": (["new_energies.png"],
+                              ["potential=lambda r: r**-2", "frame potential: test accuracy",
+                               "inter-class energy: test accuracy", "KoLeo: test accuracy",
+                               "mhe_jax.koleo_loss", "nearest-neighbour angle median",
+                               "notebook finished"]),
 }
 # Extra environment of a notebook's kernel.
 KERNEL_ENV = {"04_cifar_reproduction.ipynb": {

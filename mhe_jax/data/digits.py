@@ -71,7 +71,8 @@ def load_digits(test_fraction: float = 0.25, seed: int = 0,
 
     Pixel values 0..16 are scaled by 255/16 and rounded. ``size`` > 8 (e.g. 16 or 32) upsamples
     with nearest neighbour so CNNs with several pooling stages fit. The train/test split is
-    stratified and deterministic given ``seed`` (1797 images; 0.25 -> 1347 train / 450 test).
+    stratified and deterministic given ``seed`` (1797 images; 0.25 -> 1346 train / 451 test,
+    each class rounding its own quarter).
     """
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")

@@ -23,7 +23,17 @@ __all__ = ["PrototypeHead", "Prototypes"]
 class Prototypes(nnx.Variable):
     """The prototype matrix of a fixed :class:`PrototypeHead`: an ``nnx.Variable`` that is not
     an ``nnx.Param``, so optimizers built with ``wrt=nnx.Param`` do not train it. Select it
-    with ``nnx.state(model, Prototypes)``."""
+    with ``nnx.state(model, Prototypes)``.
+
+    Examples:
+      >>> from flax import nnx
+      >>> from mhe_jax import models, sphere
+      >>> head = models.PrototypeHead(sphere.prototypes(3, 2))  # 3 classes in R²
+      >>> isinstance(head.kernel, models.Prototypes), len(nnx.state(head, nnx.Param))
+      (True, 0)
+      >>> nnx.state(head, models.Prototypes)["kernel"].shape
+      (2, 3)
+    """
 
 
 class PrototypeHead(nnx.Module):
