@@ -653,7 +653,8 @@ def layer_energies(
     arrays; ``min_angle`` in radians), or with ``degrees=True`` ``{path:
     EnergyStatsDegrees(energy, min_angle_deg, mean_abs_cosine, pair_variance)}`` (the unit in
     the field's name); with ``as_floats=True`` plain floats for a JSONL / TensorBoard logger,
-    ``{path: {"energy": float, "min_angle_deg": float, "mean_abs_cosine": float}}``
+    ``{path: {"energy": float, "min_angle_deg": float, "mean_abs_cosine": float,
+    "pair_variance": float}}``
     (``"min_angle"`` in radians when ``degrees=False``), as :func:`energies_as_floats` gives
     from the arrays (use that one after a jitted call).
 
@@ -697,7 +698,8 @@ def layer_energies(
 
 
 def energies_as_floats(stats: Mapping[str, Any], *, degrees: bool = True) -> dict[str, dict]:
-    """``{path: {"energy", "min_angle_deg" (or "min_angle" in radians), "mean_abs_cosine"}}``
+    """``{path: {"energy", "min_angle_deg" (or "min_angle" in radians), "mean_abs_cosine",
+    "pair_variance"}}``
     as Python floats, from the arrays of :func:`layer_energies`: :class:`mhe_jax.EnergyStats`
     (``min_angle`` in radians) or :class:`EnergyStatsDegrees` (``min_angle_deg``, from
     ``degrees=True``); each is converted from its own unit, never twice.
@@ -734,5 +736,6 @@ def energies_as_floats(stats: Mapping[str, Any], *, degrees: bool = True) -> dic
         entry = {"energy": float(st.energy)}
         entry["min_angle_deg" if degrees else "min_angle"] = angle
         entry["mean_abs_cosine"] = float(st.mean_abs_cosine)
+        entry["pair_variance"] = float(st.pair_variance)
         out[path] = entry
     return out

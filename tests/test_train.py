@@ -127,6 +127,7 @@ def test_training_lowers_loss_and_logs_energies(tmp_path):
     assert [e["step"] for e in out["history"] if "layers" in e] == [10, 20, 30]
     assert "classifier/kernel" in layers[0] and "layers/0/conv/kernel" in layers[0]
     assert all(np.isfinite(v["energy"]) for v in layers[-1].values())
+    assert all(v["pair_variance"] >= 0 for v in layers[-1].values())  # logged with the energy
     assert out["final"]["layers"] == layers[-1] and out["start_step"] == 0
     assert len((tmp_path / "log.jsonl").read_text().splitlines()) == len(out["history"])
     with pytest.raises(ValueError, match="past steps=3"):

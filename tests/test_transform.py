@@ -582,8 +582,9 @@ def test_layer_energies_as_floats_in_degrees():
                                     degrees=True)
     assert set(floats) == {"conv/kernel", "Dense_0/kernel", "head/kernel"}
     for path, entry in floats.items():
-        assert set(entry) == {"energy", "min_angle_deg", "mean_abs_cosine"}
+        assert set(entry) == {"energy", "min_angle_deg", "mean_abs_cosine", "pair_variance"}
         assert all(type(v) is float for v in entry.values())
+        assert entry["pair_variance"] == pytest.approx(float(arrays[path].pair_variance))
         assert entry["min_angle_deg"] == pytest.approx(np.degrees(float(arrays[path].min_angle)))
         assert entry["energy"] == pytest.approx(float(arrays[path].energy))
     np.testing.assert_allclose(floats["head/kernel"]["energy"],

@@ -81,8 +81,9 @@ def energy_logger(**energy_kwargs: Any) -> Callable[[nnx.Module], dict]:
       ``half_space=True``: the run's own objective);
     * ``"energy_full"``: the full-space s = 2 Euclidean energy, mean over pairs ``i ≠ j`` of
       ``1/‖ŵ_i − ŵ_j‖²`` (same layer selection), comparable between runs of any options;
-    * ``"min_angle_deg"``: the smallest angle between two neurons (full space, degrees) and
-      ``"mean_abs_cosine"``;
+    * ``"min_angle_deg"``: the smallest angle between two neurons (full space, degrees),
+      ``"mean_abs_cosine"`` and ``"pair_variance"`` (the variance of the pair potential over
+      the energy's pairs, :func:`mhe_jax.energy_stats`);
     * ``"neurons"``, ``"dim"``: N and the vector length d of the layer's ``(d, N)`` neuron
       matrix, for any ``layout`` and ``neuron_axis``;
     * ``"is_output"``: whether the layer gets the output-layer energy, as
@@ -122,6 +123,7 @@ def energy_logger(**energy_kwargs: Any) -> Callable[[nnx.Module], dict]:
             path: {"energy": float(st.energy), "energy_full": float(full[path].energy),
                    "min_angle_deg": math.degrees(float(st.min_angle)),
                    "mean_abs_cosine": float(st.mean_abs_cosine),
+                   "pair_variance": float(st.pair_variance),
                    "neurons": layers[path].neurons, "dim": layers[path].dim,
                    "is_output": layers[path].is_output}
             for path, st in own.items()
