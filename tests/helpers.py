@@ -128,3 +128,26 @@ def jaxpr_shapes(jaxpr, primitive: str | None = None) -> list[tuple[int, ...]]:
         for sub in jax.extend.core.jaxprs_in_params(eqn.params):
             shapes += jaxpr_shapes(sub, primitive)
     return shapes
+
+
+def once_per_session(tmp_path_factory, name: str, compute):
+    """``compute()`` (a JSON-able value) once per test session, also under pytest-xdist: the
+    first worker to ask computes it under a file lock in the session's shared temporary
+    directory and the others read its result, so a fixture that runs child processes for a
+    minute does not run once per worker. Without xdist it is simply ``compute()``. (xdist's
+    ``xdist_group`` would do this by scheduling, but does not group under pytest 9.)"""
+    import fcntl
+    import json
+    import os
+
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return compute()
+    shared = tmp_path_factory.getbasetemp().parent  # this session's, common to the workers
+    result = shared / f"{name}.json"
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if result.exists():
+            return json.loads(result.read_text())
+        value = compute()
+        result.write_text(json.dumps(value))
+        return value

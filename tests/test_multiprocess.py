@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests import helpers
+
 ROOT = Path(__file__).resolve().parents[1]
 CHILD = Path(__file__).with_name("_multiprocess_child.py")
 TIMEOUT = 240  # seconds for the whole run, a bound for a hang (it takes 80-145 s on 2 cores
@@ -52,6 +54,13 @@ def _log(out: Path) -> str:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> dict:
+    """The run below, once per test session (also with several xdist workers)."""
+    run = helpers.once_per_session(tmp_path_factory, "multiprocess_run",
+                                   lambda: _run_children(tmp_path_factory))
+    return {**run, "out": Path(run["out"])}
+
+
+def _run_children(tmp_path_factory) -> dict:
     """Start the pair and the single process, wait for all three (at most TIMEOUT s; on
     timeout kill them, by pid) and return their return codes, reports, end time and folder."""
     out = tmp_path_factory.mktemp("multiprocess")
@@ -72,7 +81,7 @@ def run(tmp_path_factory) -> dict:
         pytest.fail(f"child processes did not finish within {TIMEOUT} s\n{_log(out)}")
     reports = {name: json.loads((out / f"{name}.json").read_text())
                for name in procs if (out / f"{name}.json").exists()}
-    return {"codes": codes, "ended": ended, "reports": reports, "out": out, "log": _log(out)}
+    return {"codes": codes, "ended": ended, "reports": reports, "out": str(out), "log": _log(out)}
 
 
 def _report(run: dict, name: str) -> dict:

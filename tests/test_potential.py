@@ -243,9 +243,13 @@ def test_potential_is_a_static_hashable_option():
 
 
 @pytest.fixture(scope="module")
-def sharded():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-           "JAX_PLATFORMS": "cpu",
+def sharded(tmp_path_factory):
+    return helpers.once_per_session(tmp_path_factory, "pairs_sharding", _run_sharded_child)
+
+
+def _run_sharded_child() -> dict:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": helpers.child_xla_flags("--xla_force_host_platform_device_count=8"),
            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run([sys.executable, str(CHILD)], env=env, cwd=ROOT, capture_output=True,
                           text=True, timeout=300)

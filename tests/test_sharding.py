@@ -22,14 +22,15 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import mhe_jax
+from tests import helpers
 
 ROOT = Path(__file__).resolve().parents[1]
 CHILD = Path(__file__).with_name("_sharding_child.py")
 
 
 def _run(part: str, tmp_path) -> dict:
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-           "JAX_PLATFORMS": "cpu",
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": helpers.child_xla_flags("--xla_force_host_platform_device_count=8"),
            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     out = tmp_path / f"{part}.json"
     proc = subprocess.run([sys.executable, str(CHILD), part, str(out)], env=env, cwd=ROOT,
@@ -46,12 +47,14 @@ def _count(entry: dict, op: str) -> int:
 
 @pytest.fixture(scope="module")
 def dense(tmp_path_factory) -> dict:
-    return _run("dense", tmp_path_factory.mktemp("dense"))
+    return helpers.once_per_session(tmp_path_factory, "sharding_dense",
+                                    lambda: _run("dense", tmp_path_factory.mktemp("dense")))
 
 
 @pytest.fixture(scope="module")
 def tiled(tmp_path_factory) -> dict:
-    return _run("tiled", tmp_path_factory.mktemp("tiled"))
+    return helpers.once_per_session(tmp_path_factory, "sharding_tiled",
+                                    lambda: _run("tiled", tmp_path_factory.mktemp("tiled")))
 
 
 @pytest.mark.parametrize("kind", ["dp", "fsdp", "tp"])
