@@ -51,7 +51,9 @@ NAMES = sorted(VARIANTS)
 
 
 def _check_tangent_and_scale(fn, w, scales, rtol):
-    value, g = jax.value_and_grad(fn)(w)
+    # jitted: one program per shape (op by op, each example compiled dozens of small ones)
+    fn = jax.jit(fn)
+    value, g = jax.jit(jax.value_and_grad(fn))(w)
     assert np.isfinite(float(value)) and np.all(np.isfinite(g))
     radial = np.abs(np.sum(np.asarray(g) * np.asarray(w), axis=0))
     bound = rtol * np.linalg.norm(g, axis=0) * np.linalg.norm(w, axis=0) + 1e-300
