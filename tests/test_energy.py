@@ -187,7 +187,9 @@ def degenerate_cases():
     }
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64, jnp.bfloat16, jnp.float16])
+# float16 in the slow set (suite time, issue 26): the same promotion path as bfloat16
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64, jnp.bfloat16,
+                                   pytest.param(jnp.float16, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("case", list(degenerate_cases()))
 def test_finite_value_and_gradient(case, dtype):
     w = jnp.asarray(degenerate_cases()[case], dtype)
@@ -228,7 +230,9 @@ def test_near_duplicates_keep_a_repulsive_gradient(dtype, s, distance):
         assert a1 > a0, (angle, a0, a1)
 
 
-@pytest.mark.parametrize("s,distance,half", GRID[::2])
+# every fourth grid point in the fast set, the other half of GRID[::2] in the slow set (issue 26)
+@pytest.mark.parametrize("s,distance,half", [
+    g if i % 2 == 0 else pytest.param(*g, marks=pytest.mark.slow) for i, g in enumerate(GRID[::2])])
 def test_check_grads(s, distance, half):
     w = jnp.asarray(rand((5, 6), 50))
     check_grads(lambda w: energy(w, s=s, distance=distance, half_space=half), (w,), order=2)

@@ -304,7 +304,7 @@ def _tetrahedron():
 _POLYHEDRA = {4: _tetrahedron, 6: _octahedron, 12: _icosahedron}
 
 
-@pytest.mark.parametrize("x64", [True, False])
+@pytest.mark.parametrize("x64", [True, pytest.param(False, marks=pytest.mark.slow)])  # issue 26
 @pytest.mark.parametrize("s", [0.0, 1.0, 2.0])
 @pytest.mark.parametrize("n", [4, 6, 12])
 def test_symmetric_start_leaves_the_saddle(n, s, x64):
