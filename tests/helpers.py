@@ -151,3 +151,28 @@ def once_per_session(tmp_path_factory, name: str, compute):
         value = compute()
         result.write_text(json.dumps(value))
         return value
+
+
+def wait_or_kill(procs: dict, timeout: float) -> dict:
+    """Wait for the ``subprocess.Popen`` values of ``procs`` with one deadline for them all:
+    ``{name: (return code, stdout or None, end time)}``. Past the deadline, the processes still
+    running (only these, started by the caller) are SIGKILLed by pid and reaped, and
+    ``subprocess.TimeoutExpired`` is raised for the caller to report."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    deadline = time.monotonic() + timeout
+    out = {}
+    try:
+        for name, p in procs.items():
+            stdout, _ = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            out[name] = (p.returncode, stdout, time.time())
+    except subprocess.TimeoutExpired:
+        for p in procs.values():
+            if p.poll() is None:
+                os.kill(p.pid, signal.SIGKILL)
+                p.communicate()
+        raise
+    return out

@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -67,18 +66,12 @@ def _run_children(tmp_path_factory) -> dict:
     coordinator = f"127.0.0.1:{_free_port()}"
     procs = {"multi.0": _start(coordinator, 0, out), "multi.1": _start(coordinator, 1, out),
              "single.0": _start("single", 0, out)}
-    deadline = time.monotonic() + TIMEOUT
-    codes, ended = {}, {}
     try:
-        for name, p in procs.items():
-            codes[name] = p.wait(timeout=max(1.0, deadline - time.monotonic()))
-            ended[name] = time.time()
+        done = helpers.wait_or_kill(procs, TIMEOUT)
     except subprocess.TimeoutExpired:
-        for p in procs.values():
-            if p.poll() is None:
-                os.kill(p.pid, signal.SIGKILL)
-                p.wait()
         pytest.fail(f"child processes did not finish within {TIMEOUT} s\n{_log(out)}")
+    codes = {name: code for name, (code, _, _) in done.items()}
+    ended = {name: end for name, (_, _, end) in done.items()}
     reports = {name: json.loads((out / f"{name}.json").read_text())
                for name in procs if (out / f"{name}.json").exists()}
     return {"codes": codes, "ended": ended, "reports": reports, "out": str(out), "log": _log(out)}

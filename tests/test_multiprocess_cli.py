@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import pytest
 
 from mhe_jax.experiments.__main__ import main as cli
 from mhe_jax.train import DataParallel, epoch_batches, process_batches
+from tests import helpers
 
 ROOT = Path(__file__).resolve().parents[1]
 CHILD = Path(__file__).with_name("_multiprocess_cli_child.py")
@@ -64,20 +64,11 @@ def _start(tag: str, args: list[str], tmp: Path) -> subprocess.Popen:
 def _wait(procs: dict[str, subprocess.Popen], timeout: float) -> dict[str, tuple[int, str]]:
     """(return code, stdout) of each; past the deadline kill the processes started here (by
     their pid) and fail."""
-    deadline = time.monotonic() + timeout
-    out = {}
     try:
-        for tag, p in procs.items():
-            stdout, _ = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
-            out[tag] = (p.returncode, stdout)
+        done = helpers.wait_or_kill(procs, timeout)
     except subprocess.TimeoutExpired:
-        for p in procs.values():
-            if p.poll() is None:
-                os.kill(p.pid, signal.SIGKILL)
-                p.communicate()
         pytest.fail(f"the CLI processes did not finish within {timeout} s")
-    return out
-
+    return {tag: (code, stdout) for tag, (code, stdout, _) in done.items()}
 
 def _records(path: Path) -> dict[int, list[dict]]:
     """log.jsonl's records by step (several per step: losses, energies, evaluations)."""

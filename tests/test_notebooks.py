@@ -206,9 +206,11 @@ def _outputs_text(nb) -> tuple[str, int]:
     return "\n".join(text), images
 
 
-# 03 runs in the slow set (suite time, issue 26): its code is fig4.run_fig4, which
-# test_cli (the fig4 command) and test_train run in the fast set.
-SLOW_NOTEBOOKS = {"03_class_imbalance.ipynb"}
+# In the slow set (suite time, issue 26), each with its code run in the fast set elsewhere:
+# 03 is fig4.run_fig4 (test_cli's fig4 command, test_train); 04 is runner.run on the named
+# configs with DataParallel(jax.devices()) over 8 host devices
+# (test_device_path::test_data_parallel_8_devices_equals_single_device).
+SLOW_NOTEBOOKS = {"03_class_imbalance.ipynb", "04_cifar_reproduction.ipynb"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_NOTEBOOKS
