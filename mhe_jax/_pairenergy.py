@@ -54,8 +54,8 @@ from mhe_jax._spec import PAIRS, PRECISIONS, EnergySpec
 
 Array = jax.Array
 
-__all__ = ["check_groups", "check_pairs_given_groups", "counted_pairs", "matrix_energy",
-           "mean_over_pairs", "mean_and_variance"]
+__all__ = ["check_groups", "check_pairs_given_groups", "counted_pairs", "grouped_kernel",
+           "grouped_mean", "matrix_energy", "mean_over_pairs", "mean_and_variance"]
 
 
 def check_groups(groups, n: int) -> Array:
@@ -128,8 +128,24 @@ def mean_over_pairs(total: Array, antipodal, half_space: bool, n: int, n_total: 
     return jnp.where(some, num / jnp.where(some, den, 1.0), jnp.zeros((), dtype)), some
 
 
-def _grouped(kernel: Kernel, params, spec_pairs: str, ids: Array):
-    return kernel._replace(pairs=spec_pairs), {**params, "groups": ids}
+def grouped_kernel(kernel: Kernel, params, pairs: str, groups: Array,
+                   sample_size: int | None = None, key=None):
+    """``(kernel, params)`` whose pair sums count only the ``pairs`` (``"within"`` /
+    ``"across"``) of the group ids ``groups`` (N,); with ``sample_size`` the ids of the columns
+    :func:`mhe_jax._neurons.sample_columns` draws with ``key`` (the same draw)."""
+    ids = groups if sample_size is None else sample_columns(groups[None, :], sample_size, key)[0]
+    return kernel._replace(pairs=pairs), {**params, "groups": ids}
+
+
+def grouped_mean(kernel: Kernel, params, total: Array, n: int, n_total: int,
+                 groups: Array) -> tuple[Array, Array]:
+    """:func:`mean_over_pairs` of a pair sum ``total`` of ``n`` of the ``n_total`` neurons by a
+    :func:`grouped_kernel` (its ``pairs`` and half-space), over the pairs that count among the
+    ``n_total`` neurons of ``groups``."""
+    antipodal = (pair_value(kernel, params, jnp.asarray(-1.0, total.dtype)) if kernel.half_space
+                 else 0.0)
+    counts = counted_pairs(groups, kernel.pairs, total.dtype)
+    return mean_over_pairs(total, antipodal, kernel.half_space, n, n_total, counts)
 
 
 def matrix_energy(W: Array, spec: EnergySpec, key=None, groups: Array | None = None) -> Array:
@@ -150,17 +166,12 @@ def matrix_energy(W: Array, spec: EnergySpec, key=None, groups: Array | None = N
                 return jnp.zeros((), W.dtype)
             return jnp.log(normalized_mean_energy(kernel, params, W, n_total, spec.block_size))
         return normalized_mean_energy(kernel, params, W, n_total, spec.block_size)
-    ids = groups
     W = sample_columns(W, spec.sample_size, key)
-    if spec.sample_size is not None:  # the same draw as the columns (same key)
-        ids = sample_columns(ids[None, :], spec.sample_size, key)[0]
-    kernel, params = _grouped(kernel, params, spec.pairs, ids)
+    kernel, params = grouped_kernel(kernel, params, spec.pairs, groups, spec.sample_size, key)
     n = W.shape[1]
     zero = jnp.zeros((), W.dtype)
     total = normalized_pairwise_sum(kernel, W, params, 0.0, spec.block_size) if n > 1 else zero
-    antipodal = pair_value(kernel, params, jnp.asarray(-1.0, W.dtype)) if spec.half_space else 0.0
-    counts = counted_pairs(groups, spec.pairs, W.dtype)
-    mean, some = mean_over_pairs(total, antipodal, spec.half_space, n, n_total, counts)
+    mean, some = grouped_mean(kernel, params, total, n, n_total, groups)
     if gaussian:
         return jnp.where(some, jnp.log(jnp.where(some, mean, 1.0)), zero)
     return mean
@@ -182,7 +193,7 @@ def mean_and_variance(kernel: Kernel, params, Wn: Array, groups: Array | None = 
         counts = None
         mean = mean_energy(kernel, params, Wn, n, block_size)
     else:
-        kernel, params = _grouped(kernel, params, pairs, groups)
+        kernel, params = grouped_kernel(kernel, params, pairs, groups)
         counts = counted_pairs(groups, pairs, dtype)
         total = pairwise_sum(kernel, Wn, params, block_size) if n > 1 else zero
         antipodal = pair_value(kernel, params, minus_one) if kernel.half_space else 0.0

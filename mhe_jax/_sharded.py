@@ -45,19 +45,13 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from jax.typing import ArrayLike
 
 from mhe_jax import _energy, _tiled
-from mhe_jax._kernels import kernel_from_spec, pair_function, pair_value
-from mhe_jax._neurons import (
-    as_neuron_matrix,
-    normalize_columns,
-    sample_columns,
-    sample_indices,
-    scale_free,
-)
+from mhe_jax._kernels import kernel_from_spec, pair_function
+from mhe_jax._neurons import as_neuron_matrix, normalize_columns, sample_indices, scale_free
 from mhe_jax._pairenergy import (
     check_groups,
     check_pairs_given_groups,
-    counted_pairs,
-    mean_over_pairs,
+    grouped_kernel,
+    grouped_mean,
 )
 from mhe_jax._pairsum import mean_from_sum
 from mhe_jax._spec import PRECISIONS, EnergySpec, resolve_spec
@@ -164,11 +158,6 @@ def _ring_energy(W: Array, spec: EnergySpec, mesh, axis_name: str, key,
     W = scale_free(W)
     kernel, params = kernel_from_spec(spec, W.dtype)
     n = n_total if spec.sample_size is None else spec.sample_size
-    if groups is not None:
-        counts = counted_pairs(groups, spec.pairs, W.dtype)
-        ids = groups
-        if spec.sample_size is not None:  # the same draw as the columns (same key)
-            ids = sample_columns(ids[None, :], spec.sample_size, key)[0]
     # m neurons a device, in row blocks of `rows` (block_size, default _tiled.DEFAULT_BLOCK)
     block = _tiled.DEFAULT_BLOCK if spec.block_size is None else spec.block_size
     chunks, rows = _tiled.plan(-(-n // devices), block)
@@ -187,20 +176,17 @@ def _ring_energy(W: Array, spec: EnergySpec, mesh, axis_name: str, key,
         W = jnp.pad(W, ((0, 0), (0, npad - n)))
     W = lax.with_sharding_constraint(W, NamedSharding(mesh, PartitionSpec(None, axis_name)))
     Wn = normalize_columns(W)  # zero padding stays zero
-    if groups is not None:
-        kernel = kernel._replace(pairs=spec.pairs)
-        ids = lax.with_sharding_constraint(jnp.pad(ids, (0, npad - n)),
-                                           NamedSharding(mesh, PartitionSpec(axis_name)))
-        params = {**params, "groups": ids}
+    if groups is not None:  # the (sampled) ids, padded and sharded like the neurons
+        kernel, params = grouped_kernel(kernel, params, spec.pairs, groups, spec.sample_size, key)
+        params["groups"] = lax.with_sharding_constraint(
+            jnp.pad(params["groups"], (0, npad - n)), NamedSharding(mesh, PartitionSpec(axis_name)))
     if n > 1:
         total = ring_pair_sum(kernel, mesh, axis_name, n, rows, Wn, params)
     else:
         total = jnp.zeros((), W.dtype)
     if groups is None:
         return mean_from_sum(kernel, params, total, n, n_total)
-    antipodal = (pair_value(kernel, params, jnp.asarray(-1.0, W.dtype)) if spec.half_space
-                 else 0.0)
-    return mean_over_pairs(total, antipodal, spec.half_space, n, n_total, counts)[0]
+    return grouped_mean(kernel, params, total, n, n_total, groups)[0]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))

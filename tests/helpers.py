@@ -116,6 +116,18 @@ def child_xla_flags(*extra: str) -> str:
     return " ".join([*level, *extra])
 
 
+def eight_cpu_devices_env() -> dict:
+    """The environment of a child process that checks sharding on 8 host CPU devices: this
+    checkout first on its path, and the suite's XLA flags (:func:`child_xla_flags`)."""
+    import os
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[1])
+    return {**os.environ, "JAX_PLATFORMS": "cpu",
+            "XLA_FLAGS": child_xla_flags("--xla_force_host_platform_device_count=8"),
+            "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
 def jaxpr_shapes(jaxpr, primitive: str | None = None) -> list[tuple[int, ...]]:
     """Output shapes of the equations of ``jaxpr`` (of the ``primitive`` ones, e.g.
     ``"dot_general"``, when given), inside scans and other sub-jaxprs too."""

@@ -10,7 +10,6 @@ devices (``tests/_pairs_sharding_child.py``).
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -248,9 +247,7 @@ def sharded(tmp_path_factory):
 
 
 def _run_sharded_child() -> dict:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": helpers.child_xla_flags("--xla_force_host_platform_device_count=8"),
-           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = helpers.eight_cpu_devices_env()
     proc = subprocess.run([sys.executable, str(CHILD)], env=env, cwd=ROOT, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

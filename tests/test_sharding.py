@@ -10,7 +10,6 @@ The figures quoted in docs/scaling.md are the ones these tests print and bound.
 """
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,9 +28,7 @@ CHILD = Path(__file__).with_name("_sharding_child.py")
 
 
 def _run(part: str, tmp_path) -> dict:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": helpers.child_xla_flags("--xla_force_host_platform_device_count=8"),
-           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = helpers.eight_cpu_devices_env()
     out = tmp_path / f"{part}.json"
     proc = subprocess.run([sys.executable, str(CHILD), part, str(out)], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=300)

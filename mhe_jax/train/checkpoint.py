@@ -274,12 +274,16 @@ class Checkpointer:
         """``{leaf path: (shape, dtype)}`` of checkpoint ``step`` from orbax's metadata (no
         array is read), or None when that metadata is unreadable (the restore then decides)."""
         try:
-            md = ocp.StandardCheckpointer().metadata(self._directory / str(step) / "state")
-            tree = getattr(md, "item_metadata", md)
-            tree = getattr(tree, "tree", tree)
+            tree = self._stored_tree(step)
             return _leaf_specs(tree) if isinstance(tree, dict) and tree else None
         except Exception:  # noqa: BLE001 - damage is judged by the restore that follows
             return None
+
+    def _stored_tree(self, step: int) -> Any:
+        """The tree of leaf metadata that orbax saved with checkpoint ``step``'s state."""
+        md = ocp.StandardCheckpointer().metadata(self._directory / str(step) / "state")
+        tree = getattr(md, "item_metadata", md)
+        return getattr(tree, "tree", tree)
 
     def _damage(self, step: int, meta: dict[str, Any], target: Any) -> str | None:
         """Why checkpoint ``step``'s arrays are damaged, or None when they read back on their
@@ -287,14 +291,12 @@ class Checkpointer:
         checksum in ``meta`` (when it has one; ``target``, the tree restored into, gives the
         saved paths). A restore into a given model can fail for reasons of that model (e.g.
         orbax's layout checks); only this decides damage."""
-        path = self._directory / str(step) / "state"
         try:
-            md = ocp.StandardCheckpointer().metadata(path)
-            tree = getattr(md, "item_metadata", md)
-            tree = getattr(tree, "tree", tree)
-            args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+            args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                                self._stored_tree(step))
             with ocp.PyTreeCheckpointer() as reader:
-                arrays = reader.restore(path, args=ocp.args.PyTreeRestore(restore_args=args))
+                arrays = reader.restore(self._directory / str(step) / "state",
+                                        args=ocp.args.PyTreeRestore(restore_args=args))
         except Exception as e:  # noqa: BLE001 - unreadable on its own: damaged
             return f"its arrays do not read back on their own: {_short(e)}"
         paths = {_simple_path(p): jax.tree_util.keystr(p)
